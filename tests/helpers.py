@@ -1,0 +1,39 @@
+"""Helpers shared by the parity tests: perturbed reference weights and the relative error measure."""
+import torch
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
+    """Add seeded Gaussian noise to every parameter and float buffer, in place.
+
+    diffusers initialises some layers to zero or one (norm affines, zero-init output convs); perturbing them
+    makes sure no path through the model is trivially zero or the identity, so parity tests see every term.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.add_(scale * torch.randn(tensor.shape, generator=g, dtype=tensor.dtype))
+    return model
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Relative max-abs error: max|actual - expected| / max|expected|."""
+    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual, expected = actual.detach().double(), expected.detach().double()
+    denom = expected.abs().max().clamp_min(1e-30)
+    return float((actual - expected).abs().max() / denom)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5, what: str = "output"):
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative max-abs error {err:.3e} > {tol:.0e}"
+
+
+def assert_same_keys(ours: torch.nn.Module, reference: torch.nn.Module):
+    """Identical state-dict key sets and shapes (order may differ: compare sets, not lists)."""
+    a = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    missing, extra = sorted(b.keys() - a.keys()), sorted(a.keys() - b.keys())
+    assert not missing and not extra, f"missing in ours: {missing[:10]}; extra in ours: {extra[:10]}"
+    wrong = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    assert not wrong, f"shape mismatches (ours, reference): {wrong}"
