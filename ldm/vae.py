@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.io import PretrainedMixin
 from ldm.layers import Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed
 
 # The VAE normalises with GroupNorm eps 1e-6 everywhere (the UNet uses 1e-5); diffusers hard-codes it.
@@ -357,14 +358,17 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(PretrainedMixin, nn.Module):
     """The KL-regularised autoencoder of latent diffusion: ``encode`` gives a DiagonalGaussian over latents,
     ``decode`` maps latents back to images. State-dict keys equal diffusers' ``AutoencoderKL``.
 
     Large images: ``enable_tiling()`` encodes/decodes in overlapping tiles blended linearly (diffusers'
     algorithm and defaults: tiles of ``sample_size`` pixels, 25% overlap), ``enable_slicing()`` runs one image of
     the batch at a time. Both trade a little accuracy or speed for memory.
+    ``from_pretrained`` / ``save_pretrained`` read and write diffusers model folders (see ldm.io).
     """
+
+    config_class = VAEConfig
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()

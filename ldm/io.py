@@ -1,0 +1,402 @@
+"""Weights in and out: diffusers model folders, pipeline folders and original single-file checkpoints.
+
+Loading never runs code from a file: safetensors holds only tensors, and pickled formats (.bin, .ckpt, .pt)
+are read with ``torch.load(weights_only=True)``, which refuses any object other than tensors and plain
+containers. Models are built on the ``meta`` device and the loaded tensors are assigned to them, so a model
+is never held twice in memory. Every file is written to a temporary name and renamed into place, so an
+interrupted save leaves the previous file intact.
+
+    model = load_pretrained("sd/unet")                 # a diffusers model folder -> our model, by _class_name
+    model.save_pretrained("out/unet")                  # a folder diffusers' from_pretrained loads
+    vae = load_original("v1-5.safetensors", "vae")     # the first_stage_model of an original SD checkpoint
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+
+from ldm import convert
+
+DIFFUSERS_VERSION = "0.42.1"     # written into saved configs; the version our parity tests run against
+CONFIG_NAME = "config.json"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+PIPELINE_INDEX_NAME = "model_index.json"
+SAFE_WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+PICKLE_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
+
+# diffusers class name -> (our module, our class). Our class names equal diffusers' on purpose.
+MODEL_CLASSES = {
+    "AutoencoderKL": ("ldm.vae", "AutoencoderKL"),
+    "VQModel": ("ldm.vq", "VQModel"),
+    "UNet2DConditionModel": ("ldm.unet", "UNet2DConditionModel"),
+}
+SCHEDULER_CLASSES = {
+    "DDPMScheduler": ("ldm.ddpm", "DDPMScheduler"),
+    "DDIMScheduler": ("ldm.ddpm", "DDIMScheduler"),
+}
+# Pipeline components that only ldm knows (stored as ["ldm", name] in model_index.json).
+LDM_COMPONENT_CLASSES: dict[str, tuple[str, str]] = {}
+
+# Prefixes of each model inside an original single-file checkpoint, tried in order.
+ORIGINAL_PREFIXES = {
+    "vae": ("first_stage_model.", "vae.", ""),
+    "vq": ("first_stage_model.", ""),
+    "unet": ("model.diffusion_model.",),
+}
+# Original training checkpoints also hold the discriminator/perceptual loss; never part of the model.
+ORIGINAL_TRAINING_ONLY_PREFIXES = ("loss.",)
+
+
+def _import(table: dict, name: str, source) -> type:
+    if name not in table:
+        raise ValueError(f"{source}: unknown _class_name {name!r}; expected one of {sorted(table)}")
+    module, attribute = table[name]
+    return getattr(importlib.import_module(module), attribute)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read tensors from a .safetensors file, or from a .bin/.ckpt/.pt/.pth file with ``weights_only=True``.
+
+    A pickle that asks for anything but tensors and plain containers (the way malicious checkpoints run code)
+    is refused with a ValueError that names the file and what the pickle asked for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(path), device=str(device))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
+        try:
+            try:   # memory-map when the file allows it (the zip format of torch>=1.6), to avoid a second copy
+                data = torch.load(path, map_location=device, weights_only=True, mmap=True)
+            except RuntimeError as error:
+                if "mmap" not in str(error):
+                    raise
+                data = torch.load(path, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
+            raise ValueError(f"{path}: refused to load: the pickle contains more than tensors ({reason}). ldm only "
+                             "loads weights_only pickles; convert the file to safetensors in a trusted environment") from None
+        except (RuntimeError, EOFError, OSError) as error:
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+        if isinstance(data.get("state_dict"), dict):   # Lightning / original LDM training checkpoints
+            data = data["state_dict"]
+        return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    raise ValueError(f"{path}: unsupported weights format {path.suffix!r}; expected .safetensors, .bin, .ckpt, .pt or .pth")
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return value
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename tmp_path over ``path`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(value: dict, path: str | os.PathLike) -> None:
+    """Write JSON the way diffusers does (indent 2, sorted keys, trailing newline), atomically."""
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write tensors to a safetensors file atomically (``{"format": "pt"}`` metadata, as diffusers)."""
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    meta = {"format": "pt", **(metadata or {})}
+    _atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=meta))
+
+
+def _add_variant(name: str, variant: str | None) -> str:
+    """diffusion_pytorch_model.safetensors -> diffusion_pytorch_model.fp16.safetensors (diffusers' rule)."""
+    if variant is None:
+        return name
+    parts = name.split(".")
+    return ".".join(parts[:-1] + [variant] + parts[-1:])
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)\s*", size)
+    if not match:
+        raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or a string like '10GB' or '500MiB'")
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    return int(match.group(1)) * units[match.group(2)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers model folders
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_model_folder(path: str | os.PathLike, variant: str | None = None,
+                      device: str | torch.device = "cpu") -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read ``config.json`` and the weights of a diffusers model folder: single safetensors, .bin, or sharded
+    (``*.safetensors.index.json``), optionally of a ``variant`` such as "fp16". Returns (config, state_dict)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a model folder")
+    config = read_json(folder / CONFIG_NAME)
+    candidates = [_add_variant(SAFE_WEIGHTS_NAME, variant), _add_variant(SAFE_WEIGHTS_NAME + ".index.json", variant),
+                  _add_variant(PICKLE_WEIGHTS_NAME, variant), _add_variant(PICKLE_WEIGHTS_NAME + ".index.json", variant)]
+    for name in candidates:
+        file = folder / name
+        if not file.is_file():
+            continue
+        if not name.endswith(".json"):
+            return config, read_state_dict(file, device)
+        index = read_json(file)
+        if not isinstance(index.get("weight_map"), dict):
+            raise ValueError(f"{file}: no 'weight_map' in the shard index")
+        state_dict = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state_dict.update(read_state_dict(folder / shard, device))
+        missing = sorted(set(index["weight_map"]) - set(state_dict))
+        if missing:
+            raise ValueError(f"{file}: {len(missing)} tensors listed in the index are in no shard, e.g. {missing[:5]}")
+        return config, state_dict
+    raise FileNotFoundError(f"{folder}: no weights file; looked for {', '.join(candidates)}")
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source) -> None:
+    """Raise a readable ValueError if keys or shapes differ from the model's (instead of torch's key dump)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{source}: state dict does not fit {type(model).__name__}: {len(missing)} missing keys "
+                         f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
+    for key, shape in expected.items():
+        if tuple(state_dict[key].shape) != shape:
+            raise ValueError(f"{source}: {key} has shape {tuple(state_dict[key].shape)}, the model expects {shape}")
+
+
+def build_model(cls: type, config, state_dict: dict[str, torch.Tensor], source,
+                dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Instantiate ``cls(config)`` on the meta device and assign the state dict's tensors to it (no second copy).
+
+    Floating tensors are cast to ``dtype`` (default float32, as diffusers' from_pretrained without torch_dtype).
+    """
+    dtype = dtype or torch.float32
+    state_dict = {k: v.to(dtype=dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    with torch.device("meta"):
+        model = cls(config)
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left_on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left_on_meta:
+        raise RuntimeError(f"{cls.__name__} has tensors that are not in its state dict: {left_on_meta[:5]}")
+    return model.to(device) if device is not None else model
+
+
+def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                    device: str | torch.device | None = None, variant: str | None = None):
+    """Load a diffusers model folder (``config.json`` + weights) as our model, or a scheduler folder
+    (``scheduler_config.json``) as our scheduler, chosen by ``_class_name``."""
+    folder = Path(path)
+    if (folder / SCHEDULER_CONFIG_NAME).is_file() and not (folder / CONFIG_NAME).is_file():
+        mapping = read_json(folder / SCHEDULER_CONFIG_NAME)
+        cls = _import(SCHEDULER_CLASSES, mapping.get("_class_name"), folder / SCHEDULER_CONFIG_NAME)
+        return cls.from_diffusers(mapping)
+    config, state_dict = read_model_folder(folder, variant, device or "cpu")
+    cls = _import(MODEL_CLASSES, config.get("_class_name"), folder / CONFIG_NAME)
+    if cls.__name__ in ("AutoencoderKL", "VQModel"):
+        state_dict = convert.rename_legacy_attention(state_dict)
+    model_config = cls.config_class.from_diffusers(config)
+    return build_model(cls, model_config, state_dict, folder, dtype, device)
+
+
+def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, variant: str | None = None,
+                    max_shard_size: int | str = "10GB", safe_serialization: bool = True) -> None:
+    """Write ``model`` as a diffusers model folder: config.json (with ``_class_name`` and ``_diffusers_version``)
+    and its weights in their current dtype, sharded above ``max_shard_size``."""
+    folder = Path(path)
+    state_dict = model.state_dict()
+    weights_name = _add_variant(SAFE_WEIGHTS_NAME if safe_serialization else PICKLE_WEIGHTS_NAME, variant)
+
+    # Greedy sharding in key order, as diffusers/huggingface_hub do.
+    limit, shards, current, size = _parse_size(max_shard_size), [], {}, 0
+    for key, tensor in state_dict.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > limit:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = tensor
+        size += nbytes
+    shards.append(current)
+
+    def write(tensors: dict, file: Path):
+        if safe_serialization:
+            write_safetensors(tensors, file)
+        else:
+            _atomic_write(file, lambda tmp: torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp))
+
+    if len(shards) == 1:
+        write(shards[0], folder / weights_name)
+    else:
+        stem, extension = weights_name.rsplit(".", 1)
+        weight_map = {}
+        for i, shard in enumerate(shards, start=1):
+            name = f"{stem}-{i:05d}-of-{len(shards):05d}.{extension}"
+            write(shard, folder / name)
+            weight_map.update({key: name for key in shard})
+        total = sum(t.numel() * t.element_size() for t in state_dict.values())
+        index_name = _add_variant(("diffusion_pytorch_model.safetensors" if safe_serialization
+                                   else "diffusion_pytorch_model.bin") + ".index.json", variant)
+        write_json({"metadata": {"total_size": total}, "weight_map": weight_map}, folder / index_name)
+    write_json(diffusers_config(model), folder / CONFIG_NAME)
+
+
+def diffusers_config(model) -> dict:
+    """The config.json mapping of a model: its config in diffusers' names plus ``_class_name``/``_diffusers_version``."""
+    return {"_class_name": type(model).__name__, "_diffusers_version": DIFFUSERS_VERSION, **model.config.to_diffusers()}
+
+
+class PretrainedMixin:
+    """Gives a model ``from_pretrained(path)`` and ``save_pretrained(path)`` in diffusers' folder format.
+
+    The class sets ``config_class`` (its config dataclass, which has ``from_diffusers``/``to_diffusers``).
+    """
+
+    config_class: type
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None, variant: str | None = None):
+        """Load a diffusers folder of this class (``config.json`` + weights)."""
+        model = load_pretrained(path, dtype=dtype, device=device, variant=variant)
+        if not isinstance(model, cls):
+            raise ValueError(f"{path}: holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
+    def save_pretrained(self, path: str | os.PathLike, variant: str | None = None,
+                        max_shard_size: int | str = "10GB", safe_serialization: bool = True) -> None:
+        """Write a diffusers model folder that diffusers' ``from_pretrained`` loads with identical outputs."""
+        save_pretrained(self, path, variant=variant, max_shard_size=max_shard_size,
+                        safe_serialization=safe_serialization)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipelines
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def save_pipeline(path: str | os.PathLike, components: dict, pipeline_class: str = "LDMPipeline") -> None:
+    """Write a pipeline folder in diffusers' layout: ``model_index.json`` and one subfolder per component.
+
+    Models and schedulers go in as diffusers components (``["diffusers", "UNet2DConditionModel"]``), so
+    ``diffusers.UNet2DConditionModel.from_pretrained(path, subfolder="unet")`` loads them; other components
+    must have ``save_pretrained`` and be registered in ``LDM_COMPONENT_CLASSES``.
+    """
+    folder = Path(path)
+    index = {"_class_name": pipeline_class, "_diffusers_version": DIFFUSERS_VERSION}
+    for name, component in components.items():
+        class_name = type(component).__name__
+        library = "diffusers" if class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES else "ldm"
+        if library == "ldm" and class_name not in LDM_COMPONENT_CLASSES:
+            raise ValueError(f"pipeline component {name!r}: {class_name} is not a known component class")
+        component.save_pretrained(folder / name)
+        index[name] = [library, class_name]
+    write_json(index, folder / PIPELINE_INDEX_NAME)
+
+
+def load_pipeline(path: str | os.PathLike, dtype: torch.dtype | None = None,
+                  device: str | torch.device | None = None) -> dict:
+    """Read a pipeline folder written by ``save_pipeline`` (or the vae/unet/scheduler parts of a diffusers one).
+
+    Returns {component name: object}. Components of libraries other than diffusers/ldm (text encoders,
+    tokenizers) are skipped; ``None`` entries are left out.
+    """
+    folder = Path(path)
+    index = read_json(folder / PIPELINE_INDEX_NAME)
+    components = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        library, class_name = entry
+        if library == "diffusers" and (class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES):
+            components[name] = load_pretrained(folder / name, dtype=dtype, device=device)
+        elif library == "ldm":
+            cls = _import(LDM_COMPONENT_CLASSES, class_name, folder / PIPELINE_INDEX_NAME)
+            components[name] = cls.from_pretrained(folder / name, device=device)
+    return components
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original (CompVis / Stability) single-file checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _strip_prefix(state_dict: dict, kind: str, source) -> dict:
+    for prefix in ORIGINAL_PREFIXES[kind]:
+        if prefix and any(k.startswith(prefix) for k in state_dict):
+            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if "" in ORIGINAL_PREFIXES[kind]:
+        return {k: v for k, v in state_dict.items() if not k.startswith(ORIGINAL_TRAINING_ONLY_PREFIXES)}
+    raise ValueError(f"{source}: no keys start with {' or '.join(ORIGINAL_PREFIXES[kind])}; is this a {kind} checkpoint?")
+
+
+def load_original(path: str | os.PathLike, kind: str, config=None, dtype: torch.dtype | None = None,
+                  device: str | torch.device | None = None):
+    """Load one model from an original single-file checkpoint (.ckpt or .safetensors).
+
+    Args:
+        kind: "vae" (``first_stage_model.*`` of an SD checkpoint, or a bare VAE file), "vq" (an LDM VQ
+            autoencoder) or "unet" (``model.diffusion_model.*``).
+        config: our config object or a diffusers config mapping. Autoencoder configs are read off the
+            tensor shapes when omitted; a UNet needs one (head counts are not visible in the weights).
+    """
+    if kind not in ORIGINAL_PREFIXES:
+        raise ValueError(f"kind must be one of {sorted(ORIGINAL_PREFIXES)}, got {kind!r}")
+    state_dict = _strip_prefix(read_state_dict(path, device or "cpu"), kind, path)
+    if config is None:
+        if kind == "unet":
+            raise ValueError(f"{path}: loading an original UNet needs config= (e.g. UNetConfig.preset('sd15'))")
+        config = convert.infer_autoencoder_config(state_dict, kind)
+    class_name = {"vae": "AutoencoderKL", "vq": "VQModel", "unet": "UNet2DConditionModel"}[kind]
+    cls = _import(MODEL_CLASSES, class_name, path)
+    model_config = config if isinstance(config, cls.config_class) else cls.config_class.from_diffusers(config)
+    converted = convert.original_to_diffusers(state_dict, kind, model_config)
+    return build_model(cls, model_config, converted, path, dtype, device)
+
+
+def save_original(model: torch.nn.Module, path: str | os.PathLike, kind: str) -> None:
+    """Write one model as an original-layout safetensors file, with the prefix an SD checkpoint uses."""
+    prefix = ORIGINAL_PREFIXES[kind][0]
+    converted = convert.diffusers_to_original(model.state_dict(), kind, model.config)
+    write_safetensors({prefix + k: v for k, v in converted.items()}, path)
