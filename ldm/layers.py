@@ -407,3 +407,24 @@ def checkpointed(module: nn.Module, *args):
     if not torch.is_grad_enabled():
         return module(*args)
     return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Randomness
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def randn_tensor(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise of `shape`, drawn exactly as diffusers' randn_tensor draws it: on the generator's device
+    (a CPU generator feeding a GPU tensor draws on the CPU, then moves), and with a list of B generators one
+    (1, ...) draw per batch element. generator: None, a torch.Generator, or a list of them."""
+    device = torch.device(device or "cpu")
+    if isinstance(generator, (list, tuple)) and len(generator) == 1:
+        generator = generator[0]
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator: a list needs one generator per batch element ({shape[0]}), "
+                             f"got {len(generator)}")
+        return torch.cat([randn_tensor((1, *shape[1:]), g, device, dtype) for g in generator])
+    draw_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed
+from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed,
+                        randn_tensor)
 
 # The VAE normalises with GroupNorm eps 1e-6 everywhere (the UNet uses 1e-5); diffusers hard-codes it.
 VAE_NORM_EPS = 1e-6
@@ -195,7 +196,7 @@ class DiagonalGaussian:
         Draws exactly what diffusers draws for the same generator: a CPU generator with a CUDA tensor draws on
         the CPU and moves the noise over.
         """
-        noise = randn(self.mean.shape, generator, self.mean.device, self.parameters.dtype)
+        noise = randn_tensor(self.mean.shape, generator, self.mean.device, self.parameters.dtype)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -217,20 +218,6 @@ class DiagonalGaussian:
         ``0.5 * sum(log(2 pi) + logvar + (x - mean)^2 / var)``."""
         return 0.5 * torch.sum(math.log(2.0 * math.pi) + self.logvar + (x - self.mean).pow(2) / self.var,
                                dim=list(dims))
-
-
-def randn(shape, generator: torch.Generator | None, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Standard normal noise of ``shape``, drawn where the generator lives and moved to ``device``.
-
-    This mirrors diffusers' ``randn_tensor``, so a seeded CPU generator gives the same noise on any device.
-    """
-    device = torch.device(device)
-    draw_device = device
-    if generator is not None:
-        if generator.device.type != device.type and generator.device.type != "cpu":
-            raise ValueError(f"a {generator.device.type} generator cannot draw noise for a {device.type} tensor")
-        draw_device = generator.device
-    return torch.randn(shape, generator=generator, device=draw_device, dtype=dtype).to(device)
 
 
 # ----------------------------------------------------------------------------------------------------------------
