@@ -82,25 +82,41 @@ def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as error:
             raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if path.suffix in (".bin", ".ckpt", ".pt", ".pth"):
-        try:
-            try:   # memory-map when the file allows it (the zip format of torch>=1.6), to avoid a second copy
-                data = torch.load(path, map_location=device, weights_only=True, mmap=True)
-            except RuntimeError as error:
-                if "mmap" not in str(error):
-                    raise
-                data = torch.load(path, map_location=device, weights_only=True)
-        except pickle.UnpicklingError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
-            raise ValueError(f"{path}: refused to load: the pickle contains more than tensors ({reason}). ldm only "
-                             "loads weights_only pickles; convert the file to safetensors in a trusted environment") from None
-        except (RuntimeError, EOFError, OSError) as error:
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+        data = torch_load_weights_only(path, device)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
         if isinstance(data.get("state_dict"), dict):   # Lightning / original LDM training checkpoints
             data = data["state_dict"]
         return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
     raise ValueError(f"{path}: unsupported weights format {path.suffix!r}; expected .safetensors, .bin, .ckpt, .pt or .pth")
+
+
+def torch_load_weights_only(path: Path, device: str | torch.device = "cpu"):
+    """``torch.load(path, weights_only=True)`` (memory-mapped when the file allows it), with one-line errors:
+    a pickle that asks for a Python object other than tensors and plain containers is refused (that is how a
+    malicious checkpoint runs code), and a file that is not a checkpoint at all says so."""
+    try:
+        try:   # memory-map when the file allows it (the zip format of torch>=1.6), to avoid a second copy
+            return torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):
+                raise
+            return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if match:
+            raise ValueError(f"{path}: refused to load: the pickle asks for the Python object {match.group(1)}, and "
+                             "ldm only unpickles tensors and plain containers (weights_only=True). Convert the file "
+                             "to safetensors in an environment you trust") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (the weights-only unpickler stopped: "
+                         f"{_unpickler_reason(error)})") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+
+
+def _unpickler_reason(error: Exception) -> str:
+    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(error))
+    return match.group(1).strip() if match else str(error).splitlines()[0]
 
 
 def read_json(path: Path) -> dict:

@@ -1,0 +1,287 @@
+"""What train_vae.py and train_ldm.py share: distributed set-up, EMA, the non-finite guard, checkpoints that
+cannot be corrupted and resume exactly, and the logs and pictures a run leaves behind.
+
+Checkpoints hold only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` reads
+them; they are written to a temporary file in the same folder, flushed, fsynced and renamed into place, so
+killing the process at any moment leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image, ImageDraw
+
+from ldm.io import torch_load_weights_only
+
+# ----------------------------------------------------------------------------------------------------------------
+# Distributed
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Join the process group when launched by torchrun (``RANK`` is set): nccl on CUDA, gloo on CPU."""
+    if "RANK" not in os.environ:
+        return Distributed()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    info = Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
+    """Average a tensor over processes (a no-op in a single process)."""
+    if info.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= info.world_size
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exponential moving average of the weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model, for every parameter; buffers are copied."""
+    for ema_p, p in zip(ema_model.parameters(), model.parameters()):
+        ema_p.lerp_(p.detach(), 1.0 - decay)
+    for ema_b, b in zip(ema_model.buffers(), model.buffers()):
+        ema_b.copy_(b)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-finite guard
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class NonFiniteGuard:
+    """Counts steps whose loss or gradients are NaN/Inf. The caller skips such a step; after ``limit``
+    consecutive ones the run stops with a message, because training has diverged."""
+
+    def __init__(self, limit: int = 20):
+        self.limit = limit
+        self.consecutive = 0
+        self.total = 0
+
+    def check(self, loss: torch.Tensor, parameters) -> bool:
+        """True if this step is finite (and may be applied); False if it must be skipped."""
+        finite = bool(torch.isfinite(loss).all())
+        if finite:
+            grads = [p.grad for p in parameters if p.grad is not None]
+            finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if finite:
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.total += 1
+        if self.consecutive >= self.limit:
+            raise NonFiniteError(f"{self.consecutive} consecutive steps had a non-finite loss or gradient; training "
+                                 "diverged (try a lower --lr, or fp32). The last good checkpoint is kept.")
+        return False
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random state (for exact resume)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """Every global random state, as tensors/lists that weights_only checkpoints can hold."""
+    state = {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate()),
+             "numpy": _numpy_state_to_dict(np.random.get_state())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_to_tuples(state["python"]))
+    np.random.set_state(_numpy_state_from_dict(state["numpy"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _numpy_state_to_dict(state) -> dict:
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_dict(state: dict):
+    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Write ``state`` atomically: temporary file in the same folder, flush, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing, corrupt or not ours."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from")
+    state = torch_load_weights_only(path)
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{path}: not an ldm training checkpoint (no 'step')")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logs and pictures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class JsonlLog:
+    """Append one JSON object per line (metrics of a step, an evaluation, ...)."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records of steps after the checkpoint (they will be redone)."""
+        if self.enabled and self.path.is_file():
+            kept = [r for r in self.read() if r.get("step", 0) <= step]
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8; one channel stays one channel."""
+    array = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(rows: list[torch.Tensor], pad: int = 2) -> Image.Image:
+    """A grid PNG: each entry of ``rows`` is a (N, C, H, W) batch in [-1, 1] drawn as one row."""
+    arrays = [to_uint8(r) for r in rows]
+    n = max(a.shape[0] for a in arrays)
+    h, w, c = arrays[0].shape[1:]
+    grid = np.full((len(arrays) * (h + pad) + pad, n * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, row in enumerate(arrays):
+        for j, image in enumerate(row):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            grid[top:top + h, left:left + w] = image
+    return Image.fromarray(grid[..., 0] if c == 1 else grid)
+
+
+def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, title: str = "",
+                size: tuple[int, int] = (720, 400)) -> None:
+    """A small line chart of ``keys`` against ``step`` (log-scale y when all values are positive), as PNG."""
+    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+    series = {k: [(r["step"], r[k]) for r in records if k in r and r[k] is not None and math.isfinite(r[k])]
+              for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    left, right, top, bottom = 70, width - 150, 30, height - 40
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    draw.text((left, 8), title, fill=(0, 0, 0))
+    if not series:
+        draw.text((left + 10, top + 10), "no data yet", fill=(0, 0, 0))
+        image.save(path)
+        return
+    values = [v for s in series.values() for _, v in s]
+    steps = [t for s in series.values() for t, _ in s]
+    log_y = min(values) > 0
+    transform = (lambda v: math.log10(v)) if log_y else (lambda v: v)
+    y_lo, y_hi = transform(min(values)), transform(max(values))
+    y_hi = y_hi if y_hi > y_lo else y_lo + 1.0
+    x_lo, x_hi = min(steps), max(steps)
+    x_hi = x_hi if x_hi > x_lo else x_lo + 1
+
+    def point(step, value):
+        x = left + (step - x_lo) / (x_hi - x_lo) * (right - left)
+        y = bottom - (transform(value) - y_lo) / (y_hi - y_lo) * (bottom - top)
+        return x, y
+
+    for i, (key, points) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        xy = [point(t, v) for t, v in points]
+        if len(xy) > 1:
+            draw.line(xy, fill=color, width=2)
+        else:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=color)
+        draw.text((right + 10, top + 16 * i), key, fill=color)
+    for frac in (0.0, 0.5, 1.0):
+        value = y_lo + frac * (y_hi - y_lo)
+        label = f"{10 ** value:.3g}" if log_y else f"{value:.3g}"
+        draw.text((5, bottom - frac * (bottom - top) - 6), label, fill=(0, 0, 0))
+    draw.text((left, bottom + 8), f"step {x_lo}", fill=(0, 0, 0))
+    draw.text((right - 60, bottom + 8), f"step {x_hi}", fill=(0, 0, 0))
+    image.save(path)

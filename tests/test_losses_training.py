@@ -1,0 +1,136 @@
+"""Stage-1 losses and the training utilities, against closed forms."""
+import math
+import random
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from ldm import losses, training
+
+
+def test_reconstruction_loss_sums_pixels_and_averages_batch():
+    x = torch.zeros(2, 1, 2, 2)
+    x_rec = torch.tensor([1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]).view(2, 1, 2, 2)
+    assert losses.reconstruction_loss(x, x_rec, "l1").item() == pytest.approx((4 + 3) / 2)
+    assert losses.reconstruction_loss(x, x_rec, "l2").item() == pytest.approx((6 + 9) / 2)
+    with pytest.raises(ValueError, match="'l1' or 'l2'"):
+        losses.reconstruction_loss(x, x_rec, "huber")
+
+
+def test_hinge_loss_closed_form():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    expected = 0.5 * ((0 + 0.5 + 2.0) / 3 + (0 + 1.0 + 2.0) / 3)
+    assert losses.hinge_discriminator_loss(real, fake).item() == pytest.approx(expected)
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    rec = (3.0 * w).sum()          # grad (3, 3): norm 3*sqrt(2)
+    gen = (w ** 2).sum()           # grad (2, 4): norm sqrt(20)
+    weight = losses.adaptive_generator_weight(rec, gen, w)
+    assert weight.item() == pytest.approx(3 * math.sqrt(2) / (math.sqrt(20) + 1e-4), rel=1e-6)
+    assert not weight.requires_grad
+
+
+def test_patch_discriminator_is_seeded_and_patchwise():
+    a = losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
+    b = losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a(torch.zeros(2, 1, 64, 64)).shape == (2, 1, 6, 6)
+
+
+def test_lpips_is_a_distance_and_loads_only_its_own_weights(tmp_path):
+    model = losses.LPIPS()
+    torch.manual_seed(0)
+    for p in model.parameters():
+        p.data.abs_()              # learned channel weights are non-negative, as in the real file
+    path = tmp_path / "lpips_vgg.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = losses.LPIPS.from_file(path)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(loaded(x, x), torch.zeros(2))
+    assert (loaded(x, y) > 0).all()
+    torch.testing.assert_close(loaded(x, y), loaded(y, x))
+    assert loaded(x[:, :1], y[:, :1]).shape == (2,)         # single-channel spectrograms work
+    safetensors.torch.save_file({"net.slice1.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"bad.safetensors: not an LPIPS\(net='vgg'\) weights file"):
+        losses.LPIPS.from_file(tmp_path / "bad.safetensors")
+
+
+def test_ema_update_closed_form():
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    before = ema.weight.detach().clone()
+    training.ema_update(ema, model, decay=0.9)
+    torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
+
+
+def test_non_finite_guard_skips_then_stops():
+    guard = training.NonFiniteGuard(limit=3)
+    p = torch.nn.Parameter(torch.ones(2))
+    p.grad = torch.ones(2)
+    assert guard.check(torch.tensor(1.0), [p])
+    p.grad = torch.tensor([1.0, float("nan")])
+    assert not guard.check(torch.tensor(1.0), [p])
+    assert not guard.check(torch.tensor(float("inf")), [p])
+    p.grad = torch.ones(2)
+    assert guard.check(torch.tensor(1.0), [p]) and guard.consecutive == 0 and guard.total == 2
+    p.grad = torch.tensor([float("nan"), 0.0])
+    guard.check(torch.tensor(1.0), [p]); guard.check(torch.tensor(1.0), [p])
+    with pytest.raises(training.NonFiniteError, match="3 consecutive steps"):
+        guard.check(torch.tensor(1.0), [p])
+
+
+def test_checkpoint_round_trip_with_rng_state(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    torch.manual_seed(1); random.seed(2); np.random.seed(3)
+    state = {"step": 5, "rng": training.rng_state(), "model": model.state_dict(), "names": ["a"]}
+    training.save_checkpoint(state, tmp_path / "checkpoint.pt")
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(9); random.seed(9); np.random.seed(9)
+    loaded = training.load_checkpoint(tmp_path)              # weights_only=True inside
+    training.set_rng_state(loaded["rng"])
+    assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == (expected[0].tolist(), *expected[1:])
+    assert loaded["step"] == 5 and loaded["names"] == ["a"]
+
+
+def test_checkpoint_write_interrupted_keeps_previous(tmp_path, monkeypatch):
+    training.save_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        training.save_checkpoint({"step": 2}, tmp_path / "checkpoint.pt")
+    monkeypatch.undo()
+    assert training.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        training.load_checkpoint(tmp_path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        training.load_checkpoint(tmp_path)
+
+
+def test_jsonl_log_truncates_redone_steps(tmp_path):
+    log = training.JsonlLog(tmp_path / "log.jsonl")
+    for step in range(1, 6):
+        log.write({"step": step, "loss": 1.0 / step})
+    log.truncate_after(3)
+    assert [r["step"] for r in log.read()] == [1, 2, 3]
+
+
+def test_pictures(tmp_path):
+    grid = training.image_grid([torch.zeros(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)], pad=2)
+    assert grid.size == (3 * 10 + 2, 2 * 10 + 2) and grid.mode == "L"
+    assert np.asarray(grid)[2, 2] == 128 and np.asarray(grid)[12, 2] == 0
+    records = [{"step": s, "loss": 1.0 / s, "psnr": 20.0 + s} for s in range(1, 20)]
+    training.plot_curves(records, ["loss"], tmp_path / "curve.png", title="loss")
+    assert Image.open(tmp_path / "curve.png").size == (720, 400)
