@@ -225,10 +225,11 @@ def infer_autoencoder_config(state_dict: dict, kind: str) -> dict:
     config = dict(in_channels=in_channels, out_channels=out_channels, latent_channels=latent_channels,
                   block_out_channels=widths, layers_per_block=layers, norm_num_groups=32,
                   down_block_types=["DownEncoderBlock2D"] * len(widths), up_block_types=["UpDecoderBlock2D"] * len(widths),
-                  use_quant_conv="quant_conv.weight" in state_dict,
-                  use_post_quant_conv="post_quant_conv.weight" in state_dict,
                   mid_block_add_attention=any(k.startswith("encoder.mid.attn_1.") for k in state_dict))
-    if kind == "vq":
+    if kind == "vae":
+        config["use_quant_conv"] = "quant_conv.weight" in state_dict
+        config["use_post_quant_conv"] = "post_quant_conv.weight" in state_dict
+    else:
         config["num_vq_embeddings"] = state_dict["quantize.embedding.weight"].shape[0]
         config["vq_embed_dim"] = state_dict["quantize.embedding.weight"].shape[1]
     return config
