@@ -7,6 +7,8 @@ killing the process at any moment leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import math
 import os
@@ -285,3 +287,31 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
     draw.text((left, bottom + 8), f"step {x_lo}", fill=(0, 0, 0))
     draw.text((right - 60, bottom + 8), f"step {x_hi}", fill=(0, 0, 0))
     image.save(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command lines from config dataclasses
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def option(default, help: str, choices=None):
+    """A config field with its --help text (and allowed values)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def parse_config(cls, argv: list[str] | None, description: str):
+    """Turn the fields of dataclass ``cls`` into ``--kebab-case`` flags (booleans as --flag / --no-flag); every
+    flag's --help shows its default. Fields are annotated ``int``, ``float``, ``str`` or ``bool``, optionally
+    ``| None``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        base = annotation.split("|")[0].strip()
+        if base == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(base, str), default=f.default,
+                                help=f.metadata["help"], choices=f.metadata.get("choices"))
+    return cls(**vars(parser.parse_args(argv)))

@@ -190,11 +190,11 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
         self.var = torch.exp(self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
         """A reparameterised draw ``mean + std * eps``, eps ~ N(0, I) from ``generator``; differentiable.
 
         Draws exactly what diffusers draws for the same generator: a CPU generator with a CUDA tensor draws on
-        the CPU and moves the noise over.
+        the CPU and moves the noise over; a list of B generators draws one image's noise from each.
         """
         noise = randn_tensor(self.mean.shape, generator, self.mean.device, self.parameters.dtype)
         return self.mean + self.std * noise
@@ -394,7 +394,8 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
         return self._decode(z)
 
     def forward(self, x: torch.Tensor, sample_posterior: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+                generator: torch.Generator | list[torch.Generator] | None = None
+                ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """Reconstruct x through a posterior sample (or its mode). Returns (x_rec, posterior)."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()

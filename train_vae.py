@@ -1,0 +1,422 @@
+"""Stage 1 of latent diffusion: train an AutoencoderKL (or a VQModel) on a folder of spectrograms.
+
+    python train_vae.py --data DIR                  # DIR/<user>/*.png|.jpg|.npy, or a flat folder
+    python train_vae.py --data microdoppler         # the built-in simulated walking-person dataset
+    torchrun --nproc_per_node 4 train_vae.py ...    # several GPUs (or CPU processes); only rank 0 writes
+
+The recipe is the LDM one (Rombach et al. 2022, appendix G; Esser et al. 2021): per-image L1 (or L2) error summed
+over pixels, plus kl_weight times the KL to N(0, I) (or, for VQ, the codebook and commitment losses), plus an
+optional LPIPS term from a weights file you provide, plus from --disc-start a PatchGAN hinge loss whose weight is
+balanced against the reconstruction gradient at the decoder's last layer. Adam(0.5, 0.9) for both players.
+
+The run folder (--out) holds checkpoint.pt (everything needed to resume exactly; written atomically),
+model/ (a diffusers-format folder of the EMA weights with the measured latent scaling factor in its
+config.json), log.jsonl, loss.png, samples/ (held-out inputs above their reconstructions) and class_to_idx.json.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ldm import metrics, training
+from ldm.data import SpectrogramFolder, write_class_map
+from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
+                        reconstruction_loss)
+from ldm.training import option
+from ldm.vae import AutoencoderKL, VAEConfig
+from ldm.vq import VQConfig, VQModel
+
+
+@dataclass
+class TrainVAEConfig:
+    data: str = option("microdoppler", "image/.npy folder (ROOT/<user>/files or flat), or 'microdoppler' to "
+                                       "simulate the built-in 8-person dataset")
+    out: str = option("runs/vae", "run folder (checkpoint.pt, model/, log.jsonl, samples/, loss.png)")
+    model: str = option("kl", "autoencoder kind: KL-regularised (Stable Diffusion) or vector-quantised",
+                        choices=("kl", "vq"))
+    preset: str = option("microdoppler", "model preset (ldm.vae.VAE_PRESETS / ldm.vq.VQ_PRESETS); its in/out "
+                                         "channels are set from --channels")
+    size: int = option(128, "image side in pixels; must be a multiple of the preset's downsampling factor")
+    channels: int = option(1, "image channels: 1 (grayscale spectrograms) or 3 (RGB)", choices=(1, 3))
+    resize: str = option("resize", "how files of another size become size x size",
+                         choices=("resize", "center_crop", "random_crop", "none"))
+    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
+                            choices=("db", "magnitude", "power", "unit", "minmax"))
+    val_fraction: float = option(0.1, "fraction of each user's files held out for evaluation")
+    steps: int = option(4000, "optimizer steps")
+    batch_size: int = option(8, "images per process per micro-step (global batch = this x processes x accumulation)")
+    grad_accum: int = option(1, "micro-steps accumulated per optimizer step")
+    lr: float = option(1e-4, "Adam learning rate for the autoencoder and the discriminator")
+    seed: int = option(0, "seeds data order, initialisation, posterior noise and the simulator")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
+    rec_loss: str = option("l1", "reconstruction error per pixel, summed per image", choices=("l1", "l2"))
+    kl_weight: float = option(1e-6, "weight of the per-image KL sum (the LDM configs' kl_weight)")
+    lpips: str | None = option(None, "LPIPS(net='vgg') weights file; enables the perceptual loss (nothing is downloaded)")
+    perceptual_weight: float = option(1.0, "LPIPS weight, added per pixel as in the LDM code (needs --lpips)")
+    disc_weight: float = option(0.5, "PatchGAN generator-loss weight (0 disables the discriminator)")
+    disc_start: int = option(2000, "first step at which the discriminator trains and its loss is used")
+    disc_layers: int = option(3, "stride-2 layers in the PatchGAN discriminator")
+    vq_codebook_size: int | None = option(None, "VQ: override the preset's number of codes")
+    vq_beta: float = option(0.25, "VQ: commitment/codebook weight beta (see ldm.vq.VectorQuantizer, legacy flag)")
+    vq_ema: float | None = option(None, "VQ: learn codes by EMA with this decay instead of the codebook loss")
+    vq_kmeans: int = option(0, "VQ: k-means iterations to initialise the codebook on the first batch (0 = off)")
+    vq_restart: bool = option(False, "VQ: move codes unused for --vq-usage-window batches onto encoder outputs")
+    vq_usage_window: int = option(100, "VQ: batches without use after which a code is dead")
+    ema_decay: float = option(0.999, "decay of the EMA weights that are evaluated and exported")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
+    compile: bool = option(False, "torch.compile the autoencoder's forward")
+    gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
+    log_every: int = option(10, "steps between log.jsonl records")
+    eval_every: int = option(500, "steps between evaluations on the held-out split (PSNR, SSIM, identity)")
+    sample_every: int = option(500, "steps between reconstruction grids in samples/")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    eval_images: int = option(256, "held-out images used per evaluation")
+    eval_classifier: bool = option(True, "train the identity classifier on the training split and report its "
+                                         "accuracy on reconstructions next to originals (labelled data only)")
+    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops")
+    sim_users: int = option(8, "--data microdoppler: simulated people")
+    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person")
+    progress: bool = option(True, "show progress bars")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_data(cfg: TrainVAEConfig, is_main: bool) -> Path:
+    """The data folder; for 'microdoppler', simulate it once next to the run folder and reuse it afterwards."""
+    if cfg.data != "microdoppler":
+        return Path(cfg.data)
+    from ldm.microdoppler import write_dataset
+    folder = Path(cfg.out).resolve().parent / f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
+    if is_main and not (folder / "metadata.json").is_file():
+        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
+        os.replace(tmp, folder)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return folder
+
+
+def build_model(cfg: TrainVAEConfig):
+    """The autoencoder of --model/--preset with --channels in and out, tiling at --size."""
+    if cfg.model == "kl":
+        config = dataclasses.replace(VAEConfig.preset(cfg.preset), in_channels=cfg.channels,
+                                     out_channels=cfg.channels, sample_size=cfg.size)
+        model = AutoencoderKL(config)
+    else:
+        config = dataclasses.replace(VQConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
+                                     sample_size=cfg.size, beta=cfg.vq_beta, ema_decay=cfg.vq_ema,
+                                     kmeans_init_iters=cfg.vq_kmeans, dead_code_restart=cfg.vq_restart,
+                                     usage_window=cfg.vq_usage_window)
+        if cfg.vq_codebook_size:
+            config = dataclasses.replace(config, num_vq_embeddings=cfg.vq_codebook_size)
+        model = VQModel(config)
+    factor = config.downsample_factor
+    if cfg.size % factor:
+        raise ValueError(f"--size {cfg.size} is not a multiple of preset {cfg.preset!r}'s downsampling factor {factor}")
+    return model
+
+
+def batch_indices(num_items: int, micro_step: int, batch_size: int, seed: int, info: training.Distributed) -> list[int]:
+    """The dataset indices of this process's micro-batch number ``micro_step``.
+
+    The data order is a pure function of (seed, position): epoch e is a permutation drawn from a generator seeded
+    with (seed, e), and micro-batches take consecutive global slices of batch_size x world_size, rank r taking the
+    r-th part. So resuming needs only the step counter, and N processes see exactly the batches one process with
+    an N-times larger batch would see.
+    """
+    global_batch = batch_size * info.world_size
+    start = micro_step * global_batch + info.rank * batch_size
+    indices = []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, num_items)
+        order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(int(order[offset]))
+    return indices
+
+
+def sample_generators(seed: int, indices: list[int], micro_step: int) -> list[torch.Generator]:
+    """One fresh generator per image of the micro-batch, seeded by (seed, micro-step, dataset index).
+
+    Posterior noise is drawn per image from these, so it depends neither on the process count (DDP draws what
+    one process would) nor on earlier steps (resume is exact without saving generator states).
+    """
+    return [torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_000_033 + i) for i in indices]
+
+
+@torch.no_grad()
+def reconstruct(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Reconstructions (through the posterior mode, or the codebook) of x, in batches."""
+    out = []
+    for i in range(0, len(x), batch_size):
+        out.append(model(x[i:i + batch_size])[0].float().clamp(-1, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(model, x_val: torch.Tensor, y_val: torch.Tensor, classifier, device) -> dict:
+    """PSNR/SSIM of reconstructions of held-out images (in [0, 1]), and the classifier's accuracy on both."""
+    x_rec = reconstruct(model, x_val.to(device)).cpu()
+    unit, unit_rec = (x_val + 1) / 2, (x_rec + 1) / 2
+    result = {"psnr": float(metrics.psnr(unit_rec, unit).mean()), "ssim": float(metrics.ssim(unit_rec, unit).mean())}
+    if classifier is not None:
+        result["acc_original"] = float((metrics.predict(classifier, x_val)[0].argmax(1) == y_val).float().mean())
+        result["acc_reconstruction"] = float((metrics.predict(classifier, x_rec)[0].argmax(1) == y_val).float().mean())
+    return result
+
+
+@torch.no_grad()
+def latent_statistics(model, x: torch.Tensor, device, generator: torch.Generator, batch_size: int = 32) -> dict:
+    """1/std of the latents the diffusion model will see (LDM paper, section 4.3.2: posterior samples for KL, the
+    pre-quantization latents for VQ) over the training images, and their per-channel mean and std."""
+    latents = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size].to(device)
+        if isinstance(model, AutoencoderKL):
+            latents.append(model.encode(batch).sample(generator).float().cpu())
+        else:
+            latents.append(model.encode(batch).float().cpu())
+    z = torch.cat(latents)                                               # (N, Cz, h, w)
+    return {"scaling_factor": float(1.0 / z.std()),
+            "latents_mean": z.mean(dim=(0, 2, 3)).tolist(), "latents_std": z.std(dim=(0, 2, 3)).tolist()}
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--out {folder}: cannot write there ({error.strerror})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainVAEConfig) -> int:
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    info = training.setup_distributed(device)
+    if device.startswith("cuda") and info.enabled:
+        device = f"cuda:{info.local_rank}"
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + info.rank)
+
+    # ---- resume: what the checkpoint says must match this run --------------------------------------------------
+    state = training.load_checkpoint(cfg.resume) if cfg.resume else None
+
+    # ---- data ----------------------------------------------------------------------------------------------------
+    root = resolve_data(cfg, info.is_main)
+    data_options = dict(size=cfg.size, channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
+                        val_fraction=cfg.val_fraction, seed=cfg.seed, cache=True,
+                        class_to_idx=state["class_to_idx"] if state else None)
+    train_set = SpectrogramFolder(root, split="train", **data_options)
+    val_set = SpectrogramFolder(root, split="val", **data_options) if cfg.val_fraction > 0 else train_set
+    x_val, y_val = val_set.tensors()
+    x_val, y_val = x_val[:cfg.eval_images], y_val[:cfg.eval_images]
+
+    # ---- models and optimizers -----------------------------------------------------------------------------------
+    model = build_model(cfg)
+    if state is not None:
+        expected, found = model.config.to_diffusers(), state["model_config"]
+        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k)
+                        and k not in ("scaling_factor", "latents_mean", "latents_std"))
+        if state.get("model_kind") != cfg.model or differ:
+            raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model "
+                             f"({state.get('model_kind')} with different {differ or 'kind'}); use the same "
+                             "--model/--preset/--size/--channels")
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    use_disc = cfg.disc_weight > 0 and cfg.disc_start < cfg.steps
+    disc = PatchDiscriminator(cfg.channels, num_layers=cfg.disc_layers,
+                              generator=torch.Generator().manual_seed(cfg.seed)).to(device) if use_disc else None
+    opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if use_disc else None
+    perceptual = LPIPS.from_file(cfg.lpips).to(device) if cfg.lpips else None
+    start_step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        if use_disc:
+            disc.load_state_dict(state["disc"])
+            opt_disc.load_state_dict(state["opt_disc"])
+        training.set_rng_state(state["rng"])
+        if cfg.model == "vq":
+            for name, buffer in model.quantize.named_buffers():
+                buffer.copy_(state["quantizer_buffers"][name])
+        start_step = state["step"]
+    ddp_model = DistributedDataParallel(model) if info.enabled else model
+    ddp_disc = DistributedDataParallel(disc) if info.enabled and use_disc else disc
+    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
+    last_layer = model.decoder.conv_out.weight
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
+
+    # ---- outputs -------------------------------------------------------------------------------------------------
+    if info.is_main:
+        check_writable(out)
+        (out / "samples").mkdir(exist_ok=True)
+        write_class_map(out / "class_to_idx.json", train_set.class_to_idx)
+    log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
+    log.truncate_after(start_step)
+    classifier = None
+    labelled = len(train_set.class_to_idx) > 1
+    if cfg.eval_classifier and labelled and info.is_main:
+        x_train, y_train = train_set.tensors()
+        classifier = metrics.train_classifier(x_train, y_train, metrics.ClassifierConfig(
+            num_classes=len(train_set.class_to_idx), in_channels=cfg.channels, seed=cfg.seed), progress=cfg.progress)
+    guard = training.NonFiniteGuard(cfg.max_nonfinite)
+    if state is not None:
+        guard.total = state.get("nonfinite_total", 0)
+
+    def save_checkpoint(step: int) -> None:
+        if not info.is_main:
+            return
+        if not training.all_finite(model) or not training.all_finite(ema):
+            raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
+        training.save_checkpoint({
+            "step": step, "model_kind": cfg.model, "model_config": model.config.to_diffusers(),
+            "train_config": dataclasses.asdict(cfg), "class_to_idx": train_set.class_to_idx,
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "disc": disc.state_dict() if use_disc else None, "opt_disc": opt_disc.state_dict() if use_disc else None,
+            "rng": training.rng_state(), "nonfinite_total": guard.total,
+            # the VQ codebook statistics (EMA counts, usage) are not in the state dict; keep them for exact resume
+            "quantizer_buffers": dict(model.quantize.named_buffers()) if cfg.model == "vq" else None,
+        }, out / "checkpoint.pt")
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_vae",
+               disable=not (cfg.progress and info.is_main))
+    timer, images_seen = time.perf_counter(), 0
+    for step in bar:
+        disc_active = use_disc and step >= cfg.disc_start
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        parts = {"rec": 0.0, "kl": 0.0, "vq": 0.0, "g": 0.0, "d": 0.0, "d_weight": 0.0}
+        micro_batches = []
+        for micro in range(cfg.grad_accum):
+            idx = batch_indices(len(train_set), step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed, info)
+            x = torch.stack([train_set[i][0] for i in idx]).to(device)
+            generators = sample_generators(cfg.seed, idx, step * cfg.grad_accum + micro)
+            with autocast:
+                if cfg.model == "kl":
+                    x_rec, posterior = forward(x, sample_posterior=True, generator=generators)
+                    kl = posterior.kl().mean()
+                    regulariser = cfg.kl_weight * kl
+                    parts["kl"] += kl.item() / cfg.grad_accum
+                else:
+                    # k-means init / dead-code restart draw from the first image's generator; under DDP each
+                    # process maintains its own codebook statistics (see ldm/vq.py)
+                    x_rec, vq_loss, _ = forward(x, generator=generators[0])
+                    regulariser = vq_loss
+                    parts["vq"] += vq_loss.item() / cfg.grad_accum
+                rec = reconstruction_loss(x.float(), x_rec.float(), cfg.rec_loss)
+                if perceptual is not None:   # the LDM code adds the per-image LPIPS to every pixel's error
+                    rec = rec + cfg.perceptual_weight * x[0].numel() * perceptual(x.float(), x_rec.float()).mean()
+                loss = rec + regulariser
+                if disc_active:
+                    gen_loss = -ddp_disc(x_rec).mean()
+                    d_weight = cfg.disc_weight * adaptive_generator_weight(rec, gen_loss, last_layer)
+                    loss = loss + d_weight * gen_loss
+                    parts["g"] += gen_loss.item() / cfg.grad_accum
+                    parts["d_weight"] = d_weight.item()
+            (loss / cfg.grad_accum).backward()
+            parts["rec"] += rec.item() / cfg.grad_accum
+            micro_batches.append((x, x_rec.detach()))
+
+        # generator step; the discriminator's gradients from the generator loss are discarded
+        finite = guard.check(loss.detach(), model.parameters())
+        if finite:
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            training.ema_update(ema, model, cfg.ema_decay)
+
+        # discriminator step, on detached reconstructions: only the discriminator changes here
+        if disc_active and finite:
+            opt_disc.zero_grad(set_to_none=True)
+            for x, x_rec in micro_batches:
+                with autocast:
+                    d_loss = hinge_discriminator_loss(ddp_disc(x), ddp_disc(x_rec))
+                (d_loss / cfg.grad_accum).backward()
+                parts["d"] += d_loss.item() / cfg.grad_accum
+            if guard.check(d_loss.detach(), disc.parameters()):
+                opt_disc.step()
+
+        images_seen += cfg.batch_size * cfg.grad_accum * info.world_size
+        done = step + 1
+        if info.is_main:
+            bar.set_postfix(rec=f"{parts['rec']:.1f}", skipped=guard.total)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            seconds = time.perf_counter() - timer
+            averaged = training.all_reduce_mean(torch.tensor(list(parts.values()), dtype=torch.float64), info)
+            parts = dict(zip(parts, averaged.tolist()))                  # the mean over processes
+            record = {"step": done, "loss": parts["rec"] + cfg.kl_weight * parts["kl"] + parts["vq"], **parts,
+                      "images_per_s": images_seen / max(seconds, 1e-9), "skipped_steps": guard.total}
+            if cfg.model == "vq":
+                record["perplexity"] = float(model.quantize.perplexity)
+                record["dead_codes"] = float(model.quantize.dead_fraction())
+            log.write(record)
+            timer, images_seen = time.perf_counter(), 0
+        if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
+            rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]
+            training.image_grid(rows).save(out / "samples" / f"step_{done:06d}.png")
+        if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
+            result = evaluate(ema, x_val, y_val, classifier, device)
+            log.write({"step": done, "eval": True, **result})
+            training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(done)
+
+    # ---- export --------------------------------------------------------------------------------------------------
+    if info.is_main:
+        x_train, _ = train_set.tensors()
+        stats = latent_statistics(ema, x_train, device, torch.Generator().manual_seed(cfg.seed))
+        log.write({"step": cfg.steps, "latent_statistics": True, **stats})
+        if cfg.model == "vq":   # diffusers' VQModel config has only the scaling factor
+            stats = {"scaling_factor": stats["scaling_factor"]}
+        ema.config = dataclasses.replace(ema.config, **stats)
+        ema.save_pretrained(out / "model")
+        final = evaluate(ema, x_val, y_val, classifier, device)
+        training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
+        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite)")
+        print(f"  held-out PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}"
+              + (f", identity accuracy {final['acc_reconstruction']:.1%} on reconstructions vs "
+                 f"{final['acc_original']:.1%} on originals" if "acc_original" in final else ""))
+        print(f"  latent scaling factor {stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})")
+        print(f"  checkpoint  {out / 'checkpoint.pt'}\n  model       {out / 'model'}\n  log         "
+              f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
+    if info.enabled:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = training.parse_config(TrainVAEConfig, argv, __doc__.split("\n\n")[0])
+    try:
+        return train(cfg)
+    except (ValueError, FileNotFoundError, training.NonFiniteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
