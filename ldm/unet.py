@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.io import PretrainedMixin
 from ldm.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, checkpointed, timestep_embedding
 from ldm.transformer import Transformer2D
 
@@ -430,12 +431,14 @@ class UpBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class UNet2DConditionModel(nn.Module):
+class UNet2DConditionModel(PretrainedMixin, nn.Module):
     """The latent-diffusion UNet: predicts noise from noisy latents, a timestep, a context and optional class labels.
 
     State-dict keys equal diffusers' ``UNet2DConditionModel``, so its weights load with ``strict=True``.
     ``enable_gradient_checkpointing()`` recomputes resnet and attention activations in backward (same numbers).
     """
+
+    config_class = UNetConfig
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()

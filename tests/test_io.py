@@ -239,3 +239,77 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
         model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["config.json", "diffusion_pytorch_model.safetensors"]
+
+
+# ---- the UNet, the VQ model and the schedulers -----------------------------------------------------------------
+
+from diffusers import DDIMScheduler as RefDDIM  # noqa: E402
+from diffusers import UNet2DConditionModel as RefUNet  # noqa: E402
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint  # noqa: E402
+
+from ldm.ddpm import DDIMScheduler  # noqa: E402
+from ldm.unet import UNet2DConditionModel  # noqa: E402
+from ldm.vq import VQConfig, VQModel  # noqa: E402
+from tests import test_unet  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["sd1_style", "sd2_style", "class_embeddings", "two_transformer_layers"])
+def test_unet_original_layout_is_what_diffusers_converts_back(name):
+    _, ref = test_unet.make_pair(name)
+    state_dict, config = ref.state_dict(), dict(ref.config)
+    original = diffusers_to_original(state_dict, "unet", config)
+    assert "input_blocks.0.0.weight" in original and not any(k.startswith("down_blocks") for k in original)
+    back = convert_ldm_unet_checkpoint({"model.diffusion_model." + k: v for k, v in original.items()}, config)
+    assert back.keys() == state_dict.keys()
+    assert all(torch.equal(back[k], state_dict[k]) for k in state_dict)
+    ours = original_to_diffusers(original, "unet", config)
+    assert ours.keys() == state_dict.keys() and all(torch.equal(ours[k], state_dict[k]) for k in state_dict)
+
+
+@torch.no_grad()
+def test_unet_folders_and_original_files_round_trip(tmp_path):
+    ours, ref = test_unet.make_pair("sd1_style")
+    kwargs = test_unet.inputs(ours)
+    expected = ref(**kwargs).sample
+    ref.save_pretrained(tmp_path / "from_diffusers", variant="fp16")
+    loaded = io.load_pretrained(tmp_path / "from_diffusers", variant="fp16")
+    assert isinstance(loaded, UNet2DConditionModel)
+    assert torch.equal(loaded.eval()(**kwargs), expected)
+    ours.save_pretrained(tmp_path / "from_ldm", max_shard_size="300KB")
+    assert len(list((tmp_path / "from_ldm").glob("*.safetensors"))) > 1
+    assert torch.equal(RefUNet.from_pretrained(tmp_path / "from_ldm").eval()(**kwargs).sample, expected)
+    io.save_original(ours, tmp_path / "sd.safetensors", "unet")
+    again = io.load_original(tmp_path / "sd.safetensors", "unet", config=ours.config)
+    assert torch.equal(again.eval()(**kwargs), expected)
+
+
+def test_vq_original_round_trip(tmp_path):
+    model = VQModel(VQConfig.preset("tiny"))
+    io.save_original(model, tmp_path / "vq.ckpt.safetensors", "vq")
+    back = io.load_original(tmp_path / "vq.ckpt.safetensors", "vq", config=model.config)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_scheduler_folders_and_a_whole_pipeline(tmp_path):
+    ours_unet, ref_unet = test_unet.make_pair("sd1_style")
+    ref_vae = reference_vae()
+    vae = io.build_model(AutoencoderKL, VAEConfig.from_diffusers(dict(ref_vae.config)), ref_vae.state_dict(), "test")
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    io.save_pipeline(tmp_path, {"vae": vae, "unet": ours_unet, "scheduler": sched})
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"] and index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    parts = io.load_pipeline(tmp_path)
+    assert isinstance(parts["scheduler"], DDIMScheduler) and isinstance(parts["unet"], UNet2DConditionModel)
+    reference = RefDDIM.from_pretrained(tmp_path, subfolder="scheduler")
+    reference.set_timesteps(10)
+    parts["scheduler"].set_timesteps(10)
+    assert torch.equal(parts["scheduler"].timesteps, reference.timesteps)
+    assert isinstance(io.load_pretrained(tmp_path / "scheduler"), DDIMScheduler)
+    kwargs = test_unet.inputs(ours_unet)
+    with torch.no_grad():
+        assert torch.equal(RefUNet.from_pretrained(tmp_path, subfolder="unet").eval()(**kwargs).sample,
+                           ours_unet.eval()(**kwargs))
+    with pytest.raises(ValueError, match="scheduler_config.json: unknown _class_name 'PNDMScheduler'"):
+        (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "PNDMScheduler"}))
+        io.load_pretrained(tmp_path / "scheduler")
