@@ -1,0 +1,381 @@
+"""Folder datasets of spectrograms (or any images) with user IDs: ROOT/<user>/<file> -> (x in [-1, 1], label).
+
+Layout
+    ROOT/<user>/<file>   one subfolder per user; labels are the sorted subfolder names numbered 0, 1, ...
+                         (`dataset.class_to_idx`; save it next to any model trained on the data, `write_class_map`)
+    ROOT/<file>          a flat folder is one unlabelled class (label 0, name UNLABELLED)
+Files directly inside those folders with a supported suffix are used (.npy .png .jpg .jpeg, any case; `suffixes`
+narrows the set); other files (metadata.json, .txt, ...) and hidden folders are ignored; deeper subfolders are not
+searched. A stem present in several formats (the simulator writes 0000.png and 0000.npy) is loaded once, from the
+first of .npy, .png, .jpg, .jpeg: full-precision arrays win over 8-bit images.
+
+Values (every sample ends as float32 (C, size, size) in [-1, 1])
+    PNG / JPEG   8-bit: v / 255 * 2 - 1 (16-bit PNG: v / 65535). channels=1 turns RGB into ITU-R 601 luma
+                 (colour maps are not inverted); channels=3 keeps RGB and repeats grayscale three times.
+    .npy         (H, W), (C, H, W) or (H, W, C) with C in {1, 3}; `npy_scale` says what the numbers are:
+        "db"         dB values. ref = the image max (db_reference="max") or a fixed dB value (db_reference=float);
+                     x = clip(v - ref, -dynamic_range_db, 0) / dynamic_range_db * 2 + 1
+        "magnitude"  linear amplitude |S| (complex allowed): 20 log10 |v|, then as "db"
+        "power"      linear power |S|^2: 10 log10 v, then as "db"
+        "unit"       already in [0, 1]: v * 2 - 1
+        "minmax"     per-image (v - min) / (max - min) * 2 - 1
+    The simulator (ldm.microdoppler) writes dB re the image max in [-50, 0]: npy_scale="db" reproduces its PNGs.
+
+Size policy (`size` None keeps native sizes, which must then all agree; otherwise `resize`):
+    "resize"       antialiased bilinear to size x size (aspect ratio not kept)
+    "center_crop"  the central size x size window;  "random_crop": a random one per access
+    "none"         files must already be size x size
+A file smaller than `size` in either dimension is an error under every policy (no upsampling).
+
+Every file is decoded once at construction, so a corrupt file is a ValueError naming it before training starts
+(`skip_bad=True` skips such files instead and warns with their count; `dataset.skipped` lists them).
+Splits are per user and by file (or by recording, with `group_regex`), reproducible from `seed`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+SUPPORTED_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")            # also the preference order for one stem
+UNLABELLED = "<unlabelled>"
+NPY_SCALES = ("db", "magnitude", "power", "unit", "minmax")
+RESIZE_POLICIES = ("resize", "center_crop", "random_crop", "none")
+
+
+def _listing(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Supported files directly in folder, sorted by name, one per stem (first suffix in `suffixes` order wins)."""
+    best: dict[str, Path] = {}
+    for p in folder.iterdir():
+        suffix = p.suffix.lower()
+        if suffix in suffixes and p.is_file() and not p.name.startswith("."):
+            if p.stem not in best or suffixes.index(suffix) < suffixes.index(best[p.stem].suffix.lower()):
+                best[p.stem] = p
+    return sorted(best.values())
+
+
+def scan_folder(root: str | Path, class_to_idx: dict[str, int] | None = None,
+                suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> tuple[list[Path], list[int], dict[str, int]]:
+    """List the supported files under root and label them.
+
+    Returns (files, labels, class_to_idx), files sorted by (label, name). class_to_idx maps the sorted subfolder
+    names to 0, 1, ...; pass an existing map (e.g. the one a model was trained with) to label a second folder the
+    same way, in which case every subfolder name must be in it. Raises FileNotFoundError / ValueError for a
+    missing or empty root, no supported files, a class folder with no supported files, or files mixed with
+    class folders at the top level. `suffixes`: the file types to use, in order of preference for one stem.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    if not suffixes or any(s not in SUPPORTED_SUFFIXES for s in suffixes):
+        raise ValueError(f"suffixes must be a non-empty subset of {SUPPORTED_SUFFIXES}, got {suffixes}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist (expected ROOT/<user>/<files> or ROOT/<files>)")
+    entries = sorted(root.iterdir())
+    if not entries:
+        raise ValueError(f"data folder {root} is empty (expected ROOT/<user>/<files> or ROOT/<files>)")
+    top_files = _listing(root, suffixes)
+    subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    listings = {d: _listing(d, suffixes) for d in subdirs}
+    class_dirs = [d for d in subdirs if listings[d]]
+    if top_files and class_dirs:
+        raise ValueError(f"{root} mixes files ({top_files[0].name}, ...) with user folders ({class_dirs[0].name}, "
+                         "...); put every file in a user folder, or use a flat folder for one unlabelled class")
+    if top_files:
+        if class_to_idx is not None and list(class_to_idx) != [UNLABELLED]:
+            raise ValueError(f"{root} is a flat folder (no user subfolders) but a class map "
+                             f"{sorted(class_to_idx)} was given")
+        return top_files, [0] * len(top_files), {UNLABELLED: 0}
+    if not subdirs:
+        names = ", ".join(p.name for p in entries[:3])
+        raise ValueError(f"no supported files ({' '.join(suffixes)}) in {root} (found {names}, ...)")
+    empty = [d.name for d in subdirs if d not in class_dirs]
+    if empty:
+        raise ValueError(f"user folder(s) {empty} in {root} hold no supported files ({' '.join(suffixes)})")
+    names = [d.name for d in class_dirs]
+    if class_to_idx is None:
+        class_to_idx = {name: i for i, name in enumerate(names)}
+    unknown = [n for n in names if n not in class_to_idx]
+    if unknown:
+        raise ValueError(f"user folder(s) {unknown} in {root} are not in the class map {sorted(class_to_idx)}")
+    files, labels = [], []
+    for d in sorted(class_dirs, key=lambda d: class_to_idx[d.name]):
+        files += listings[d]
+        labels += [class_to_idx[d.name]] * len(listings[d])
+    return files, labels, dict(class_to_idx)
+
+
+def write_class_map(path: str | Path, class_to_idx: dict[str, int]) -> None:
+    """Save the user-name -> ID map as JSON (store it with every model trained on the folder)."""
+    Path(path).write_text(json.dumps(class_to_idx, indent=1))
+
+
+def read_class_map(path: str | Path) -> dict[str, int]:
+    """Load a map written by write_class_map."""
+    return {str(k): int(v) for k, v in json.loads(Path(path).read_text()).items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading one file -> float32 (C, H, W) in [-1, 1]
+# ----------------------------------------------------------------------------------------------------------------
+def _read_image(path: Path, channels: int) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):                 # 16-bit grayscale PNG
+            v = np.asarray(im, dtype=np.float64)
+            if v.min() < 0 or v.max() > 65535:
+                raise ValueError(f"{path}: integer image values outside 0..65535")
+            x = (v / 65535)[None]
+        elif im.mode == "F":
+            raise ValueError(f"{path}: floating-point images are not supported; save them as .npy")
+        else:
+            target = "L" if channels == 1 else "RGB"                   # 'L' uses ITU-R 601 luma for colour
+            x = np.asarray(im.convert(target), dtype=np.float64) / 255
+            x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
+    if x.shape[0] == 1 and channels == 3:
+        x = np.repeat(x, 3, axis=0)
+    return (x * 2 - 1).astype(np.float32)
+
+
+def _npy_to_unit(v: np.ndarray, path: Path, npy_scale: str, dynamic_range_db: float,
+                 db_reference: str | float) -> np.ndarray:
+    """Map raw .npy values to [-1, 1] according to npy_scale (see the module docstring)."""
+    if np.iscomplexobj(v):
+        if npy_scale != "magnitude":
+            raise ValueError(f"{path}: complex values need npy_scale='magnitude', got {npy_scale!r}")
+        v = np.abs(v)
+    v = v.astype(np.float64)
+    if np.isnan(v).any():
+        raise ValueError(f"{path}: contains NaN")
+    if npy_scale in ("magnitude", "power"):
+        if (v < 0).any():
+            raise ValueError(f"{path}: negative values cannot be a linear {npy_scale} (use npy_scale='db'?)")
+        with np.errstate(divide="ignore"):
+            v = (20 if npy_scale == "magnitude" else 10) * np.log10(v)  # 0 -> -inf, clipped below
+    if npy_scale in ("db", "magnitude", "power"):
+        finite = v[np.isfinite(v)]
+        if finite.size == 0 or np.isposinf(v).any():
+            raise ValueError(f"{path}: no finite dB values (or +inf)")
+        ref = finite.max() if db_reference == "max" else float(db_reference)
+        x = np.clip(np.nan_to_num(v - ref, neginf=-dynamic_range_db), -dynamic_range_db, 0.0)
+        return x / dynamic_range_db * 2 + 1
+    if not np.isfinite(v).all():
+        raise ValueError(f"{path}: contains inf")
+    if npy_scale == "unit":
+        if v.min() < -1e-6 or v.max() > 1 + 1e-6:
+            raise ValueError(f"{path}: npy_scale='unit' needs values in [0, 1], got [{v.min():.3g}, {v.max():.3g}]")
+        return np.clip(v, 0, 1) * 2 - 1
+    span = v.max() - v.min()                                           # "minmax"
+    return (v - v.min()) / span * 2 - 1 if span > 0 else np.zeros_like(v)
+
+
+def _read_npy(path: Path, channels: int, npy_scale: str, dynamic_range_db: float,
+              db_reference: str | float) -> np.ndarray:
+    v = np.load(path, allow_pickle=False)
+    if v.ndim == 3 and v.shape[-1] in (1, 3) and v.shape[0] not in (1, 3):
+        v = v.transpose(2, 0, 1)                                       # (H, W, C) -> (C, H, W)
+    if v.ndim == 2:
+        v = v[None]
+    if v.ndim != 3 or v.shape[0] not in (1, 3) or min(v.shape[1:]) < 1:
+        raise ValueError(f"{path}: expected an array (H, W), (C, H, W) or (H, W, C) with C in {{1, 3}}, got {v.shape}")
+    if not (np.issubdtype(v.dtype, np.number) or v.dtype == bool):
+        raise ValueError(f"{path}: expected a numeric array, got dtype {v.dtype}")
+    x = _npy_to_unit(v, path, npy_scale, dynamic_range_db, db_reference)
+    if x.shape[0] == 1 and channels == 3:
+        x = np.repeat(x, 3, axis=0)
+    elif x.shape[0] == 3 and channels == 1:
+        x = x.mean(axis=0, keepdims=True)
+    return x.astype(np.float32)
+
+
+def read_file(path: str | Path, channels: int = 1, npy_scale: str = "db", dynamic_range_db: float = 50.0,
+              db_reference: str | float = "max") -> np.ndarray:
+    """One image or .npy file -> float32 (channels, H, W) in [-1, 1]. A file that cannot be read or decoded is a
+    ValueError naming it. Options as for SpectrogramFolder."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            return _read_npy(path, channels, npy_scale, dynamic_range_db, db_reference)
+        return _read_image(path, channels)
+    except ValueError as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"cannot read {path}: {err}") from err
+    except (OSError, EOFError, SyntaxError) as err:                    # PIL/numpy decode and I/O errors
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------------------------------
+def split_indices(files: list[Path], labels: list[int], val_fraction: float, test_fraction: float, seed: int,
+                  group_regex: str | None = None) -> dict[str, list[int]]:
+    """Per-user split of file indices into {"train", "val", "test"}.
+
+    Within each user the files (or recording groups) are shuffled by numpy.random.default_rng([seed, label]);
+    the first round(test_fraction * n) files go to test, the next round(val_fraction * n) to val, the rest to
+    train, so the split depends only on the file names, the fractions and the seed. With group_regex, all
+    files whose stems share the regex's first group (or whole match) stay in one split: windows cut from one
+    recording then never straddle train and test (micro_doppler.md 2, "recording-disjoint splits").
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, "
+                         f"got {val_fraction}, {test_fraction}")
+    pattern = re.compile(group_regex) if group_regex else None
+    out = {"train": [], "val": [], "test": []}
+    for label in sorted(set(labels)):
+        idx = sorted((i for i, lab in enumerate(labels) if lab == label), key=lambda i: files[i].name)
+        groups: dict[str, list[int]] = {}
+        for i in idx:
+            match = pattern.search(files[i].stem) if pattern else None
+            key = (match.group(1) if match.groups() else match.group(0)) if match else files[i].name
+            groups.setdefault(key, []).append(i)
+        keys = sorted(groups)
+        order = np.random.default_rng([seed, label]).permutation(len(keys))
+        n_test, n_val = round(test_fraction * len(idx)), round(val_fraction * len(idx))
+        for j in order:
+            members = groups[keys[j]]
+            if n_test > 0:
+                out["test"] += members
+                n_test -= len(members)
+            elif n_val > 0:
+                out["val"] += members
+                n_val -= len(members)
+            else:
+                out["train"] += members
+        if not any(labels[i] == label for i in out["train"]):
+            raise ValueError(f"user {label} has {len(idx)} file(s) ({len(keys)} group(s)): none left for training "
+                             f"after val_fraction={val_fraction}, test_fraction={test_fraction}")
+    return {k: sorted(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The dataset
+# ----------------------------------------------------------------------------------------------------------------
+class SpectrogramFolder(Dataset):
+    """ROOT/<user>/<file> (or a flat ROOT/<file>) as (x, label): x float32 (channels, size, size) in [-1, 1].
+
+    Args:
+        root: the folder.  size: output side in pixels, or None for native (all files must share one shape).
+        channels: 1 or 3.  resize: "resize" | "center_crop" | "random_crop" | "none" (module docstring).
+        npy_scale, dynamic_range_db, db_reference: how .npy values map to [-1, 1] (module docstring).
+        split: None (all files) or "train" | "val" | "test", with val_fraction, test_fraction, seed, group_regex
+            as in split_indices.
+        class_to_idx: label a folder with an existing user-name -> ID map (e.g. generated samples for a model).
+        skip_bad: skip unreadable files (warn with their count) instead of raising ValueError.
+        suffixes: file types to use, in order of preference for a stem present in several formats.
+        cache: keep the decoded arrays in memory, already resized (decoded once at construction anyway).
+        generator: torch.Generator for random crops (default: torch's global RNG).
+    Attributes: files, labels, class_to_idx, classes (names by ID), skipped [(path, reason)].
+    """
+
+    def __init__(self, root: str | Path, size: int | None = None, channels: int = 1, resize: str = "resize",
+                 npy_scale: str = "db", dynamic_range_db: float = 50.0, db_reference: str | float = "max",
+                 split: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
+                 group_regex: str | None = None, class_to_idx: dict[str, int] | None = None,
+                 suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES, skip_bad: bool = False, cache: bool = False,
+                 generator: torch.Generator | None = None):
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
+        if npy_scale not in NPY_SCALES:
+            raise ValueError(f"npy_scale must be one of {NPY_SCALES}, got {npy_scale!r}")
+        if not (isinstance(db_reference, (int, float)) or db_reference == "max"):
+            raise ValueError(f"db_reference must be 'max' or a number (dB), got {db_reference!r}")
+        if dynamic_range_db <= 0:
+            raise ValueError(f"dynamic_range_db must be > 0, got {dynamic_range_db}")
+        if size is not None and size < 1:
+            raise ValueError(f"size must be a positive int or None, got {size}")
+        if split not in (None, "train", "val", "test"):
+            raise ValueError(f"split must be None, 'train', 'val' or 'test', got {split!r}")
+        self.root, self.size, self.channels, self.resize = Path(root), size, channels, resize
+        self.read_options = dict(channels=channels, npy_scale=npy_scale, dynamic_range_db=dynamic_range_db,
+                                 db_reference=db_reference)
+        self.generator = generator
+        files, labels, self.class_to_idx = scan_folder(self.root, class_to_idx, suffixes)
+        self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
+
+        # Decode every file once: corrupt files and wrong sizes surface here, naming the file. With cache=True the
+        # arrays are kept, already resized or cropped when the size policy is deterministic.
+        self._fitted = cache and size is not None and resize != "random_crop"
+        arrays, good, self.skipped, first = {}, [], [], None
+        for path, label in zip(files, labels):
+            try:
+                x = read_file(path, **self.read_options)
+            except ValueError as err:
+                if not skip_bad:
+                    raise
+                self.skipped.append((str(path), str(err)))
+                continue
+            self._check_size(path, x.shape[1:])
+            if size is None:
+                first = first or (path, x.shape)
+                if x.shape != first[1]:
+                    raise ValueError(f"{path} has shape {x.shape[1:]} but {first[0]} has {first[1][1:]}; "
+                                     "pass size=... to resize or crop them to one size")
+            good.append((path, label))
+            if cache:
+                arrays[path] = self._fit(torch.from_numpy(x)) if self._fitted else torch.from_numpy(x)
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} unreadable file(s) under {self.root}, "
+                          f"first: {self.skipped[0][1]}")
+        if not good:
+            raise ValueError(f"no readable files under {self.root} ({len(self.skipped)} skipped)")
+        files, labels = [p for p, _ in good], [lab for _, lab in good]
+        if split is not None:
+            keep = split_indices(files, labels, val_fraction, test_fraction, seed, group_regex)[split]
+            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        self.files, self.labels = files, labels
+        self._cache = {p: arrays[p] for p in files} if cache else None
+
+    def _check_size(self, path: Path, hw: tuple[int, int]) -> None:
+        if self.size is None:
+            return
+        if self.resize == "none" and tuple(hw) != (self.size, self.size):
+            raise ValueError(f"{path} is {hw[0]}x{hw[1]} but resize='none' needs exactly {self.size}x{self.size}")
+        if min(hw) < self.size:
+            raise ValueError(f"{path} is {hw[0]}x{hw[1]}, smaller than the requested size {self.size}x{self.size} "
+                             "(no upsampling; choose a smaller size)")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path = self.files[i]
+        if self._cache is not None:
+            x = self._cache[path].clone()                              # callers may modify x in place
+            if self._fitted:
+                return x, self.labels[i]
+        else:
+            x = torch.from_numpy(read_file(path, **self.read_options))   # (C, H, W) in [-1, 1]
+        if self.size is not None:
+            x = self._fit(x)
+        return x, self.labels[i]
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the size policy: (C, H, W) -> (C, size, size)."""
+        s, (h, w) = self.size, x.shape[1:]
+        if self.resize == "resize":
+            if (h, w) == (s, s):
+                return x
+            return F.interpolate(x[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
+        if self.resize == "center_crop":
+            top, left = (h - s) // 2, (w - s) // 2
+        elif self.resize == "random_crop":
+            top = int(torch.randint(h - s + 1, (1,), generator=self.generator))
+            left = int(torch.randint(w - s + 1, (1,), generator=self.generator))
+        else:
+            top, left = 0, 0
+        return x[:, top:top + s, left:left + s]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All samples stacked: (N, C, size, size) float32 and (N,) int64 labels."""
+        xs = [self[i][0] for i in range(len(self))]
+        return torch.stack(xs), torch.tensor(self.labels, dtype=torch.int64)
