@@ -41,6 +41,24 @@ class SpatialNorm(nn.Module):
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
 
+def add_(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``fresh + other``, written into ``fresh`` when that gives the same tensor: fresh must be a new activation that
+    no backward reads (a Linear/conv/dropout output), and the dtypes and shapes must agree (else the out-of-place
+    sum, which promotes and broadcasts). Float addition is commutative, so the values equal ``other + fresh``."""
+    if fresh.dtype != other.dtype or fresh.shape != other.shape:
+        return fresh + other
+    return fresh.add_(other)
+
+
+def silu_(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a freshly computed tensor nobody else reads, in place when no gradient flows through it.
+
+    Same values as ``F.silu(x)``; in inference it saves one allocation the size of x (which on the CPU means fresh,
+    page-faulting memory for large feature maps), in training it is the out-of-place op autograd needs.
+    """
+    return F.silu(x, inplace=not x.requires_grad)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Residual block
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,7 +121,7 @@ class ResnetBlock2D(nn.Module):
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None, zq: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, Cin, H, W); temb: (B, T) or None; zq: (B, Cz, h, w) for spatial norms. Returns (B, Cout, H, W)."""
         h = self.norm1(x, zq) if self.spatial else self.norm1(x)
-        h = self.conv1(F.silu(h))                                        # (B, Cin, H, W) -> (B, Cout, H, W)
+        h = self.conv1(silu_(h))                                         # (B, Cin, H, W) -> (B, Cout, H, W)
 
         scale_shift = None
         if self.time_emb_proj is not None and temb is not None:
@@ -120,11 +138,14 @@ class ResnetBlock2D(nn.Module):
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h)
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv2(self.dropout(silu_(h)))
 
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)                                    # (B, Cin, H, W) -> (B, Cout, H, W)
-        return (x + h) / self.output_scale_factor
+        # h is a fresh conv output, so the skip is added in place; the division is skipped at 1.0 (every Stable
+        # Diffusion config), which saves a full pass over the tensor.
+        h = add_(h, x)
+        return h if self.output_scale_factor == 1.0 else h / self.output_scale_factor
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,11 +226,13 @@ class Attention(nn.Module):
             x = rearrange(x, "b c h w -> b (h w) c")                     # (B, C, H, W) -> (B, L, C)
         if self.group_norm is not None:
             x = self.group_norm(x.transpose(1, 2)).transpose(1, 2)        # normalise over channels, keep (B, L, C)
-        context = x if context is None else context
-
-        q = rearrange(self.to_q(x), "b l (nh hd) -> b nh l hd", nh=self.heads)        # (B, L, C) -> (B, nh, L, hd)
-        k = rearrange(self.to_k(context), "b s (nh hd) -> b nh s hd", nh=self.heads)  # (B, S, D) -> (B, nh, S, hd)
-        v = rearrange(self.to_v(context), "b s (nh hd) -> b nh s hd", nh=self.heads)
+        if context is None:
+            q, k, v = self._self_qkv(x)                                               # 3 x (B, L, nh*hd)
+        else:
+            q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)            # (B, L, .), 2 x (B, S, .)
+        q = rearrange(q, "b l (nh hd) -> b nh l hd", nh=self.heads)                   # (B, L, C) -> (B, nh, L, hd)
+        k = rearrange(k, "b s (nh hd) -> b nh s hd", nh=self.heads)                   # (B, S, D) -> (B, nh, S, hd)
+        v = rearrange(v, "b s (nh hd) -> b nh s hd", nh=self.heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                 # (B, nh, L, hd)
         out = rearrange(out, "b nh l hd -> b l (nh hd)")                              # -> (B, L, nh*hd)
         out = self.to_out[1](self.to_out[0](out))                                     # -> (B, L, C)
@@ -219,8 +242,18 @@ class Attention(nn.Module):
             # transpose + reshape (not einops) to get diffusers' exact strides: the next conv picks its kernel by them
             out = out.transpose(1, 2).reshape(b, c, h, w)                # (B, L, C) -> (B, C, H, W)
         if self.residual:
-            out = out + residual
-        return out / self.rescale_output_factor
+            out = add_(out, residual)                                    # out: (a view of) to_out's fresh output
+        return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
+
+    def _self_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """to_q(x), to_k(x), to_v(x) as ONE matmul with the three weights stacked at run time (the parameters, and so
+        the state dict, stay diffusers' three Linears). Each output element is the same dot product as before, so
+        the values are the same; one pass over x instead of three is faster. x: (B, L, C) -> 3 x (B, L, nh*hd)."""
+        weight = torch.cat([self.to_q.weight, self.to_k.weight, self.to_v.weight])    # (3*nh*hd, C)
+        bias = None
+        if self.to_q.bias is not None:
+            bias = torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
+        return F.linear(x, weight, bias).chunk(3, dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -374,7 +407,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)                      # (B, L, C) -> 2 x (B, L, inner)
-        return value * F.gelu(gate)                                      # exact (erf) GELU, as diffusers
+        if value.requires_grad:
+            return value * F.gelu(gate)                                  # exact (erf) GELU, as diffusers
+        return F.gelu(gate).mul_(value)   # inference: the same product, without a second (B, L, inner) tensor
 
 
 class FeedForward(nn.Module):

@@ -45,11 +45,11 @@ import numbers
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, checkpointed, timestep_embedding
+from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, checkpointed, silu_,
+                        timestep_embedding)
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -507,7 +507,7 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
             x = block(x, temb, context, self_mask, context_mask, skips)    # -> (B, Ci, H/2^i, W/2^i)
 
         # 5. out
-        x = F.silu(self.conv_norm_out(x))
+        x = silu_(self.conv_norm_out(x))
         return self.conv_out(x)                                            # (B, C0, H, W) -> (B, Cout, H, W)
 
     def enable_gradient_checkpointing(self, enabled: bool = True):
@@ -585,6 +585,13 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
                              f"{getattr(class_labels, 'dtype', type(class_labels).__name__)}")
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
-        if ((class_labels < 0) | (class_labels >= cfg.num_class_embeds)).any():   # one device sync
-            bad = class_labels[(class_labels < 0) | (class_labels >= cfg.num_class_embeds)]
-            raise ValueError(f"class_labels must lie in [0, {cfg.num_class_embeds}), got {bad.tolist()}")
+        out_of_range = (class_labels < 0) | (class_labels >= cfg.num_class_embeds)
+        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
+            if out_of_range.any():   # reading a CPU tensor costs no device sync
+                raise ValueError(f"class_labels must lie in [0, {cfg.num_class_embeds}), "
+                                 f"got {class_labels[out_of_range].tolist()}")
+        else:
+            # On a GPU (or inside torch.compile) the labels are not read back: that would stall the host until the
+            # GPU has caught up (and break the compiled graph). The check runs on the device instead and fails
+            # the next CUDA call with a device-side assertion if any label is out of range.
+            torch._assert_async(~out_of_range.any(), f"class_labels must lie in [0, {cfg.num_class_embeds})")

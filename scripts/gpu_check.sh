@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GPU checks for ldm, prepared to run in one go on a CUDA machine (issue 10). About 6-8 minutes on one H100/H200.
+#
+#   1. installs the carried diffusers wheel if diffusers is missing (the device image has torch but no diffusers),
+#   2. runs the gpu-marked parity tests: full SD VAE, UNet and VQ in fp32 with TF32 off within 1e-4 of diffusers,
+#      the SD 1.5 UNet in bf16 (bound in tests/test_gpu_speed.py), channels-last, no host sync, tiled 2048x2048 decode,
+#   3. runs bench.py --device cuda --config sd in bf16, bf16 + compile + channels-last (UNet forward batch 8, the
+#      row the compile target is about) and fp32,
+# and writes everything under $OUT (default ./gpu_out): gpu_tests.log, bench_*.json, bench_*.log, env.txt.
+#
+# With the device tool (see scripts/README.md), from the repository root, after fetching the wheels once here:
+#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+# Each step has its own timeout, so one slow step cannot eat the others; bench.py rewrites its JSON after every row.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+status=0
+
+# ---- 1. environment ------------------------------------------------------------------------------------------------
+if ! "$PY" -c "import diffusers" 2>/dev/null; then
+    ls .whl/diffusers-*.whl >/dev/null 2>&1 || { echo "diffusers is missing and no .whl/diffusers-*.whl was carried"; exit 2; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 2
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # ldm from this checkout, not installed
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+    "$PY" -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'diffusers', diffusers.__version__, 'device', torch.cuda.get_device_name())"
+} | tee "$OUT/env.txt"
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 2
+
+# ---- 2. gpu-marked tests -------------------------------------------------------------------------------------------
+timeout 180 "$PY" -m pytest -q -m gpu -s -p no:cacheprovider \
+    tests/test_vae.py tests/test_unet.py tests/test_vq.py tests/test_gpu_speed.py 2>&1 | tee "$OUT/gpu_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+# ---- 3. benchmarks -------------------------------------------------------------------------------------------------
+bench() {   # bench NAME SECONDS ARGS...
+    local name=$1 seconds=$2
+    shift 2
+    timeout "$seconds" "$PY" bench.py --device cuda --config sd --repeats 5 --warmup 1 --out "$OUT/bench_$name.json" \
+        --markdown "$@" 2>&1 | tee "$OUT/bench_$name.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name failed or timed out"; status=1; }
+}
+bench bf16 120 --dtype bf16
+bench bf16_compile 170 --dtype bf16 --compile --channels-last --rows unet_forward_b8
+bench fp32 120 --dtype fp32
+
+echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED); results in $OUT"
+exit $status
