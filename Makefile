@@ -22,3 +22,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The main job on built-in data: simulate 8 people, train a VAE and an ID-conditioned LDM, sample, evaluate.
+# Writes runs/demo/report.md and runs/demo/samples_grid.png. DEVICE=cuda runs the 128x128 full-size profile.
+DEVICE ?= cpu
+demo: $(STAMP)
+	$(PY) scripts/demo.py --device $(DEVICE)

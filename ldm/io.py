@@ -43,7 +43,9 @@ SCHEDULER_CLASSES = {
     "DDIMScheduler": ("ldm.ddpm", "DDIMScheduler"),
 }
 # Pipeline components that only ldm knows (stored as ["ldm", name] in model_index.json).
-LDM_COMPONENT_CLASSES: dict[str, tuple[str, str]] = {}
+LDM_COMPONENT_CLASSES: dict[str, tuple[str, str]] = {
+    "UserIDEmbedder": ("ldm.conditioning", "UserIDEmbedder"),
+}
 
 # Prefixes of each model inside an original single-file checkpoint, tried in order.
 ORIGINAL_PREFIXES = {

@@ -1,0 +1,139 @@
+"""train_ldm.py end to end on a tiny labelled folder and a tiny random VAE: smoke runs per route and prediction type,
+the exported pipeline in diffusers, exact resume, and every bad-input case."""
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL as RefAutoencoderKL
+from diffusers import DDPMScheduler as RefDDPMScheduler
+from diffusers import UNet2DConditionModel as RefUNet
+from PIL import Image
+
+import train_ldm
+from ldm import io, training
+from ldm.unet import UNet2DConditionModel, UNetConfig
+from ldm.vae import AutoencoderKL, VAEConfig
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Two users x 5 random 16x16 grayscale PNGs."""
+    root = tmp_path_factory.mktemp("pngs")
+    rng = np.random.default_rng(0)
+    for user in ("alice", "bob"):
+        (root / user).mkdir()
+        for i in range(5):
+            Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / user / f"{i}.png")
+    return root
+
+
+def save_vae(path: Path, scaling_factor: float | None = 0.5) -> Path:
+    torch.manual_seed(0)
+    config = dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1, sample_size=16)
+    AutoencoderKL(config).save_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    if scaling_factor is None:
+        del raw["scaling_factor"]
+    else:
+        raw["scaling_factor"] = scaling_factor
+    (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    return save_vae(tmp_path_factory.mktemp("vae") / "model")
+
+
+def args(data, vae, out, *extra):
+    return ["--data", str(data), "--vae", str(vae), "--out", str(out), "--preset", "tiny", "--batch-size", "2",
+            "--val-fraction", "0.2", "--no-progress", "--sample-steps", "2", "--sample-per-user", "1", *extra]
+
+
+@pytest.mark.parametrize("cond, prediction", [("cross", "epsilon"), ("class", "epsilon"), ("both", "v_prediction")])
+def test_two_step_smoke_run_exports_a_pipeline_diffusers_loads(folder, vae, tmp_path, cond, prediction):
+    out = tmp_path / "run"
+    extra = ("--min-snr-gamma", "5") if prediction == "v_prediction" else ()
+    assert train_ldm.main(args(folder, vae, out, "--steps", "2", "--cond", cond, "--prediction", prediction,
+                               *extra)) == 0
+    for name in ("checkpoint.pt", "log.jsonl", "loss.png", "class_to_idx.json", "samples/step_000002.png",
+                 "pipeline/model_index.json", "pipeline/embedder/config.json"):
+        assert (out / name).is_file(), name
+    assert Image.open(out / "samples/step_000002.png").size == (2 + 1 * 18, 2 + 2 * 18)   # one row per user
+    parts = io.load_pipeline(out / "pipeline")
+    assert parts["embedder"].class_to_idx == {"alice": 0, "bob": 1} and parts["embedder"].route == cond
+    assert parts["unet"].config.num_class_embeds == (None if cond == "cross" else 3)
+    assert parts["scheduler"].config.prediction_type == prediction
+
+    ref_unet = RefUNet.from_pretrained(out / "pipeline" / "unet").eval()
+    ref_vae = RefAutoencoderKL.from_pretrained(out / "pipeline" / "vae").eval()
+    ref_scheduler = RefDDPMScheduler.from_pretrained(out / "pipeline" / "scheduler")
+    assert ref_vae.config.scaling_factor == 0.5
+    assert ref_scheduler.config.prediction_type == prediction
+    torch.testing.assert_close(ref_scheduler.alphas_cumprod, parts["scheduler"].alphas_cumprod, rtol=0, atol=0)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
+    context = parts["embedder"](torch.tensor([0, 2]))
+    labels = None if cond == "cross" else torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(parts["unet"](x, t, context, labels),
+                                   ref_unet(x, t, context, class_labels=labels).sample, rtol=1e-5, atol=1e-5)
+        image = torch.rand(1, 1, 16, 16) * 2 - 1
+        torch.testing.assert_close(parts["vae"](image)[0], ref_vae(image).sample, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_is_bitwise_exact_and_the_latent_cache_changes_nothing(folder, vae, tmp_path):
+    common = ("--steps", "4", "--checkpoint-every", "2", "--log-every", "1", "--sample-every", "100")
+    assert train_ldm.main(args(folder, vae, tmp_path / "straight", *common)) == 0
+    assert train_ldm.main(args(folder, vae, tmp_path / "split", "--steps", "2", "--log-every", "1",
+                               "--sample-every", "100")) == 0
+    assert train_ldm.main(args(folder, vae, tmp_path / "split", *common, "--resume", str(tmp_path / "split"))) == 0
+    assert train_ldm.main(args(folder, vae, tmp_path / "cached", *common, "--cache-latents")) == 0
+    a, b = training.load_checkpoint(tmp_path / "straight"), training.load_checkpoint(tmp_path / "split")
+    for part in ("model", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()]
+    assert len(losses("straight")) == 4 and losses("straight") == losses("split")
+    np.testing.assert_allclose(losses("cached"), losses("straight"), rtol=1e-4)
+
+
+def test_vae_without_scaling_factor_is_refused_unless_measured(folder, tmp_path):
+    vae = save_vae(tmp_path / "unscaled", scaling_factor=None)
+    out = tmp_path / "run"
+    assert train_ldm.main(args(folder, vae, out, "--steps", "1")) == 2
+    assert not out.exists()
+    assert train_ldm.main(args(folder, vae, out, "--steps", "1", "--scaling-factor", "auto", "--posterior", "mean",
+                               "--sample-every", "100")) == 0
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p), dtype=np.float32) / 127.5 - 1)[None]
+                     for p in sorted(folder.glob("*/*.png")) if p.stem in {"0", "1", "2", "3"}])
+    with torch.no_grad():                                    # 4 of 5 per user train (val 0.2): compare loosely
+        scale = 1 / io.load_pretrained(vae).encode(x).mean.std()
+    stored = json.loads((out / "pipeline" / "vae" / "config.json").read_text())["scaling_factor"]
+    assert abs(stored - float(scale)) / float(scale) < 0.2
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(folder, vae, tmp_path, capsys):
+    # a UNet whose latent channels do not match the VAE's
+    config = dataclasses.replace(UNetConfig.preset("tiny"), in_channels=3, out_channels=3, num_class_embeds=3)
+    UNet2DConditionModel(config).save_pretrained(tmp_path / "unet3")
+    out = tmp_path / "run"
+    assert train_ldm.main(args(folder, vae, out, "--steps", "1", "--init-unet", str(tmp_path / "unet3"))) == 2
+    assert "latent channels" in capsys.readouterr().err and not out.exists()
+    # a folder that is not a VAE
+    assert train_ldm.main(args(folder, tmp_path / "unet3", out, "--steps", "1")) == 2
+    assert "UNet2DConditionModel" in capsys.readouterr().err and not out.exists()
+    # resuming on data with a user the ID map does not know
+    assert train_ldm.main(args(folder, vae, out, "--steps", "1", "--sample-every", "100")) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    grown = tmp_path / "grown"
+    shutil.copytree(folder, grown)
+    shutil.copytree(folder / "bob", grown / "carol")
+    capsys.readouterr()
+    assert train_ldm.main(args(grown, vae, out, "--steps", "2", "--resume", str(out))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "carol" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -1,0 +1,394 @@
+"""Stage 2 of latent diffusion: train a user-ID-conditioned UNet on the latents of a frozen stage-1 autoencoder.
+
+    python train_ldm.py --vae runs/vae --data DIR          # DIR/<user>/*.png|.jpg|.npy (the VAE's data)
+    python train_ldm.py --vae runs/vae --data microdoppler # the built-in simulated 8-person dataset
+    torchrun --nproc_per_node 4 train_ldm.py ...           # several GPUs (or CPU processes); only rank 0 writes
+
+The recipe is the LDM one (Rombach et al. 2022, section 3.3): latents z = (E(x) - shift) * scaling_factor of the
+frozen VAE (KL: a posterior sample per step, or its mean with --posterior mean; VQ: the pre-quantization latents),
+the simplified DDPM loss (epsilon or v targets, optional min-SNR-gamma weighting) with Stable Diffusion's
+scaled-linear schedule, AdamW, an EMA of the weights for sampling and export. The user ID reaches the UNet through
+cross-attention tokens and/or its class embedding (--cond, see ldm/conditioning.py); with probability --p-uncond it
+is replaced by the null ID, so the same network serves classifier-free guidance.
+
+The run folder (--out) holds checkpoint.pt (everything needed to resume exactly; written atomically), pipeline/
+(a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds the ID table and the
+user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and class_to_idx.json.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ldm import training
+from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
+from ldm.data import SpectrogramFolder, write_class_map
+from ldm.ddpm import DDPMScheduler, diffusion_loss
+from ldm.io import load_pretrained, read_json, save_pipeline
+from ldm.training import option
+from ldm.unet import UNet2DConditionModel, UNetConfig
+from ldm.vae import AutoencoderKL
+from sample import generate, make_sampler
+from train_vae import batch_indices, check_writable, resolve_data, sample_generators
+
+
+@dataclass
+class TrainLDMConfig:
+    data: str = option("microdoppler", "image/.npy folder ROOT/<user>/files, or 'microdoppler' to simulate the "
+                                       "built-in dataset (shared with train_vae.py when --out is a sibling folder)")
+    out: str = option("runs/ldm", "run folder (checkpoint.pt, pipeline/, log.jsonl, samples/, loss.png)")
+    vae: str = option("runs/vae", "a train_vae.py run folder (its model/) or a diffusers AutoencoderKL/VQModel folder")
+    scaling_factor: str = option("config", "'config': the factor in the VAE's config.json (an error if it has none); "
+                                           "'auto': 1/std of the training latents, measured now; or a number")
+    posterior: str = option("sample", "KL VAE: train on a posterior sample per step, or on the posterior mean",
+                            choices=("sample", "mean"))
+    cache_latents: bool = option(False, "encode the dataset once before training (KL: the posterior mean and std, "
+                                        "so per-step samples are drawn exactly as without the cache)")
+    preset: str = option("microdoppler", "UNet preset (ldm.unet.UNET_PRESETS); in/out channels and sample size "
+                                         "come from the VAE")
+    unet_channels: str | None = option(None, "override the preset's block_out_channels, e.g. '32,64,128'")
+    unet_attention: str | None = option(None, "override which levels have attention, e.g. '0,1,1'")
+    unet_layers: int | None = option(None, "override the preset's resnets per level")
+    unet_heads: int | None = option(None, "override the preset's attention heads (every level)")
+    context_dim: int | None = option(None, "override the preset's cross_attention_dim (width of the ID tokens)")
+    init_unet: str | None = option(None, "start from the weights of this diffusers UNet folder (e.g. an earlier "
+                                         "pipeline/unet) instead of the preset")
+    cond: str = option("both", "how the user ID reaches the UNet: cross-attention tokens, the class embedding "
+                               "added to the time embedding, or both", choices=ROUTES)
+    num_tokens: int = option(4, "cross-attention tokens per user (>= 2 so the attention weights carry information)")
+    p_uncond: float = option(0.1, "probability of replacing a user ID by the null ID (classifier-free guidance)")
+    prediction: str = option("epsilon", "what the UNet predicts", choices=("epsilon", "v_prediction"))
+    min_snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting (Hang et al. 2023; 5 in the paper)")
+    size: int | None = option(None, "image side in pixels (default: the VAE's sample_size)")
+    resize: str = option("resize", "how files of another size become size x size",
+                         choices=("resize", "center_crop", "random_crop", "none"))
+    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
+                            choices=("db", "magnitude", "power", "unit", "minmax"))
+    val_fraction: float = option(0.1, "fraction of each user's files held out (the same split as train_vae.py "
+                                      "with the same --seed); the LDM trains on the rest")
+    steps: int = option(20000, "optimizer steps")
+    batch_size: int = option(16, "images per process per step (global batch = this x processes)")
+    lr: float = option(1e-4, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    seed: int = option(0, "seeds data order, initialisation, noise, timesteps, ID dropout and the simulator")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
+    ema_decay: float = option(0.999, "decay of the EMA weights that are sampled and exported")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
+    gradient_checkpointing: bool = option(False, "recompute UNet activations in backward to save memory")
+    log_every: int = option(10, "steps between log.jsonl records")
+    sample_every: int = option(500, "steps between EMA sample grids in samples/ (one row per user)")
+    sample_per_user: int = option(4, "images per user in each grid")
+    sample_steps: int = option(50, "DDIM steps for the grids")
+    sample_guidance: float = option(3.0, "classifier-free guidance scale for the grids")
+    checkpoint_every: int = option(500, "steps between checkpoints")
+    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops")
+    sim_users: int = option(8, "--data microdoppler: simulated people")
+    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person")
+    progress: bool = option(True, "show progress bars")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_vae(path: str) -> tuple[torch.nn.Module, dict]:
+    """The frozen autoencoder of a train_vae.py run folder (its model/) or of a diffusers folder, and its raw
+    config.json (to tell a stored scaling factor from a default one)."""
+    folder = Path(path)
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--vae {path}: neither a train_vae.py run folder (with model/) nor a diffusers "
+                                "AutoencoderKL/VQModel folder (with config.json)")
+    raw = read_json(folder / "config.json")
+    if raw.get("_class_name") not in ("AutoencoderKL", "VQModel"):
+        raise ValueError(f"--vae {path}: holds a {raw.get('_class_name')}, expected an AutoencoderKL or a VQModel")
+    vae = load_pretrained(folder).eval().requires_grad_(False)
+    return vae, raw
+
+
+def latent_channels(vae) -> int:
+    return vae.config.latent_channels if isinstance(vae, AutoencoderKL) else vae.config.embed_dim
+
+
+@torch.no_grad()
+def encode_moments(vae, x: torch.Tensor, device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: (N, C, H, W) in [-1, 1] -> (mean, std), each (N, Cz, h, w) on the CPU: the KL posterior's, or for a VQ
+    model the pre-quantization latents and zeros."""
+    means, stds = [], []
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size].to(device)
+        if isinstance(vae, AutoencoderKL):
+            posterior = vae.encode(batch)
+            means.append(posterior.mean.float().cpu())
+            stds.append(posterior.std.float().cpu())
+        else:
+            h = vae.encode(batch).float().cpu()
+            means.append(h)
+            stds.append(torch.zeros_like(h))
+    return torch.cat(means), torch.cat(stds)
+
+
+def draw_latents(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator], posterior: str,
+                 scale: float, shift: float) -> torch.Tensor:
+    """z = (mean + std * eps - shift) * scale with eps drawn per image from its generator (posterior 'sample'),
+    or z = (mean - shift) * scale ('mean'). mean, std: (B, Cz, h, w)."""
+    if posterior == "sample":
+        eps = torch.cat([torch.randn((1, *mean.shape[1:]), generator=g) for g in generators]).to(mean.device)
+        mean = mean + std * eps
+    return (mean - shift) * scale
+
+
+def parse_levels(text: str, kind, name: str) -> tuple:
+    try:
+        return tuple(kind(int(v)) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
+
+
+def build_unet(cfg: TrainLDMConfig, channels: int, side: int, num_users: int) -> UNet2DConditionModel:
+    """The UNet of --preset (with the --unet-* overrides) or of --init-unet, fitted to the latents and the route."""
+    class_embeds = None if cfg.cond == "cross" else num_users + 1
+    if cfg.init_unet:
+        unet = load_pretrained(cfg.init_unet)
+        if not isinstance(unet, UNet2DConditionModel):
+            raise ValueError(f"--init-unet {cfg.init_unet}: holds a {type(unet).__name__}, not a UNet2DConditionModel")
+        if unet.config.in_channels != channels or unet.config.out_channels != channels:
+            raise ValueError(f"--init-unet {cfg.init_unet}: the UNet takes {unet.config.in_channels} latent channels "
+                             f"and gives {unet.config.out_channels}, but the VAE's latents have {channels}")
+        unet.config = dataclasses.replace(unet.config, sample_size=side)   # informational: sample.py reads it
+        return unet
+    config = UNetConfig.preset(cfg.preset)
+    overrides = dict(in_channels=channels, out_channels=channels, sample_size=side, num_class_embeds=class_embeds)
+    if cfg.unet_channels:
+        overrides["block_out_channels"] = parse_levels(cfg.unet_channels, int, "unet-channels")
+        levels = len(overrides["block_out_channels"])
+        for name in ("layers_per_block", "down_attention", "num_heads", "transformer_layers_per_block"):
+            value = getattr(config, name)                    # repeat the preset's first level for a new level count
+            overrides[name] = value[0] if len(value) != levels else value
+        overrides["up_attention"] = None
+    if cfg.unet_attention:
+        overrides["down_attention"] = parse_levels(cfg.unet_attention, bool, "unet-attention")
+        overrides["up_attention"] = None
+    if cfg.unet_layers:
+        overrides["layers_per_block"] = cfg.unet_layers
+    if cfg.unet_heads:
+        overrides["num_heads"] = cfg.unet_heads
+    if cfg.context_dim:
+        overrides["cross_attention_dim"] = cfg.context_dim
+    return UNet2DConditionModel(dataclasses.replace(config, **overrides))
+
+
+def make_scheduler(prediction: str) -> DDPMScheduler:
+    """Stable Diffusion's training schedule: 1000 steps, scaled-linear betas 0.00085 .. 0.012, no clipping."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         clip_sample=False, prediction_type=prediction, steps_offset=1)
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """The generator of one process's step: ID dropout, then the loss's noise and timesteps draw from it in that
+    order. A pure function of (seed, step, rank), so resume is exact without saving generator states."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_009 + rank + 7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainLDMConfig) -> int:
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    info = training.setup_distributed(device)
+    if device.startswith("cuda") and info.enabled:
+        device = f"cuda:{info.local_rank}"
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + info.rank)
+    if not 0.0 <= cfg.p_uncond < 1.0:
+        raise ValueError(f"--p-uncond must lie in [0, 1), got {cfg.p_uncond}")
+    if cfg.num_tokens < 1:
+        raise ValueError(f"--num-tokens must be >= 1, got {cfg.num_tokens}")
+
+    # ---- resume: what the checkpoint says must match this run --------------------------------------------------
+    state = training.load_checkpoint(cfg.resume) if cfg.resume else None
+
+    # ---- the frozen autoencoder and its latent scale ---------------------------------------------------------------
+    vae, vae_raw_config = load_vae(cfg.vae)
+    vae.to(device)
+    channels, factor = latent_channels(vae), vae.config.downsample_factor
+    size = cfg.size or vae.config.sample_size
+    if size % factor:
+        raise ValueError(f"--size {size} is not a multiple of the VAE's downsampling factor {factor}")
+    shift = float(vae_raw_config.get("shift_factor") or 0.0)
+
+    # ---- data: the training split, labelled by user ----------------------------------------------------------------
+    cfg.size = size
+    root = resolve_data(cfg, info.is_main)
+    train_set = SpectrogramFolder(root, size=size, channels=vae.config.in_channels, resize=cfg.resize,
+                                  npy_scale=cfg.npy_scale, split="train", val_fraction=cfg.val_fraction,
+                                  seed=cfg.seed, cache=True, class_to_idx=state["class_to_idx"] if state else None)
+    class_to_idx = train_set.class_to_idx
+    num_users = len(class_to_idx)
+    x_train, y_train = train_set.tensors()                               # (N, C, H, W), (N,)
+
+    moments = encode_moments(vae, x_train, device) if cfg.cache_latents or cfg.scaling_factor == "auto" else None
+    if state is not None:
+        scale = state["scaling_factor"]
+    elif cfg.scaling_factor == "config":
+        if vae_raw_config.get("scaling_factor") is None:
+            raise ValueError(f"--vae {cfg.vae}: its config.json has no scaling_factor; pass --scaling-factor auto to "
+                             "measure 1/std of the training latents now (LDM paper, section 4.3.2) or a number")
+        scale = float(vae_raw_config["scaling_factor"])
+    elif cfg.scaling_factor == "auto":
+        generators = [torch.Generator().manual_seed(cfg.seed * 7919 + i) for i in range(len(x_train))]
+        scale = float(1.0 / draw_latents(*moments, generators, cfg.posterior, 1.0, shift).std())
+    else:
+        try:
+            scale = float(cfg.scaling_factor)
+        except ValueError:
+            raise ValueError(f"--scaling-factor must be 'config', 'auto' or a number, got {cfg.scaling_factor!r}") \
+                from None
+    if not cfg.cache_latents:
+        moments = None                                                   # measured the scale only; encode per step
+
+    # ---- the denoiser: UNet + user-ID embedder ---------------------------------------------------------------------
+    side = size // factor
+    unet = build_unet(cfg, channels, side, num_users)
+    embedder = UserIDEmbedder(num_users, unet.config.cross_attention_dim, cfg.num_tokens, cfg.cond, class_to_idx)
+    check_compatible(unet.config, embedder)
+    if state is not None:
+        expected, found = unet.config.to_diffusers(), state["unet_config"]
+        if found.get("in_channels") != channels:
+            raise ValueError(f"--resume {cfg.resume}: the checkpoint's UNet takes {found.get('in_channels')} latent "
+                             f"channels, the VAE gives {channels}")
+        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+        if differ or state["embedder_config"] != embedder.config():
+            raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model (different "
+                             f"{differ or 'ID embedder'}); use the same --preset/--unet-*/--cond/--num-tokens/--vae")
+    model = ConditionedUNet(unet, embedder).to(device)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(cfg.prediction)
+    start_step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        training.set_rng_state(state["rng"])
+        start_step = state["step"]
+    forward = DistributedDataParallel(model) if info.enabled else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
+
+    # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
+    if info.is_main:
+        check_writable(out)
+        (out / "samples").mkdir(exist_ok=True)
+        write_class_map(out / "class_to_idx.json", class_to_idx)
+    log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
+    log.truncate_after(start_step)
+    guard = training.NonFiniteGuard(cfg.max_nonfinite)
+    if state is not None:
+        guard.total = state.get("nonfinite_total", 0)
+
+    def save_checkpoint(step: int) -> None:
+        if not info.is_main:
+            return
+        if not training.all_finite(model) or not training.all_finite(ema):
+            raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
+        training.save_checkpoint({
+            "step": step, "unet_config": unet.config.to_diffusers(), "embedder_config": embedder.config(),
+            "train_config": dataclasses.asdict(cfg), "class_to_idx": class_to_idx, "scaling_factor": scale,
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "rng": training.rng_state(), "nonfinite_total": guard.total,
+        }, out / "checkpoint.pt")
+
+    def sample_grid(step: int) -> None:
+        users = list(range(num_users))
+        images = generate(ema, vae, make_sampler("ddim", scheduler), users,
+                          cfg.sample_per_user, (channels, side, side), scale, shift, cfg.sample_guidance,
+                          cfg.sample_steps, cfg.seed, batch_size=cfg.sample_per_user, device=device, progress=False)
+        training.image_grid([images[u] for u in users]).save(out / "samples" / f"step_{step:06d}.png")
+
+    # ---- the loop ------------------------------------------------------------------------------------------------
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_ldm",
+               disable=not (cfg.progress and info.is_main))
+    timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
+    for step in bar:
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        idx = batch_indices(len(train_set), step, cfg.batch_size, cfg.seed, info)
+        if moments is not None:
+            mean, std = moments[0][idx], moments[1][idx]
+        else:
+            mean, std = encode_moments(vae, x_train[idx], device)
+        z = draw_latents(mean, std, sample_generators(cfg.seed, idx, step), cfg.posterior, scale, shift).to(device)
+        generator = step_generator(cfg.seed, step, info.rank)
+        ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generator)
+        with autocast:
+            loss = diffusion_loss(forward, scheduler, z, ids, generator=generator, min_snr_gamma=cfg.min_snr_gamma)
+        loss.backward()
+        if guard.check(loss.detach(), model.parameters()):
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            training.ema_update(ema, model, cfg.ema_decay)
+
+        images_seen += cfg.batch_size * info.world_size
+        running, steps_run = running + loss.item(), steps_run + 1
+        done = step + 1
+        if info.is_main:
+            bar.set_postfix(loss=f"{loss.item():.4f}", skipped=guard.total)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            seconds = time.perf_counter() - timer
+            mean_loss = training.all_reduce_mean(torch.tensor([running / steps_run], dtype=torch.float64), info)
+            log.write({"step": done, "loss": float(mean_loss), "images_per_s": images_seen / max(seconds, 1e-9),
+                       "skipped_steps": guard.total})
+            timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
+        if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
+            sample_grid(done)
+            training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(done)
+
+    # ---- export: a diffusers-layout pipeline of the EMA weights ------------------------------------------------------
+    if info.is_main:
+        vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
+        components = {"vae": vae, "unet": ema.unet, "scheduler": scheduler, "embedder": ema.embedder}
+        tmp = out / f".pipeline.tmp-{os.getpid()}"
+        save_pipeline(tmp, components, pipeline_class="LDMPipeline")
+        shutil.rmtree(out / "pipeline", ignore_errors=True)
+        os.replace(tmp, out / "pipeline")
+        training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}")
+        print(f"  checkpoint  {out / 'checkpoint.pt'}\n  pipeline    {out / 'pipeline'}\n  log         "
+              f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
+    if info.enabled:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = training.parse_config(TrainLDMConfig, argv, __doc__.split("\n\n")[0])
+    try:
+        return train(cfg)
+    except (ValueError, FileNotFoundError, training.NonFiniteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
