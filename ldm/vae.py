@@ -113,22 +113,7 @@ class VAEConfig:
         informational and ignored. A key that would change the computation but is not supported raises
         ValueError naming it.
         """
-        values = dict(_DIFFUSERS_VAE_DEFAULTS)
-        for key, value in mapping.items():
-            if key.startswith("_"):
-                continue
-            if key not in values:
-                raise ValueError(f"diffusers AutoencoderKL config key {key!r} is not supported by ldm.vae")
-            values[key] = value
-        n = len(values["block_out_channels"])
-        for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-            types = list(values.pop(key))
-            if types != [block] * n:
-                raise ValueError(f"diffusers config {key}={types} is not supported: expected {n} x {block!r} "
-                                 f"(one per entry of block_out_channels)")
-        act_fn = values.pop("act_fn")
-        if act_fn not in ("silu", "swish"):
-            raise ValueError(f"diffusers config act_fn={act_fn!r} is not supported: ldm.vae uses 'silu'")
+        values = autoencoder_values_from_diffusers(mapping, _DIFFUSERS_VAE_DEFAULTS, "AutoencoderKL")
         sample_size = values["sample_size"]
         if isinstance(sample_size, (list, tuple)):   # diffusers tiles with the first entry
             values["sample_size"] = sample_size[0]
@@ -152,6 +137,29 @@ _DIFFUSERS_VAE_DEFAULTS = {   # AutoencoderKL.__init__ defaults in diffusers 0.4
     "latents_mean": None, "latents_std": None, "force_upcast": True, "use_quant_conv": True,
     "use_post_quant_conv": True, "mid_block_add_attention": True,
 }
+
+def autoencoder_values_from_diffusers(mapping: dict, defaults: dict, class_name: str) -> dict:
+    """The constructor values of an autoencoder config from a diffusers config mapping (shared by VAEConfig and
+    VQConfig): missing keys take diffusers' ``defaults``, keys starting with "_" are ignored, an unknown key is a
+    ValueError naming it, and the block types and activation are checked and dropped (ours are fixed)."""
+    values = dict(defaults)
+    for key, value in mapping.items():
+        if key.startswith("_"):
+            continue
+        if key not in values:
+            raise ValueError(f"diffusers {class_name} config key {key!r} is not supported by ldm")
+        values[key] = value
+    n = len(values["block_out_channels"])
+    for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        types = list(values.pop(key))
+        if types != [block] * n:
+            raise ValueError(f"diffusers config {key}={types} is not supported: expected {n} x {block!r} "
+                             f"(one per entry of block_out_channels)")
+    act_fn = values.pop("act_fn")
+    if act_fn not in ("silu", "swish"):
+        raise ValueError(f"diffusers config act_fn={act_fn!r} is not supported: ldm's autoencoders use 'silu'")
+    return values
+
 
 VAE_PRESETS = {
     # Stable Diffusion 1.x / 2.x VAE: 83.65M parameters, f = 8.
@@ -378,7 +386,7 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """x: (B, Cin, H, W) in [-1, 1], H and W multiples of f -> posterior over (B, Cz, H/f, W/f)."""
-        self._check_input(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
+        check_image_batch(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_i) for x_i in x.split(1)])
         else:
@@ -387,7 +395,7 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, Cz, h, w) latents (already divided by scaling_factor) -> image (B, Cout, h*f, w*f), about [-1, 1]."""
-        self._check_input(z, self.config.latent_channels, "z")
+        check_image_batch(z, self.config.latent_channels, "z")
         if self.use_slicing and z.shape[0] > 1:
             return torch.cat([self._decode(z_i) for z_i in z.split(1)])
         return self._decode(z)
@@ -463,19 +471,21 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
             out_rows.append(torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3))
         return torch.cat(out_rows, dim=2)
 
-    def _check_input(self, x: torch.Tensor, channels: int, name: str, multiple: int = 1):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have 4 dims (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != channels:
-            raise ValueError(f"{name} has {x.shape[1]} channels, the config expects {channels} "
-                             f"(shape {tuple(x.shape)})")
-        if not x.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-        if x.shape[2] % multiple or x.shape[3] % multiple:
-            raise ValueError(f"{name} height and width {tuple(x.shape[2:])} must be multiples of the downsampling "
-                             f"factor {multiple} (2**(len(block_out_channels)-1))")
+
+def check_image_batch(x: torch.Tensor, channels: int, name: str, multiple: int = 1) -> None:
+    """A clear ValueError unless x is a floating (B, channels, H, W) tensor with H and W multiples of ``multiple``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have 4 dims (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{name} has {x.shape[1]} channels, the config expects {channels} "
+                         f"(shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.shape[2] % multiple or x.shape[3] % multiple:
+        raise ValueError(f"{name} height and width {tuple(x.shape[2:])} must be multiples of the downsampling "
+                         f"factor {multiple} (2**(len(block_out_channels)-1))")
 
 
 def _blend_(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.vae import Decoder, Encoder
+from ldm.vae import Decoder, Encoder, autoencoder_values_from_diffusers, check_image_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -123,23 +123,7 @@ class VQConfig:
         Missing keys take diffusers' defaults. Keys starting with "_" are informational and ignored; any other
         key diffusers' VQModel does not have, or a value ldm.vq does not implement, raises ValueError naming it.
         """
-        values = dict(_DIFFUSERS_VQ_DEFAULTS)
-        for key, value in mapping.items():
-            if key.startswith("_"):
-                continue
-            if key not in values:
-                raise ValueError(f"diffusers VQModel config key {key!r} is not supported by ldm.vq")
-            values[key] = value
-        n = len(values["block_out_channels"])
-        for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-            types = list(values.pop(key))
-            if types != [block] * n:
-                raise ValueError(f"diffusers config {key}={types} is not supported: expected {n} x {block!r} "
-                                 f"(one per entry of block_out_channels)")
-        act_fn = values.pop("act_fn")
-        if act_fn not in ("silu", "swish"):
-            raise ValueError(f"diffusers config act_fn={act_fn!r} is not supported: ldm.vq uses 'silu'")
-        return cls(**values)
+        return cls(**autoencoder_values_from_diffusers(mapping, _DIFFUSERS_VQ_DEFAULTS, "VQModel"))
 
     def to_diffusers(self) -> dict:
         """The diffusers ``VQModel`` config mapping (without ``_class_name``; without the training options)."""
@@ -244,7 +228,7 @@ class VectorQuantizer(nn.Module):
 
         ``generator`` drives the random choices of k-means initialisation and dead-code restart.
         """
-        _check_tensor(z, self.embed_dim, "quantizer input z")
+        check_image_batch(z, self.embed_dim, "quantizer input z")
         b, _, h, w = z.shape
         z = z.permute(0, 2, 3, 1).contiguous()                           # (B, D, h, w) -> (B, h, w, D)
         z_flat = z.view(-1, self.embed_dim)                              # -> (N, D)
@@ -398,7 +382,7 @@ class VQModel(PretrainedMixin, nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) in [-1, 1], H and W multiples of f -> pre-quantization latents h (B, D, H/f, W/f)."""
-        _check_tensor(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
+        check_image_batch(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
         h = self.encoder(x)                                              # (B, Cin, H, W) -> (B, Cz, h, w)
         return self.quant_conv(h)                                        # -> (B, D, h, w)
 
@@ -412,7 +396,7 @@ class VQModel(PretrainedMixin, nn.Module):
         """
         if force_not_quantize and self.config.lookup_from_codebook:
             return self._decode_codes(self.quantize.get_codebook_entry(h, shape))
-        _check_tensor(h, self.config.embed_dim, "latents h")
+        check_image_batch(h, self.config.embed_dim, "latents h")
         if not force_not_quantize:
             h, _, _ = self.quantize(h)                                   # (B, D, h, w), on the codebook
         return self._decode_codes(h)
@@ -437,17 +421,3 @@ class VQModel(PretrainedMixin, nn.Module):
         h = self.post_quant_conv(z_q)                                    # (B, D, h, w) -> (B, Cz, h, w)
         # the spatial (MoVQ) norms are conditioned on the codes before post_quant_conv, as in diffusers
         return self.decoder(h, z_q if self.config.norm_type == "spatial" else None)   # -> (B, Cout, H, W)
-
-
-def _check_tensor(x: torch.Tensor, channels: int, name: str, multiple: int = 1):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have 4 dims (B, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels, the config expects {channels} (shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[2] % multiple or x.shape[3] % multiple:
-        raise ValueError(f"{name} height and width {tuple(x.shape[2:])} must be multiples of the downsampling "
-                         f"factor {multiple} (2**(len(block_out_channels)-1))")
