@@ -35,11 +35,10 @@ from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_comp
 from ldm.data import SpectrogramFolder, write_class_map
 from ldm.ddpm import DDPMScheduler, diffusion_loss
 from ldm.io import load_pretrained, read_json, save_pipeline
-from ldm.training import option
+from ldm.training import batch_indices, check_writable, option, resolve_data, sample_generators
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
 from sample import generate, make_sampler
-from train_vae import batch_indices, check_writable, resolve_data, sample_generators
 
 
 @dataclass

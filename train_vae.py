@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from ldm import metrics, training
 from ldm.data import SpectrogramFolder, write_class_map
 from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                         reconstruction_loss)
-from ldm.training import option
+from ldm.training import batch_indices, check_writable, option, resolve_data, sample_generators
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
 
@@ -96,21 +94,6 @@ class TrainVAEConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def resolve_data(cfg: TrainVAEConfig, is_main: bool) -> Path:
-    """The data folder; for 'microdoppler', simulate it once next to the run folder and reuse it afterwards."""
-    if cfg.data != "microdoppler":
-        return Path(cfg.data)
-    from ldm.microdoppler import write_dataset
-    folder = Path(cfg.out).resolve().parent / f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
-    if is_main and not (folder / "metadata.json").is_file():
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
-        os.replace(tmp, folder)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return folder
-
-
 def build_model(cfg: TrainVAEConfig):
     """The autoencoder of --model/--preset with --channels in and out, tiling at --size."""
     if cfg.model == "kl":
@@ -129,33 +112,6 @@ def build_model(cfg: TrainVAEConfig):
     if cfg.size % factor:
         raise ValueError(f"--size {cfg.size} is not a multiple of preset {cfg.preset!r}'s downsampling factor {factor}")
     return model
-
-
-def batch_indices(num_items: int, micro_step: int, batch_size: int, seed: int, info: training.Distributed) -> list[int]:
-    """The dataset indices of this process's micro-batch number ``micro_step``.
-
-    The data order is a pure function of (seed, position): epoch e is a permutation drawn from a generator seeded
-    with (seed, e), and micro-batches take consecutive global slices of batch_size x world_size, rank r taking the
-    r-th part. So resuming needs only the step counter, and N processes see exactly the batches one process with
-    an N-times larger batch would see.
-    """
-    global_batch = batch_size * info.world_size
-    start = micro_step * global_batch + info.rank * batch_size
-    indices = []
-    for position in range(start, start + batch_size):
-        epoch, offset = divmod(position, num_items)
-        order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        indices.append(int(order[offset]))
-    return indices
-
-
-def sample_generators(seed: int, indices: list[int], micro_step: int) -> list[torch.Generator]:
-    """One fresh generator per image of the micro-batch, seeded by (seed, micro-step, dataset index).
-
-    Posterior noise is drawn per image from these, so it depends neither on the process count (DDP draws what
-    one process would) nor on earlier steps (resume is exact without saving generator states).
-    """
-    return [torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_000_033 + i) for i in indices]
 
 
 @torch.no_grad()
@@ -193,16 +149,6 @@ def latent_statistics(model, x: torch.Tensor, device, generator: torch.Generator
     z = torch.cat(latents)                                               # (N, Cz, h, w)
     return {"scaling_factor": float(1.0 / z.std()),
             "latents_mean": z.mean(dim=(0, 2, 3)).tolist(), "latents_std": z.std(dim=(0, 2, 3)).tolist()}
-
-
-def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"--out {folder}: cannot write there ({error.strerror})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -17,8 +17,6 @@ config)`` with kind "vae", "vq" or "unet"; state dicts of one model, without the
 """
 from __future__ import annotations
 
-import torch
-
 # ----------------------------------------------------------------------------------------------------------------
 # Autoencoders (AutoencoderKL and VQModel share the LDM encoder/decoder)
 # ----------------------------------------------------------------------------------------------------------------

@@ -290,6 +290,64 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Data order, per-image noise, data and output folders (shared by train_vae.py and train_ldm.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def batch_indices(num_items: int, micro_step: int, batch_size: int, seed: int, info: Distributed) -> list[int]:
+    """The dataset indices of this process's micro-batch number ``micro_step``.
+
+    The data order is a pure function of (seed, position): epoch e is a permutation drawn from a generator seeded
+    with (seed, e), and micro-batches take consecutive global slices of batch_size x world_size, rank r taking the
+    r-th part. So resuming needs only the step counter, and N processes see exactly the batches one process with
+    an N-times larger batch would see.
+    """
+    global_batch = batch_size * info.world_size
+    start = micro_step * global_batch + info.rank * batch_size
+    indices = []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, num_items)
+        order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(int(order[offset]))
+    return indices
+
+
+def sample_generators(seed: int, indices: list[int], micro_step: int) -> list[torch.Generator]:
+    """One fresh generator per image of the micro-batch, seeded by (seed, micro-step, dataset index).
+
+    Posterior noise is drawn per image from these, so it depends neither on the process count (DDP draws what
+    one process would) nor on earlier steps (resume is exact without saving generator states).
+    """
+    return [torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_000_033 + i) for i in indices]
+
+
+def resolve_data(cfg, is_main: bool) -> Path:
+    """The data folder of a training config (fields data, out, size, sim_users, sim_per_user, seed, progress);
+    for ``--data microdoppler``, simulate it once next to the run folder and reuse it afterwards."""
+    if cfg.data != "microdoppler":
+        return Path(cfg.data)
+    from ldm.microdoppler import write_dataset
+    folder = Path(cfg.out).resolve().parent / f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
+    if is_main and not (folder / "metadata.json").is_file():
+        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+        write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
+        os.replace(tmp, folder)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return folder
+
+
+def check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"--out {folder}: cannot write there ({error.strerror})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Command lines from config dataclasses
 # ----------------------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,6 @@
 """Weights in and out: diffusers folders both ways, original checkpoints both ways, and loading that is safe."""
 import json
 import os
-import pickle
 from pathlib import Path
 
 import pytest
