@@ -5,21 +5,13 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import evaluate
 from ldm import microdoppler as md
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every test here runs on one torch thread, then restores the setting: hundreds of tiny CNN steps are faster
-    without thread hand-offs, and far faster on a busy machine (identity test: 19 s vs 87 s at load average 5)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

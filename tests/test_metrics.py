@@ -11,14 +11,7 @@ from ldm.metrics import (ClassifierConfig, EvalCNN, condition_control_ratio, fre
                          physics_features, predict, psnr, save_classifier, ssim, train_classifier)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Every test here runs on one torch thread, then restores the setting: hundreds of tiny CNN steps are faster
-    without thread hand-offs, and far faster on a busy machine (identity test: 19 s vs 87 s at load average 5)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
 
 
 def test_psnr_of_known_mse():
