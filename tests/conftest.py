@@ -1,4 +1,4 @@
-"""Shared test set-up: the `gpu` marker skips without CUDA; the `one_thread` fixture for tiny-CNN training tests."""
+"""Shared test set-up: the `gpu` marker skips without CUDA; the `one_thread` and `no_tf32` fixtures."""
 import pytest
 import torch
 
@@ -20,3 +20,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_tf32():
+    """Full-size GPU parity runs in true fp32: TF32 off for matmuls and convolutions (cuDNN enables it by default),
+    restored afterwards so no other test inherits the setting."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -18,15 +18,9 @@ from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import assert_close, perturb_, rel_err
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 BF16_TOL = 5e-2
 TILED_DECODE_BUDGET_GB = 8.0
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="module")

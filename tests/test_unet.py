@@ -341,10 +341,9 @@ def test_bad_config_values_are_named(kwargs, message):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
 @torch.no_grad()
 def test_full_sd15_unet_matches_diffusers_on_gpu():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     cfg = UNetConfig.preset("sd15")
     torch.manual_seed(0)
     ref = perturb_(RefUNet(**cfg.to_diffusers()), scale=0.01).cuda().eval()

@@ -221,10 +221,9 @@ def test_bad_config_values_are_named():
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
 @torch.no_grad()
 def test_full_sd_vae_matches_diffusers_on_gpu():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
     cfg = VAEConfig.preset("sd")
     torch.manual_seed(0)
     ref = perturb_(RefAutoencoderKL(**cfg.to_diffusers()), scale=0.01).cuda().eval()

@@ -157,10 +157,9 @@ def full_size_parity(device: str, tol: float = 1e-5):
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("no_tf32")
 def test_full_size_preset_and_extras_on_cuda():
-    # as the other full-size GPU tests: TF32 off (cuDNN enables it for convolutions by default), within 1e-4
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    # as the other full-size GPU tests: TF32 off (the no_tf32 fixture), within 1e-4
     full_size_parity("cuda", tol=1e-4)
 
 
