@@ -17,7 +17,8 @@ so that drifting machine load hits both alike: CUDA events on a GPU, time.perf_c
 
 Rows: VAE encode, VAE decode, VQ encode+decode, UNet forward at batch 1 and 8, a UNet training step (forward,
 backward, AdamW) on 32x32x4 latents, a VAE training step on 256x256 images (L1 + KL, AdamW), and DDIM sampling with
-classifier-free guidance. Inference rows run in --dtype; training rows keep float32 weights and run the forward under
+classifier-free guidance. On CUDA without --compile two more rows time ldm's CUDA-graph path (ldm.cuda_graph) against
+diffusers eager: the UNet forward at batch 8 and the sampling run. Inference rows run in --dtype; training rows keep float32 weights and run the forward under
 torch.autocast(--dtype) (plain float32 when --dtype fp32). Sizes depend on --config and the device (SIZES below);
 the tiny config shrinks every size so the whole run takes seconds on a CPU.
 
@@ -46,6 +47,7 @@ from diffusers import DDIMScheduler as RefDDIMScheduler
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers import VQModel as RefVQModel
 
+from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
@@ -53,7 +55,8 @@ from ldm.vq import VQConfig, VQModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROW_NAMES = ("vae_encode", "vae_decode", "vq_encode_decode", "unet_forward_b1", "unet_forward_b8",
-             "unet_train_step", "vae_train_step", "ddim_sampling")
+             "unet_train_step", "vae_train_step", "ddim_sampling", "unet_forward_b8_graph", "ddim_sampling_graph")
+CUDA_ONLY_ROWS = ("unet_forward_b8_graph", "ddim_sampling_graph")   # ldm's CUDA-graph path against diffusers eager
 # Stable Diffusion's DDIM settings (the scheduler_config.json of SD 1.5)
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                     set_alpha_to_one=False, steps_offset=1)
@@ -230,7 +233,8 @@ def cl(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Rows: each returns {name: (ours_fn, ref_fn, shape_text)}; each fn returns a tensor to compare
+# Rows: each returns {name: (ours_fn, ref_fn, shape_text[, eager_fn])}; each fn returns a tensor to compare.
+# eager_fn, for CUDA-graph rows, is the same computation without the graph (what the FLOP counter runs).
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -365,6 +369,28 @@ def unet_rows(args, sizes, device, dtype, notes) -> dict:
         return x
 
     rows["ddim_sampling"] = (ours_sample, ref_sample, f"{shape} x {args.steps} steps, guidance (UNet batch {2 * b})")
+
+    if device.type == "cuda" and not args.compile:
+        # ldm's CUDA-graph path (captured on the first call, which is untimed; replayed after) against diffusers
+        # eager. The FLOPs are counted on the eager call: a replay launches no operators the counter could see.
+        graphed_fwd = CUDAGraphModel(ours_fwd)
+        x, t, ctx, labels = inputs(8, sizes.latent, dtype)
+        rows["unet_forward_b8_graph"] = (
+            no_grad(graphed_fwd, x, t, ctx, class_labels=labels),
+            no_grad(lambda *a, **k: ref_fwd(*a, **k).sample, x, t, encoder_hidden_states=ctx, class_labels=labels),
+            f"{tuple(x.shape)}, context {tuple(ctx.shape)}; ldm CUDA graph vs diffusers eager",
+            no_grad(ours_fwd, x, t, ctx, class_labels=labels),
+        )
+        graphed_model = CUDAGraphModel(ours_model)
+
+        def ours_sample_graph():
+            torch.manual_seed(3)
+            return sample(graphed_model, ours_sched, shape, cond=cond, uncond=uncond, guidance_scale=7.5,
+                          num_steps=args.steps, progress=False, device=device, dtype=dtype, cuda_graph=True)
+
+        rows["ddim_sampling_graph"] = (ours_sample_graph, ref_sample,
+                                       f"{shape} x {args.steps} steps, guidance; ldm CUDA graph vs diffusers eager",
+                                       ours_sample)
     return rows
 
 
@@ -433,8 +459,13 @@ def run(args) -> dict:
                              if device.type == "cuda" else "n/a on CPU",
               "ratio": "median over repeats of paired ldm_ms/diffusers_ms", "rows": [], "notes": notes}
     wanted = [r for r in ROW_NAMES if not args.rows or r in args.rows]
+    if device.type != "cuda" or args.compile:
+        skipped = [r for r in wanted if r in CUDA_ONLY_ROWS]
+        if skipped and args.rows:
+            notes.append(f"{', '.join(skipped)}: CUDA-graph rows run only on CUDA without --compile")
+        wanted = [r for r in wanted if r not in CUDA_ONLY_ROWS]
     groups = {autoencoder_rows: ("vae_encode", "vae_decode", "vq_encode_decode", "vae_train_step"),
-              unet_rows: ("unet_forward_b1", "unet_forward_b8", "unet_train_step", "ddim_sampling")}
+              unet_rows: ("unet_forward_b1", "unet_forward_b8", "unet_train_step", "ddim_sampling", *CUDA_ONLY_ROWS)}
     for group, names in groups.items():
         if not set(names) & set(wanted):
             continue   # build only the models that some wanted row needs
@@ -442,10 +473,10 @@ def run(args) -> dict:
         for name in ROW_NAMES:
             if name not in rows or name not in wanted:
                 continue
-            ours_fn, ref_fn, shape = rows[name]
+            ours_fn, ref_fn, shape, *eager_fn = rows[name]   # eager_fn: the eager equivalent of a CUDA-graph row
             first_ours, first_ref = ours_fn(), ref_fn()
             diff = rel_diff(first_ours, first_ref)
-            flops = count_flops(ours_fn)
+            flops = count_flops(eager_fn[0] if eager_fn else ours_fn)
             t_ours, t_ref = time_pair(ours_fn, ref_fn, device, args.warmup, args.repeats)
             m_ours, m_ref = statistics.median(t_ours), statistics.median(t_ref)
             row = {

@@ -11,7 +11,7 @@ One forward pass of the ``microdoppler`` preset (block_out_channels (128, 256, 5
 timestep (B,), class_labels (B,) and context (B, 1, 768):
 
     stage                                           output shape        skip stack
-    timestep_embedding(t, 128) -> time_embedding    temb (B, 512)       (+ class_embedding(labels): (B, 512))
+    timestep_embedding(t, 128) -> time_embedding    temb (B, 512)       (+ class_embedding(labels)), then SiLU
     conv_in                                         (B, 128, 32, 32)    push s0
     down_blocks.0  2 x (resnet, attention L=1024)   (B, 128, 32, 32)    push s1, s2
                    downsampler (stride-2 conv)      (B, 128, 16, 16)    push s3
@@ -491,6 +491,7 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
         temb = self._time_embedding(timestep, sample)                      # (B, T)
         if self.class_embedding is not None:
             temb = temb + self.class_embedding(class_labels).to(sample.dtype)   # + (B, T)
+        temb = silu_(temb)   # every resnet's time projection starts with this SiLU: computed once, here
 
         # 2. down: every level pushes its skips
         x = self.conv_in(sample)                                           # (B, Cin, H, W) -> (B, C0, H, W)

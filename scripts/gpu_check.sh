@@ -2,14 +2,17 @@
 # GPU checks for ldm, prepared to run in one go on a CUDA machine (issue 10). About 6-8 minutes on one H100/H200.
 #
 #   1. installs the carried diffusers wheel if diffusers is missing (the device image has torch but no diffusers),
-#   2. runs the gpu-marked parity tests: full SD VAE, UNet and VQ in fp32 with TF32 off within 1e-4 of diffusers,
-#      the SD 1.5 UNet in bf16 (bound in tests/test_gpu_speed.py), channels-last, no host sync, tiled 2048x2048 decode,
-#   3. runs bench.py --device cuda --config sd in bf16, bf16 + compile + channels-last (UNet forward batch 8, the
-#      row the compile target is about) and fp32,
+#   2. tests: the gpu-marked tests: full SD VAE, UNet and VQ in fp32 with TF32 off within 1e-4 of diffusers, the
+#      SD 1.5 UNet in bf16 (bound in tests/test_gpu_speed.py), channels-last, no host sync, tiled 2048x2048 decode,
+#      CUDA-graph sampling equal to eager sampling,
+#   3. bf16, compile, fp32: bench.py --device cuda --config sd in bf16 (with the CUDA-graph rows), bf16 + compile +
+#      channels-last (UNet forward batch 8 only, the row the compile target is about) and fp32;
+#      channels_last (only when named in STEPS): bf16 with channels-last on both sides, every row,
 # and writes everything under $OUT (default ./gpu_out): gpu_tests.log, bench_*.json, bench_*.log, env.txt.
 #
 # With the device tool (see scripts/README.md), from the repository root, after fetching the wheels once here:
-#   run(command="bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+#   run(command="OUT=$OUT bash scripts/gpu_check.sh", carry=[".whl"], timeout_s=600)
+#   run(command="STEPS='tests bf16' OUT=$OUT bash scripts/gpu_check.sh", ...)    # a subset
 # Each step has its own timeout, so one slow step cannot eat the others; bench.py rewrites its JSON after every row.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +21,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
+# Steps to run: tests bf16 compile fp32 (the default) and channels_last; a subset when device time is short
+STEPS="${STEPS:-tests bf16 compile fp32}"
+want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # ---- 1. environment ------------------------------------------------------------------------------------------------
 if ! "$PY" -c "import diffusers" 2>/dev/null; then
@@ -35,9 +41,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # ldm from this checkout, 
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 2
 
 # ---- 2. gpu-marked tests -------------------------------------------------------------------------------------------
-timeout 180 "$PY" -m pytest -q -m gpu -s -p no:cacheprovider \
-    tests/test_vae.py tests/test_unet.py tests/test_vq.py tests/test_gpu_speed.py 2>&1 | tee "$OUT/gpu_tests.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if want tests; then
+    timeout 170 "$PY" -m pytest -q -m gpu -s -p no:cacheprovider \
+        tests/test_vae.py tests/test_unet.py tests/test_vq.py tests/test_gpu_speed.py 2>&1 | tee "$OUT/gpu_tests.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
 # ---- 3. benchmarks -------------------------------------------------------------------------------------------------
 bench() {   # bench NAME SECONDS ARGS...
@@ -47,9 +55,10 @@ bench() {   # bench NAME SECONDS ARGS...
         --markdown "$@" 2>&1 | tee "$OUT/bench_$name.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name failed or timed out"; status=1; }
 }
-bench bf16 120 --dtype bf16
-bench bf16_compile 170 --dtype bf16 --compile --channels-last --rows unet_forward_b8
-bench fp32 120 --dtype fp32
+want bf16 && bench bf16 120 --dtype bf16
+want compile && bench bf16_compile 240 --dtype bf16 --compile --channels-last --rows unet_forward_b8
+want fp32 && bench fp32 120 --dtype fp32
+want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last   # not in the default STEPS
 
 echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED); results in $OUT"
 exit $status

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from tests.helpers import tf32_off
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -24,10 +26,6 @@ def one_thread():
 
 @pytest.fixture
 def no_tf32():
-    """Full-size GPU parity runs in true fp32: TF32 off for matmuls and convolutions (cuDNN enables it by default),
-    restored afterwards so no other test inherits the setting."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    """Full-size GPU parity runs in true fp32 (tests.helpers.tf32_off); no other test inherits the setting."""
+    with tf32_off():
+        yield

@@ -1,4 +1,6 @@
-"""Helpers shared by the parity tests: perturbed reference weights and the relative error measure."""
+"""Helpers shared by the parity tests: perturbed reference weights, the relative error measure, TF32 off."""
+import contextlib
+
 import torch
 
 
@@ -37,3 +39,15 @@ def assert_same_keys(ours: torch.nn.Module, reference: torch.nn.Module):
     assert not missing and not extra, f"missing in ours: {missing[:10]}; extra in ours: {extra[:10]}"
     wrong = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
     assert not wrong, f"shape mismatches (ours, reference): {wrong}"
+
+
+@contextlib.contextmanager
+def tf32_off():
+    """True float32 on a GPU: TF32 off for matmuls and convolutions (cuDNN enables it by default), restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

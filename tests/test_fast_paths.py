@@ -143,3 +143,47 @@ def test_inference_ops_leave_inputs_untouched_and_training_still_differentiates(
         assert_close(out, ref(**x).sample, what="output with gradients on")
     out.sum().backward()
     assert sample.grad is not None and torch.isfinite(sample.grad).all()
+
+
+@torch.no_grad()
+def test_cached_fused_weights_follow_every_change_of_the_weights():
+    """The stacked q/k/v (and cross-attention k/v) weights are cached without autograd; each way of changing the
+    weights must reach the output: in-place edits, load_state_dict, an optimizer step, and a dtype change."""
+    ours, ref = unet_pair()
+    x = unet_inputs(ours.config)
+
+    def check(what):
+        assert_close(ours(**x), ref(**x).sample, what=what)
+
+    check("first call (cache filled)")
+    check("second call (cache reused)")
+    for model in (ours, ref):   # in place, as an EMA update or a manual edit would do it
+        model.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_k.weight.mul_(1.5)
+        model.down_blocks[0].attentions[0].transformer_blocks[0].attn2.to_v.weight.add_(0.1)
+    check("after in-place edits")
+    torch.manual_seed(5)
+    ref.load_state_dict(perturb_(RefUNet(**ours.config.to_diffusers()), seed=5).state_dict())
+    ours.load_state_dict(ref.state_dict())
+    check("after load_state_dict")
+    with torch.enable_grad():   # an optimizer step on both, then inference again
+        for model, out in ((ours, lambda: ours(**x)), (ref, lambda: ref(**x).sample)):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            out().square().mean().backward()
+            optimizer.step()
+    check("after an optimizer step")
+    ours.double(), ref.double()
+    x = {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
+    check("after .double()")
+
+
+def test_sampling_and_graph_wrapper_refuse_cuda_graphs_without_cuda():
+    from ldm.cuda_graph import CUDAGraphModel
+    from ldm.ddpm import DDIMScheduler, sample
+
+    ours, _ = unet_pair()
+    with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got device cpu"):
+        sample(lambda x, t, c: ours(x, t, None), DDIMScheduler(), (1, 4, 16, 16), num_steps=2, progress=False,
+               cuda_graph=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDAGraphModel needs a CUDA device"):
+            CUDAGraphModel(ours)

@@ -1,6 +1,6 @@
 """Full-size checks of the speed paths on a CUDA device (all `gpu`-marked; skipped without one; run by
 scripts/gpu_check.sh): bf16 accuracy against diffusers, channels-last in fp32, no host-device sync in the UNet's
-forward, and a 2048x2048 tiled VAE decode within 8 GB.
+forward, a 2048x2048 tiled VAE decode within 8 GB, and CUDA-graph sampling equal to eager sampling.
 
 bf16 bound (documented in scripts/README.md): against the float32 output (TF32 off), ldm in bf16 may be at most
 1.5x as far off as diffusers in bf16 plus 1e-3, and never more than BF16_TOL. Both run the same bf16 kernels in
@@ -14,9 +14,11 @@ import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import UNet2DConditionModel as RefUNet
 
+from ldm.cuda_graph import CUDAGraphModel
+from ldm.ddpm import DDIMScheduler, sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
-from tests.helpers import assert_close, perturb_, rel_err
+from tests.helpers import assert_close, perturb_, rel_err, tf32_off
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 BF16_TOL = 5e-2
@@ -25,6 +27,9 @@ TILED_DECODE_BUDGET_GB = 8.0
 
 @pytest.fixture(scope="module")
 def sd15_pair():
+    """The SD 1.5 UNet in both libraries and diffusers' float32 output. A module-scoped fixture is set up before the
+    tests' function-scoped no_tf32 fixture, so it switches TF32 off itself (with TF32 on, the reference is off by
+    ~1e-3 and the fp32 comparisons fail)."""
     cfg = UNetConfig.preset("sd15")
     torch.manual_seed(0)
     ref = perturb_(RefUNet(**cfg.to_diffusers()), scale=0.01).cuda().eval()
@@ -33,7 +38,7 @@ def sd15_pair():
     g = torch.Generator(device="cuda").manual_seed(0)
     x = dict(sample=torch.randn(2, 4, 64, 64, device="cuda", generator=g), timestep=torch.tensor([1, 999]).cuda(),
              encoder_hidden_states=torch.randn(2, 77, 768, device="cuda", generator=g))
-    with torch.no_grad():
+    with torch.no_grad(), tf32_off():
         expected = ref(**x).sample
     return ours, ref, x, expected
 
@@ -95,3 +100,33 @@ def test_tiled_decode_at_2048_fits_in_8_gb_and_matches_diffusers():
     assert out.shape == (1, 3, 2048, 2048)
     assert peak_gb < TILED_DECODE_BUDGET_GB
     assert_close(out, ref.decode(z).sample, tol=1e-4, what="tiled 2048x2048 decode")
+
+
+@torch.no_grad()
+def test_cuda_graph_sampling_equals_eager_sampling():
+    cfg = UNetConfig.preset("microdoppler")   # class labels + one context token, as train_ldm.py samples
+    torch.manual_seed(0)
+    unet = perturb_(UNet2DConditionModel(cfg), scale=0.01).cuda().eval()
+    context = torch.randn(4, 1, cfg.cross_attention_dim, device="cuda")   # (2B, S, D): guidance doubles the batch
+    labels, null = torch.tensor([3, 17], device="cuda"), torch.zeros(2, dtype=torch.long, device="cuda")
+
+    def model(x, t, c):
+        return unet(x, t, context, class_labels=c)
+
+    def run(cuda_graph: bool) -> torch.Tensor:
+        return sample(model, DDIMScheduler(), (2, 4, 32, 32), cond=labels, uncond=null, guidance_scale=3.0,
+                      num_steps=8, generator=torch.Generator("cuda").manual_seed(0), progress=False, device="cuda",
+                      cuda_graph=cuda_graph)
+
+    eager, graphed = run(False), run(True)
+    print(f"CUDA-graph sampling vs eager: relative max-abs difference {rel_err(graphed, eager):.3e}")
+    assert_close(graphed, eager, tol=1e-5, what="CUDA-graph sampling")
+
+    # one graph per input shape; returned outputs are copies that later replays do not overwrite
+    graphed_unet = CUDAGraphModel(unet)
+    x1, t1 = torch.randn(1, 4, 32, 32, device="cuda"), torch.tensor([10], device="cuda")
+    first = graphed_unet(x1, t1, context[:1], class_labels=labels[:1])
+    graphed_unet(x1 * 2, t1, context[:1], class_labels=labels[:1])
+    assert_close(first, unet(x1, t1, context[:1], class_labels=labels[:1]), tol=1e-5, what="graphed forward")
+    graphed_unet(torch.randn(2, 4, 16, 16, device="cuda"), t1.expand(2), context[:2], class_labels=labels)
+    assert len(graphed_unet.graphs) == 2
