@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
-from ldm import ddpm, training
-from ldm.conditioning import ConditionedUNet, UserIDEmbedder, resolve_users
-from ldm.ddpm import DDIMScheduler, DDPMScheduler
+from ldm import training
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
+from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pipeline
 from ldm.training import option
 from ldm.vae import AutoencoderKL
@@ -47,34 +46,8 @@ class SampleConfig:
     save_npy: bool = option(False, "also write OUT/<user>/<i>.npy, float32 (C, H, W) in [0, 1]")
     grid_columns: int = option(8, "images per user in the grid")
     progress: bool = option(True, "show progress bars")
-
-
-@torch.no_grad()
-def generate(model: ConditionedUNet, vae, scheduler, users: list[int], num: int, latent_shape: tuple[int, int, int],
-             scale: float, shift: float, guidance: float, steps: int, seed: int, batch_size: int = 16,
-             device="cpu", progress: bool = True, eta: float = 0.0) -> dict[int, torch.Tensor]:
-    """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
-
-    For each batch, ddpm.sample runs guided DDIM/DDPM in latent space with cond = the user's IDs and uncond = the
-    null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
-    Batch b of user u draws from a generator seeded by (seed, u, b).
-    """
-    null = model.embedder.null_id
-    result = {}
-    eta_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
-    for user in tqdm(users, desc="users", disable=not progress or len(users) < 2):
-        images = []
-        for b, start in enumerate(range(0, num, batch_size)):
-            n = min(batch_size, num - start)
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + user) * 10_007 + b)
-            cond = torch.full((n,), user, dtype=torch.long, device=device)
-            uncond = torch.full((n,), null, dtype=torch.long, device=device)
-            z = ddpm.sample(model, scheduler, (n, *latent_shape), cond=cond, uncond=uncond, guidance_scale=guidance,
-                            num_steps=steps, generator=generator, progress=progress, device=device,
-                            dtype=torch.float32, **eta_kwargs)
-            images.append(vae.decode(z / scale + shift).float().clamp(-1, 1).cpu())   # (n, C, H, W)
-        result[user] = torch.cat(images)
-    return result
+    cuda_graph: bool = option(False, "CUDA only: replay each model call as one captured CUDA graph (same images, "
+                                     "faster at small batches, where launching kernels limits the speed)")
 
 
 def load_model(path: str, device) -> tuple[ConditionedUNet, torch.nn.Module, DDPMScheduler, float, float]:
@@ -100,14 +73,6 @@ def load_model(path: str, device) -> tuple[ConditionedUNet, torch.nn.Module, DDP
     return ConditionedUNet(unet, embedder).eval(), vae, parts["scheduler"], float(vae.config.scaling_factor), shift
 
 
-def make_sampler(kind: str, scheduler: DDPMScheduler):
-    """The training scheduler itself ("ddpm"), or a DDIM sampler on its noise schedule ("ddim"; with Stable
-    Diffusion's set_alpha_to_one=False, so the last step lands on alpha_bar_0, not 1)."""
-    if kind == "ddpm":
-        return scheduler
-    return DDIMScheduler.from_diffusers({**scheduler.to_diffusers(), "set_alpha_to_one": False})
-
-
 def save_images(images: torch.Tensor, folder: Path, save_npy: bool) -> None:
     """(N, C, H, W) in [-1, 1] -> folder/<i>.png (and <i>.npy in [0, 1])."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,6 +87,8 @@ def run(cfg: SampleConfig) -> int:
     for name in ("num", "steps", "batch_size", "grid_columns"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.cuda_graph and not str(device).startswith("cuda"):
+        raise ValueError(f"--cuda-graph needs a CUDA device, got --device {device}")
     model, vae, scheduler, scale, shift = load_model(cfg.model, device)
     class_to_idx = model.embedder.class_to_idx
     users = resolve_users(cfg.user, class_to_idx)                        # an unknown user fails before any writing
@@ -133,7 +100,7 @@ def run(cfg: SampleConfig) -> int:
     latent_shape = (model.unet.config.in_channels, side, side)
 
     images = generate(model, vae, scheduler, users, cfg.num, latent_shape, scale, shift, cfg.guidance, cfg.steps,
-                      cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta)
+                      cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta, cfg.cuda_graph)
     out = Path(cfg.out)
     for user in users:
         save_images(images[user], out / names[user], cfg.save_npy)

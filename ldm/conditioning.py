@@ -20,6 +20,8 @@ cross-attention can put different user features at different places of the spect
 With the "class" route alone, the UNet's cross-attention (if it has any) reads the null ID's tokens for every
 sample: a learned constant context that carries no user information.
 
+``generate`` samples images of chosen users this way and decodes them (sample.py and train_ldm.py's previews).
+
 Shape legend: B batch, S = num_tokens context tokens, D context width, U users.
 """
 from __future__ import annotations
@@ -29,8 +31,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from ldm.cuda_graph import CUDAGraphModel
+from ldm.ddpm import DDIMScheduler, DDPMScheduler, sample
 from ldm.io import read_json, write_json, write_safetensors
+from ldm.layers import check_indices
 
 ROUTES = ("cross", "class", "both")
 CONFIG_NAME = "config.json"
@@ -73,9 +79,7 @@ class UserIDEmbedder(nn.Module):
         """ids: (B,) integers in [0, U] (U = null) -> context tokens (B, S, D)."""
         if ids.ndim != 1 or ids.is_floating_point():
             raise ValueError(f"user IDs must be a (B,) integer tensor, got {ids.dtype} of shape {tuple(ids.shape)}")
-        if ((ids < 0) | (ids > self.num_users)).any():
-            raise ValueError(f"user IDs must lie in [0, {self.num_users}] ({self.num_users} = null), "
-                             f"got {ids.tolist()}")
+        check_indices(ids, 0, self.num_users, f"user IDs ({self.num_users} = null)")   # no GPU sync
         return self.embedding[ids]                                       # (B,) -> (B, S, D)
 
     def null_ids(self, batch: int, device=None) -> torch.Tensor:
@@ -182,3 +186,46 @@ def resolve_users(requested: str, class_to_idx: dict[str, int]) -> list[int]:
         raise ValueError("no user given; pass --user all, a name or an ID number")
     return sorted(set(ids))
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Generating users' images (sample.py, and train_ldm.py's previews)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def make_sampler(kind: str, scheduler: DDPMScheduler):
+    """The training scheduler itself ("ddpm"), or a DDIM sampler on its noise schedule ("ddim"; with Stable
+    Diffusion's set_alpha_to_one=False, so the last step lands on alpha_bar_0, not 1)."""
+    if kind == "ddpm":
+        return scheduler
+    return DDIMScheduler.from_diffusers({**scheduler.to_diffusers(), "set_alpha_to_one": False})
+
+
+@torch.no_grad()
+def generate(model: ConditionedUNet, vae, scheduler, users: list[int], num: int, latent_shape: tuple[int, int, int],
+             scale: float, shift: float, guidance: float, steps: int, seed: int, batch_size: int = 16,
+             device="cpu", progress: bool = True, eta: float = 0.0,
+             cuda_graph: bool = False) -> dict[int, torch.Tensor]:
+    """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
+
+    For each batch, ldm.ddpm.sample runs guided DDIM/DDPM in latent space with cond = the user's IDs and uncond = the
+    null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
+    Batch b of user u draws from a generator seeded by (seed, u, b). cuda_graph: capture the model once per batch
+    size as a CUDA graph (ldm.cuda_graph) and replay it at every step.
+    """
+    null = model.embedder.null_id
+    denoiser = CUDAGraphModel(model) if cuda_graph else model
+    result = {}
+    eta_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
+    for user in tqdm(users, desc="users", disable=not progress or len(users) < 2):
+        images = []
+        for b, start in enumerate(range(0, num, batch_size)):
+            n = min(batch_size, num - start)
+            generator = torch.Generator().manual_seed((seed * 1_000_003 + user) * 10_007 + b)
+            cond = torch.full((n,), user, dtype=torch.long, device=device)
+            uncond = torch.full((n,), null, dtype=torch.long, device=device)
+            z = sample(denoiser, scheduler, (n, *latent_shape), cond=cond, uncond=uncond, guidance_scale=guidance,
+                       num_steps=steps, generator=generator, progress=progress, device=device, dtype=torch.float32,
+                       **eta_kwargs)
+            images.append(vae.decode(z / scale + shift).float().clamp(-1, 1).cpu())   # (n, C, H, W)
+        result[user] = torch.cat(images)
+    return result

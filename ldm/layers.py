@@ -373,13 +373,14 @@ class MidBlock2D(nn.Module):
         self.attentions = nn.ModuleList([attention() for _ in range(num_layers)])
         self.resnets = nn.ModuleList([resnet() for _ in range(num_layers + 1)])
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None, zq: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, C, H, W)."""
-        x = self.resnets[0](x, temb, zq)
+    def forward(self, x: torch.Tensor, temb_act: torch.Tensor | None = None,
+                zq: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W); temb_act: SiLU(time embedding) as ResnetBlock2D takes it, or None."""
+        x = self.resnets[0](x, temb_act, zq)
         for attn, resnet in zip(self.attentions, self.resnets[1:]):
             if attn is not None:
                 x = attn(x, zq=zq)
-            x = resnet(x, temb, zq)
+            x = resnet(x, temb_act, zq)
         return x
 
 
@@ -499,6 +500,26 @@ def checkpointed(module: nn.Module, *args):
     if not torch.is_grad_enabled():
         return module(*args)
     return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_indices(indices: torch.Tensor, low: int, high: int, what: str) -> None:
+    """ValueError unless every entry of the integer tensor ``indices`` lies in [low, high]; never syncs with a GPU.
+
+    On the CPU the offending values are read and named. On a GPU (or inside torch.compile) reading them back would
+    stall the host until the GPU has caught up (and break a compiled graph or a CUDA-graph capture), so the check runs
+    on the device instead and fails the next CUDA call with a device-side assertion if any entry is out of range.
+    """
+    out_of_range = (indices < low) | (indices > high)
+    if indices.device.type == "cpu" and not torch.compiler.is_compiling():
+        if out_of_range.any():
+            raise ValueError(f"{what} must lie in [{low}, {high}], got {indices[out_of_range].tolist()}")
+    else:
+        torch._assert_async(~out_of_range.any(), f"{what} must lie in [{low}, {high}]")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, checkpointed, silu_,
-                        timestep_embedding)
+from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices, checkpointed,
+                        silu_, timestep_embedding)
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -345,11 +345,11 @@ class DownBlock(nn.Module):
             self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=config.downsample_padding)])
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x, temb_act, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, C, H/2, W/2) (ceil), pushing layers_per_block (+1) skips."""
         ckpt = self.gradient_checkpointing
         for j, resnet in enumerate(self.resnets):
-            x = _run(resnet, x, temb, checkpoint=ckpt)                     # (B, Cin, H, W) -> (B, C, H, W)
+            x = _run(resnet, x, temb_act, checkpoint=ckpt)                 # (B, Cin, H, W) -> (B, C, H, W)
             if self.attentions is not None:
                 x = _run(self.attentions[j], x, context, self_mask, context_mask, checkpoint=ckpt)
             skips.append(x)
@@ -375,13 +375,13 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([_transformer(config, len(config.block_out_channels) - 1)] if attention else [])
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb, context, self_mask, context_mask) -> torch.Tensor:
+    def forward(self, x, temb_act, context, self_mask, context_mask) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
         ckpt = self.gradient_checkpointing
-        x = _run(self.resnets[0], x, temb, checkpoint=ckpt)
+        x = _run(self.resnets[0], x, temb_act, checkpoint=ckpt)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
             x = _run(attention, x, context, self_mask, context_mask, checkpoint=ckpt)
-            x = _run(resnet, x, temb, checkpoint=ckpt)
+            x = _run(resnet, x, temb_act, checkpoint=ckpt)
         return x
 
 
@@ -411,12 +411,12 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if level > 0 else None
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x, temb_act, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
         """x: (B, Cbelow, H, W) -> (B, C, H', W') with H', W' the size of the next skip, popping layers_per_block+1."""
         ckpt = self.gradient_checkpointing
         for j, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)                         # (B, Cx + Cs, H, W): features, then skip
-            x = _run(resnet, x, temb, checkpoint=ckpt)                     # -> (B, C, H, W)
+            x = _run(resnet, x, temb_act, checkpoint=ckpt)                 # -> (B, C, H, W)
             if self.attentions is not None:
                 x = _run(self.attentions[j], x, context, self_mask, context_mask, checkpoint=ckpt)
         if self.upsamplers is not None:
@@ -491,21 +491,21 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
         temb = self._time_embedding(timestep, sample)                      # (B, T)
         if self.class_embedding is not None:
             temb = temb + self.class_embedding(class_labels).to(sample.dtype)   # + (B, T)
-        temb = silu_(temb)   # every resnet's time projection starts with this SiLU: computed once, here
+        temb_act = silu_(temb)   # every resnet's time projection starts with this SiLU: computed once, here
 
         # 2. down: every level pushes its skips
         x = self.conv_in(sample)                                           # (B, Cin, H, W) -> (B, C0, H, W)
         skips = [x]
         for block in self.down_blocks:
-            x = block(x, temb, context, self_mask, context_mask, skips)    # -> (B, Ci, H/2^i, W/2^i)
+            x = block(x, temb_act, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
 
         # 3. mid
         if self.mid_block is not None:
-            x = self.mid_block(x, temb, context, self_mask, context_mask)  # (B, Cn, h, w)
+            x = self.mid_block(x, temb_act, context, self_mask, context_mask)  # (B, Cn, h, w)
 
         # 4. up: every level pops its skips
         for block in self.up_blocks:
-            x = block(x, temb, context, self_mask, context_mask, skips)    # -> (B, Ci, H/2^i, W/2^i)
+            x = block(x, temb_act, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
 
         # 5. out
         x = silu_(self.conv_norm_out(x))
@@ -586,13 +586,4 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
                              f"{getattr(class_labels, 'dtype', type(class_labels).__name__)}")
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
-        out_of_range = (class_labels < 0) | (class_labels >= cfg.num_class_embeds)
-        if class_labels.device.type == "cpu" and not torch.compiler.is_compiling():
-            if out_of_range.any():   # reading a CPU tensor costs no device sync
-                raise ValueError(f"class_labels must lie in [0, {cfg.num_class_embeds}), "
-                                 f"got {class_labels[out_of_range].tolist()}")
-        else:
-            # On a GPU (or inside torch.compile) the labels are not read back: that would stall the host until the
-            # GPU has caught up (and break the compiled graph). The check runs on the device instead and fails
-            # the next CUDA call with a device-side assertion if any label is out of range.
-            torch._assert_async(~out_of_range.any(), f"class_labels must lie in [0, {cfg.num_class_embeds})")
+        check_indices(class_labels, 0, cfg.num_class_embeds - 1, "class_labels")   # no GPU sync

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from ldm import io
-from ldm.conditioning import ConditionedUNet, UserIDEmbedder, check_compatible, resolve_users
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder, check_compatible, generate, make_sampler, resolve_users
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
-from sample import generate, make_sampler
 from train_ldm import make_scheduler
 
 USERS = {"alice": 0, "bob": 1, "carol": 2}

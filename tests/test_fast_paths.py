@@ -86,7 +86,7 @@ def test_out_of_range_class_label_is_caught_inside_a_compiled_graph():
     ours, _ = unet_pair()
     x = unet_inputs(ours.config)
     compiled = torch.compile(ours, fullgraph=True, backend="eager")
-    with pytest.raises(RuntimeError, match=r"class_labels must lie in \[0, 10\)"):
+    with pytest.raises(RuntimeError, match=r"class_labels must lie in \[0, 9\]"):
         compiled(**dict(x, class_labels=torch.tensor([3, 10])))
     with pytest.raises(ValueError, match=r"got \[-1\]"):   # eager on the CPU: the friendly error, naming the label
         ours(**dict(x, class_labels=torch.tensor([-1, 2])))
