@@ -196,12 +196,6 @@ def make_scheduler(prediction: str) -> DDPMScheduler:
                          clip_sample=False, prediction_type=prediction, steps_offset=1)
 
 
-def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
-    """The generator of one process's step: ID dropout, then the loss's noise and timesteps draw from it in that
-    order. A pure function of (seed, step, rank), so resume is exact without saving generator states."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_009 + rank + 7)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,11 +327,14 @@ def train(cfg: TrainLDMConfig) -> int:
             mean, std = moments[0][idx], moments[1][idx]
         else:
             mean, std = encode_moments(vae, x_train[idx], device)
-        z = draw_latents(mean, std, sample_generators(cfg.seed, idx, step), cfg.posterior, scale, shift).to(device)
-        generator = step_generator(cfg.seed, step, info.rank)
-        ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generator)
+        # Every random draw of image i at this step comes from its own generator, in this order: posterior noise
+        # (posterior "sample"), ID dropout, diffusion noise, timestep. So resume is exact and N DDP processes draw
+        # what one process with the N-fold batch would.
+        generators = sample_generators(cfg.seed, idx, step)
+        z = draw_latents(mean, std, generators, cfg.posterior, scale, shift).to(device)
+        ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generators)
         with autocast:
-            loss = diffusion_loss(forward, scheduler, z, ids, generator=generator, min_snr_gamma=cfg.min_snr_gamma)
+            loss = diffusion_loss(forward, scheduler, z, ids, generator=generators, min_snr_gamma=cfg.min_snr_gamma)
         loss.backward()
         if guard.check(loss.detach(), model.parameters()):
             if cfg.grad_clip > 0:

@@ -86,9 +86,17 @@ class UserIDEmbedder(nn.Module):
         """(batch,) null IDs, the unconditional condition."""
         return torch.full((batch,), self.null_id, dtype=torch.long, device=device)
 
-    def drop_ids(self, ids: torch.Tensor, p_uncond: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Replace each ID by the null ID with probability p_uncond (draws (B,) uniforms from generator, on CPU)."""
-        drop = torch.rand(ids.shape[0], generator=generator) < p_uncond                 # (B,) bool
+    def drop_ids(self, ids: torch.Tensor, p_uncond: float,
+                 generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """Replace each ID by the null ID with probability p_uncond: draws (B,) uniforms on the CPU from generator, or
+        one from each of a list of B generators (one per image)."""
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != ids.shape[0]:
+                raise ValueError(f"drop_ids: {len(generator)} generators for {ids.shape[0]} IDs")
+            uniforms = torch.cat([torch.rand(1, generator=g) for g in generator])
+        else:
+            uniforms = torch.rand(ids.shape[0], generator=generator)
+        drop = uniforms < p_uncond                                                       # (B,) bool
         return torch.where(drop.to(ids.device), torch.full_like(ids, self.null_id), ids)
 
     # ---- weights in and out ---------------------------------------------------------------------------------------

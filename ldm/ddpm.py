@@ -585,7 +585,9 @@ def diffusion_loss(model, scheduler: DiffusionScheduler, x0: torch.Tensor, cond=
                    min_snr_gamma: float | None = None) -> torch.Tensor:
     """The simplified training objective (Ho et al. 2020, Eq. (14)) for the scheduler's prediction type.
 
-    Draws, in this order from `generator`: ε = randn(x0.shape), then t ~ U{0, ..., N-1} of shape (B,). Forms
+    Draws, in this order from `generator`: ε = randn(x0.shape), then t ~ U{0, ..., N-1} of shape (B,). With a list of
+    B generators, image i draws its ε and then its t from generator i, so a batch split across processes draws what
+    one process would (train_ldm.py under DDP). Forms
     x_t = add_noise(x0, ε, t) (Eq. (4)) and returns mean ||target - model(x_t, t, cond)||² (a 0-d float32 tensor), where
     target = ε (epsilon), v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (v_prediction) or x0 (sample).
     min_snr_gamma: Min-SNR-γ weighting (Hang et al. 2023; γ = 5 in the paper), SNR_t = ᾱ_t / (1 - ᾱ_t). Each sample's
@@ -596,8 +598,11 @@ def diffusion_loss(model, scheduler: DiffusionScheduler, x0: torch.Tensor, cond=
         raise ValueError(f"min_snr_gamma must be a positive number (the paper uses 5), got {min_snr_gamma}")
     n = scheduler.config.num_train_timesteps
     noise = randn_tensor(x0.shape, generator, x0.device, x0.dtype)
-    draw_device = generator.device if isinstance(generator, torch.Generator) else x0.device
-    t = torch.randint(0, n, (x0.shape[0],), generator=generator, device=draw_device).to(x0.device)  # (B,)
+    if isinstance(generator, (list, tuple)):   # one generator per image (randn_tensor checks the count)
+        t = torch.cat([torch.randint(0, n, (1,), generator=g, device=g.device) for g in generator]).to(x0.device)
+    else:
+        draw_device = generator.device if isinstance(generator, torch.Generator) else x0.device
+        t = torch.randint(0, n, (x0.shape[0],), generator=generator, device=draw_device).to(x0.device)  # (B,)
     noisy = scheduler.add_noise(x0, noise, t)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

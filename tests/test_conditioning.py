@@ -42,6 +42,14 @@ def test_drop_ids_replaces_the_requested_fraction_by_the_null_id():
     dropped = embedder.drop_ids(ids, 0.25, torch.Generator().manual_seed(0))
     assert set(dropped.tolist()) == {0, 3}
     assert abs((dropped == 3).float().mean().item() - 0.25) < 0.03     # binomial std 0.007
+    # one generator per image: image i's decision comes from its own generator, whatever the batch around it
+    ids = torch.tensor([0, 1, 2, 0, 1, 2])
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(6)]   # noqa: E731
+    together = embedder.drop_ids(ids, 0.5, gens())
+    apart = torch.cat([embedder.drop_ids(ids[i:i + 1], 0.5, gens()[i:i + 1]) for i in range(6)])
+    assert torch.equal(together, apart) and 0 < (together == 3).sum() < 6
+    with pytest.raises(ValueError, match="2 generators for 6 IDs"):
+        embedder.drop_ids(ids, 0.5, gens()[:2])
 
 
 def test_save_and_load_through_the_pipeline_registry(tmp_path):

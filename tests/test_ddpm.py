@@ -407,6 +407,31 @@ def test_diffusion_loss_against_hand_computation(prediction_type, gamma):
     torch.testing.assert_close(loss.double(), (weight * per_sample).mean(), rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_diffusion_loss_with_one_generator_per_image_draws_each_images_noise_then_its_timestep(gamma):
+    scheduler, ref = DDPMScheduler(**SD), RefDDPM(**SD)
+    x0, cond = torch.randn(3, 3, 4, 4, generator=gen(0)), torch.arange(3.0)
+    loss = diffusion_loss(toy_model, scheduler, x0, cond, generator=[gen(10 + i) for i in range(3)],
+                          min_snr_gamma=gamma)
+
+    noise, t = [], []
+    for i in range(3):   # image i: its noise, then its timestep, from its own generator
+        g = gen(10 + i)
+        noise.append(torch.randn((1, 3, 4, 4), generator=g))
+        t.append(torch.randint(0, 1000, (1,), generator=g))
+    noise, t = torch.cat(noise), torch.cat(t)
+    a = ref.alphas_cumprod[t].double()
+    per_sample = ((toy_model(ref.add_noise(x0, noise, t), t, cond).double() - noise.double()) ** 2).mean(dim=(1, 2, 3))
+    weight = torch.ones_like(a) if gamma is None else (gamma / (a / (1 - a))).clamp(max=1.0)
+    torch.testing.assert_close(loss.double(), (weight * per_sample).mean(), rtol=1e-5, atol=0)
+    # so a batch split in two (as across two DDP processes) gives the same mean
+    halves = [diffusion_loss(toy_model, scheduler, x0[s], cond[s], generator=[gen(10 + i) for i in range(3)][s],
+                             min_snr_gamma=gamma) for s in (slice(0, 1), slice(1, 3))]
+    torch.testing.assert_close(loss, (halves[0] + 2 * halves[1]) / 3, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="one generator per batch element"):
+        diffusion_loss(toy_model, scheduler, x0, cond, generator=[gen(1), gen(2)])
+
+
 def test_diffusion_loss_trains_and_survives_zero_snr():
     net = torch.nn.Conv2d(3, 3, 1)
     x0 = torch.randn(8, 3, 4, 4, generator=gen(0))

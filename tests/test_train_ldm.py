@@ -2,7 +2,10 @@
 the exported pipeline in diffusers, exact resume, and every bad-input case."""
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ import train_ldm
 from ldm import io, training
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +104,23 @@ def test_resume_is_bitwise_exact_and_the_latent_cache_changes_nothing(folder, va
     losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()]
     assert len(losses("straight")) == 4 and losses("straight") == losses("split")
     np.testing.assert_allclose(losses("cached"), losses("straight"), rtol=1e-4)
+
+
+def test_ddp_with_two_cpu_processes_matches_one_process(folder, vae, tmp_path):
+    """Each image draws its posterior noise, ID dropout, diffusion noise and timestep from its own generator, so two
+    processes with batch 2 train what one process with batch 4 trains (up to the gradient all-reduce's rounding)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    common = ["--steps", "3", "--log-every", "1", "--sample-every", "100", "--device", "cpu", "--p-uncond", "0.5"]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29534", str(ROOT / "train_ldm.py"),
+                          *args(folder, vae, tmp_path / "ddp", *common)], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    single_args = args(folder, vae, tmp_path / "single", *common)
+    single_args[single_args.index("--batch-size") + 1] = "4"        # the same global batch in one process
+    assert train_ldm.main(single_args) == 0
+    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()]   # noqa: E731
+    assert len(losses("single")) == 3
+    np.testing.assert_allclose(losses("ddp"), losses("single"), rtol=1e-4)
 
 
 def test_vae_without_scaling_factor_is_refused_unless_measured(folder, tmp_path):
