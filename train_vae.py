@@ -269,8 +269,8 @@ def train(cfg: TrainVAEConfig) -> int:
                     regulariser = cfg.kl_weight * kl
                     parts["kl"] += kl.item() / cfg.grad_accum
                 else:
-                    # k-means init / dead-code restart draw from the first image's generator; under DDP each
-                    # process maintains its own codebook statistics (see ldm/vq.py)
+                    # k-means init / dead-code restart draw from the first image's generator; under DDP the
+                    # codebook statistics are summed over the processes and rank 0's codebook wins (ldm/vq.py)
                     x_rec, vq_loss, _ = forward(x, generator=generators[0])
                     regulariser = vq_loss
                     parts["vq"] += vq_loss.item() / cfg.grad_accum

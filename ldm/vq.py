@@ -190,7 +190,8 @@ class VectorQuantizer(nn.Module):
     Training options (all off by default, so outputs equal diffusers'; they run only in training mode):
         ema_decay: learn the codes by exponential moving averages instead of the codebook loss (van den Oord
             et al. 2017, appendix A.1; the VQ-VAE-2 recipe, Razavi et al. 2019). The loss is then
-            ``beta * commitment`` alone (``legacy`` does not apply) and the codebook gets no gradient.
+            ``beta * commitment`` alone (``legacy`` does not apply) and the codebook gets no gradient
+            (its ``requires_grad`` is False).
         kmeans_init_iters: on the first training batch, set the codebook by k-means (this many Lloyd iterations)
             on the batch's vectors, so every code starts where the data is. Cancelled by loading a codebook.
         usage_window, dead_code_restart: a code no vector chose in the last ``usage_window`` training batches is
@@ -198,6 +199,10 @@ class VectorQuantizer(nn.Module):
     Usage statistics are kept in training mode: ``perplexity`` (of the last batch; K means every code equally
     used, 1 means collapse) and ``dead_fraction()``. These buffers are not saved, so the state dict stays exactly
     diffusers'; loading a codebook restarts them.
+    Under DDP (an initialised torch.distributed process group) the codebook stays identical in every process: the
+    code counts and vector sums are summed over the processes before the statistics and the EMA use them (so the EMA
+    sees the global batch, as one process would), and the codebook that k-means or a restart produces is taken from
+    rank 0.
 
     Args:
         num_embeddings: K, the codebook size.
@@ -217,6 +222,10 @@ class VectorQuantizer(nn.Module):
         self.usage_window, self.dead_code_restart = usage_window, dead_code_restart
         self.embedding = nn.Embedding(num_embeddings, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_embeddings, 1.0 / num_embeddings)   # diffusers' init
+        if ema_decay is not None:
+            # learned by the EMA, never by a gradient (none reaches it): marked so, an optimizer leaves it alone and
+            # DDP does not wait for its gradient (which it would report as an unused parameter)
+            self.embedding.weight.requires_grad_(False)
         self.needs_kmeans_init = kmeans_init_iters > 0
         # training statistics, not in the state dict
         self.register_buffer("batches_unused", torch.zeros(num_embeddings, dtype=torch.long), persistent=False)
@@ -281,7 +290,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook(self, z_flat: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None):
-        counts = torch.bincount(indices, minlength=self.num_embeddings)  # n_k: vectors per code, (K,)
+        counts = _sum_over_processes(torch.bincount(indices, minlength=self.num_embeddings))  # n_k per code, (K,)
         self.perplexity.copy_(_perplexity_from_counts(counts))
         self.batches_unused.add_(1).masked_fill_(counts > 0, 0)
         weight = self.embedding.weight
@@ -291,6 +300,7 @@ class VectorQuantizer(nn.Module):
             # no Laplace smoothing is needed. N starts at 0: the first step moves a code to the mean of its vectors.
             g = self.ema_decay
             sums = torch.zeros_like(weight).index_add_(0, indices, z_flat.to(weight.dtype))      # (K, D)
+            sums = _sum_over_processes(sums)
             counts = counts.to(weight.dtype)
             self.cluster_size.mul_(g).add_((1 - g) * counts)
             step = (1 - g) * (sums - counts[:, None] * weight) / self.cluster_size.clamp_min(1e-12)[:, None]
@@ -300,6 +310,7 @@ class VectorQuantizer(nn.Module):
             # a random batch vector for every code, kept where the code is dead (no host sync, no count needed)
             pick = _randint(z_flat.shape[0], self.num_embeddings, generator, z_flat.device)
             weight.copy_(torch.where(dead[:, None], z_flat[pick].to(weight.dtype), weight))
+            _from_rank_0(weight)                                         # each process picked from its own batch
             self.batches_unused.masked_fill_(dead, 0)                    # a fresh window to be chosen
             self.cluster_size.masked_fill_(dead, 0.0)
 
@@ -320,6 +331,7 @@ class VectorQuantizer(nn.Module):
             sums = torch.zeros_like(centers).index_add_(0, assign, z_flat.float())
             centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], centers)
         self.embedding.weight.copy_(centers)
+        _from_rank_0(self.embedding.weight)                              # each process clustered its own batch
         self.needs_kmeans_init = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -333,6 +345,24 @@ class VectorQuantizer(nn.Module):
             # a model built on the meta device (ldm.io) gets its statistics where the loaded codebook lives
             setattr(self, name, torch.zeros_like(stat, device=loaded.device if stat.is_meta else stat.device))
         self.perplexity = torch.full_like(self.perplexity, float("nan"), device=self.cluster_size.device)
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+        and torch.distributed.get_world_size() > 1
+
+
+def _sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """t summed over the DDP processes (in place); t itself without a process group."""
+    if _distributed():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _from_rank_0(t: torch.Tensor) -> None:
+    """Overwrite t (in place) with rank 0's t; nothing without a process group."""
+    if _distributed():
+        torch.distributed.broadcast(t, src=0)
 
 
 def codebook_perplexity(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:

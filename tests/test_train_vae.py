@@ -124,11 +124,16 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(folder, tmp_path, monkey
     assert not (out / "checkpoint.pt").exists() and not (out / "model").exists()
 
 
-def test_ddp_with_two_cpu_processes_matches_one_process(folder, tmp_path):
+@pytest.mark.parametrize("model", ["kl", "vq"])
+def test_ddp_with_two_cpu_processes_matches_one_process(folder, tmp_path, model):
+    """KL: per-image posterior noise. VQ with an EMA codebook: the code counts and sums are summed over the two
+    processes, so the codebook moves as one process's would (without that, each process moves its own codebook)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    common = ["--steps", "3", "--disc-weight", "0", "--log-every", "1", "--device", "cpu"]
+    common = ["--steps", "3", "--disc-weight", "0", "--log-every", "1", "--device", "cpu", "--model", model]
+    if model == "vq":
+        common += ["--vq-ema", "0.5", "--vq-codebook-size", "16"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", str(ROOT / "train_vae.py"),
+                          "--master_port", str(29533 if model == "kl" else 29535), str(ROOT / "train_vae.py"),
                           *args(folder, tmp_path / "ddp", *common)], env=env, capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-2000:]
     single_args = args(folder, tmp_path / "single", *common)

@@ -360,6 +360,7 @@ def test_ema_moves_codes_towards_their_vectors_and_uses_commitment_only():
     assert_close(loss, torch.tensor(0.25 * 1.0), tol=1e-6, what="EMA loss = beta * commitment")
     loss.backward()
     assert vq.embedding.weight.grad is None                            # the codes learn only from the EMA
+    assert not vq.embedding.weight.requires_grad                       # so optimizers and DDP skip them
     assert torch.equal(vq.embedding.weight[0].detach(), torch.ones(2))  # N = 0: the first step lands on the mean
     z2 = torch.full((1, 2, 2, 2), 2.0)                                  # new vectors at (2, 2), still code 0
     for _ in range(3):
