@@ -26,8 +26,10 @@ class CUDAGraphModel:
 
     Args:
         model: a callable on a CUDA device whose output is one tensor and that makes no host-device
-            synchronisation (ldm's UNet, VAE decoder and VQ decoder qualify); weights may change between calls
-            in place (the graph reads the parameters' memory), but must not be replaced.
+            synchronisation (ldm's UNet, VAE decoder and VQ decoder qualify). A graph reads the memory it was
+            captured with: weights may change in place between calls (an optimizer or EMA step, load_state_dict;
+            ldm's models derive nothing from their weights while a graph is captured), but a model whose weights
+            were replaced (.to(), load_state_dict(assign=True)) needs a new CUDAGraphModel.
         warmup: eager calls on a side stream before capturing (lets cuDNN/cuBLAS pick and cache their kernels).
     """
 

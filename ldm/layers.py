@@ -268,8 +268,10 @@ class FusedWeightCache:
     Stacking costs a copy of the weights and a kernel launch per call. Without autograd (inference, sampling) the
     stacked tensors are kept and reused until a weight is replaced or modified: ``.to()`` gives it a new storage, an
     optimizer step or ``load_state_dict`` bumps its version counter; both are part of the cache key. With autograd,
-    or while torch.compile traces (which fuses the copy itself), the weights are stacked afresh on every call.
-    The cache holds one extra copy of the fused weights (in SD 1.5, 4% of the UNet's parameters).
+    while torch.compile traces (which fuses the copy itself) and while a CUDA graph is captured, the weights are
+    stacked afresh on every call: a graph then re-stacks them at every replay (a few microseconds of GPU time), so
+    its replays follow in-place weight changes as they would without the cache.
+    The cache holds one extra copy of the fused weights (in SD 1.5, 56M values: 6.6% of the UNet's parameters).
     """
 
     def __init__(self):
@@ -277,7 +279,8 @@ class FusedWeightCache:
 
     def get(self, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
         params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+        if (torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
+                or (params[0].is_cuda and torch.cuda.is_current_stream_capturing())):
             return _stack(linears)
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         if key != self.key:

@@ -130,3 +130,7 @@ def test_cuda_graph_sampling_equals_eager_sampling():
     assert_close(first, unet(x1, t1, context[:1], class_labels=labels[:1]), tol=1e-5, what="graphed forward")
     graphed_unet(torch.randn(2, 4, 16, 16, device="cuda"), t1.expand(2), context[:2], class_labels=labels)
     assert len(graphed_unet.graphs) == 2
+    # an in-place weight change (an EMA step, say) reaches the replays, the stacked q/k/v weights included
+    unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight.mul_(1.5)
+    assert_close(graphed_unet(x1, t1, context[:1], class_labels=labels[:1]),
+                 unet(x1, t1, context[:1], class_labels=labels[:1]), tol=1e-5, what="graphed forward after a change")
