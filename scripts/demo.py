@@ -28,8 +28,10 @@ PROFILES = {
         # at 300 steps the VAE erased identity (24%) and no LDM could restore it
         "vae": ["--preset", "tiny", "--steps", "1500", "--batch-size", "16", "--lr", "5e-4", "--disc-weight", "0",
                 "--no-eval-classifier"],
+        # 1000 steps: at 700, identity accuracy on generated samples was 61.7%, 73.0% and 68.8% for seeds 0, 1, 2;
+        # at 1000 (seed 0) 77.0%
         "ldm": ["--preset", "tiny", "--unet-channels", "32,64", "--unet-attention", "0,1", "--unet-heads", "4",
-                "--context-dim", "64", "--steps", "700", "--batch-size", "32", "--lr", "1e-3", "--ema-decay", "0.995",
+                "--context-dim", "64", "--steps", "1000", "--batch-size", "32", "--lr", "1e-3", "--ema-decay", "0.995",
                 "--cache-latents", "--posterior", "mean"],
         "num": 32, "sample_steps": 25, "guidance": 3.0, "eval_epochs": 20,
     },
