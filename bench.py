@@ -48,7 +48,8 @@ from diffusers import UNet2DConditionModel as RefUNet
 from diffusers import VQModel as RefVQModel
 
 from ldm.cuda_graph import CUDAGraphModel
-from ldm.ddpm import DDIMScheduler, sample
+from ldm.ddpm import DDIMScheduler
+from ldm.sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel

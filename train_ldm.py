@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 from ldm import training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible, generate, make_sampler
 from ldm.data import SpectrogramFolder, write_class_map
-from ldm.ddpm import DDPMScheduler, diffusion_loss
+from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json, save_pipeline
+from ldm.sampling import diffusion_loss
 from ldm.training import batch_indices, check_writable, option, resolve_data, sample_generators
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL

@@ -34,9 +34,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ldm.cuda_graph import CUDAGraphModel
-from ldm.ddpm import DDIMScheduler, DDPMScheduler, sample
+from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import read_json, write_json, write_safetensors
 from ldm.layers import check_indices
+from ldm.sampling import sample
 
 ROUTES = ("cross", "class", "both")
 CONFIG_NAME = "config.json"
@@ -215,7 +216,7 @@ def generate(model: ConditionedUNet, vae, scheduler, users: list[int], num: int,
              cuda_graph: bool = False) -> dict[int, torch.Tensor]:
     """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
 
-    For each batch, ldm.ddpm.sample runs guided DDIM/DDPM in latent space with cond = the user's IDs and uncond = the
+    For each batch, ldm.sampling.sample runs guided DDIM/DDPM in latent space with cond = the user's IDs and uncond = the
     null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
     Batch b of user u draws from a generator seeded by (seed, u, b). cuda_graph: capture the model once per batch
     size as a CUDA graph (ldm.cuda_graph) and replay it at every step.

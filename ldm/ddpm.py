@@ -1,5 +1,5 @@
-"""Noise schedules and samplers: the forward process q(x_t | x_0), the DDPM and DDIM reverse steps, a sampling loop
-with classifier-free guidance, and the training loss.
+"""Noise schedules and samplers: the forward process q(x_t | x_0) and the DDPM and DDIM reverse steps. The sampling
+loop with classifier-free guidance and the training loss that use them are in ldm/sampling.py.
 
 Papers cited by equation number below:
     Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models" (DDPM)
@@ -28,11 +28,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ldm.io import DIFFUSERS_VERSION, SCHEDULER_CONFIG_NAME, read_json, write_json
-from ldm.cuda_graph import CUDAGraphModel
 from ldm.layers import randn_tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
@@ -524,106 +521,3 @@ class DDIMScheduler(DiffusionScheduler):
                                  f"got {tuple(variance_noise.shape)}")
             prev_sample = prev_sample + std_dev_t * variance_noise
         return prev_sample
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Sampling loop and training loss
-# ---------------------------------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def sample(model, scheduler: DiffusionScheduler, shape, cond=None, uncond=None, guidance_scale: float = 1.0,
-           num_steps: int = 50, generator=None, progress: bool = True, device=None, dtype=None,
-           eta: float = 0.0, cuda_graph: bool = False) -> torch.Tensor:
-    """Generate samples: draw x_T ~ N(0, I) of `shape` (B, C, ...), then step through scheduler.timesteps.
-
-    model: any callable model(x, t, cond) -> prediction of scheduler.config.prediction_type shaped like x (2C channels
-    for learned variance), with x: (B', C, ...) and t: (B',) LongTensor. cond / uncond: conditioning for the model with
-    batch B (e.g. user-ID embeddings and the null-ID embedding), or None for an unconditional model.
-    Classifier-free guidance (Ho & Salimans 2022, Eq. (6) with w = guidance_scale - 1) when guidance_scale != 1:
-        pred = pred(x, uncond) + guidance_scale · (pred(x, cond) - pred(x, uncond)),
-    where both passes run as ONE model call on a batch of 2B ([uncond; cond], as diffusers pipelines order it).
-    generator draws x_T and every step's noise; eta is DDIM's η (DDIM only); progress=False hides the tqdm bar.
-    device / dtype default to the model's first parameter (CPU, float32 for a plain function). Returns x_0: shape.
-    cuda_graph=True (CUDA only) replays every model call as one captured CUDA graph (ldm.cuda_graph): same numbers,
-    much faster where the host cannot launch kernels as fast as the GPU runs them (small batches). The capture
-    costs about three model calls; to pay it once for many sample() calls, pass model=CUDAGraphModel(model).
-    """
-    if guidance_scale != 1.0:
-        if not (isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor)):
-            raise ValueError("guidance_scale != 1 needs both cond and uncond tensors (uncond: the null condition)")
-        if cond.shape != uncond.shape or cond.shape[0] != shape[0]:
-            raise ValueError(f"cond and uncond must have equal shapes with batch {shape[0]}, "
-                             f"got {tuple(cond.shape)} and {tuple(uncond.shape)}")
-    if eta != 0.0 and not isinstance(scheduler, DDIMScheduler):
-        raise ValueError(f"eta is DDIM's η; {type(scheduler).__name__} takes no eta (got {eta})")
-    inner = model.model if isinstance(model, CUDAGraphModel) else model
-    first_param = next(inner.parameters(), None) if isinstance(inner, torch.nn.Module) else None
-    device = torch.device(device or (first_param.device if first_param is not None else "cpu"))
-    dtype = dtype or (first_param.dtype if first_param is not None else torch.float32)
-    step_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
-    if cuda_graph and not isinstance(model, CUDAGraphModel):
-        if device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs a CUDA device, got device {device}")
-        model = CUDAGraphModel(model)
-    batch, channels = shape[0], shape[1]
-
-    scheduler.set_timesteps(num_steps, device=device)
-    x = randn_tensor(shape, generator, device, dtype) * scheduler.init_noise_sigma  # x_T
-    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
-        if guidance_scale != 1.0:
-            out = model(torch.cat([x, x]), t.expand(2 * batch), torch.cat([uncond, cond]))  # (2B, C or 2C, ...)
-            out_uncond, out_cond = out[:batch, :channels], out[batch:, :channels]  # (B, C, ...) each
-            guided = out_uncond + guidance_scale * (out_cond - out_uncond)
-            out = torch.cat([guided, out[batch:, channels:]], dim=1)  # a learned variance is taken unguided from cond
-        else:
-            out = model(x, t.expand(batch), cond)
-        x = scheduler.step(out, t, x, generator=generator, **step_kwargs)  # x_t -> x_{t'}
-    return x
-
-
-def diffusion_loss(model, scheduler: DiffusionScheduler, x0: torch.Tensor, cond=None, generator=None,
-                   min_snr_gamma: float | None = None) -> torch.Tensor:
-    """The simplified training objective (Ho et al. 2020, Eq. (14)) for the scheduler's prediction type.
-
-    Draws, in this order from `generator`: ε = randn(x0.shape), then t ~ U{0, ..., N-1} of shape (B,). With a list of
-    B generators, image i draws its ε and then its t from generator i, so a batch split across processes draws what
-    one process would (train_ldm.py under DDP). Forms
-    x_t = add_noise(x0, ε, t) (Eq. (4)) and returns mean ||target - model(x_t, t, cond)||² (a 0-d float32 tensor), where
-    target = ε (epsilon), v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x0 (v_prediction) or x0 (sample).
-    min_snr_gamma: Min-SNR-γ weighting (Hang et al. 2023; γ = 5 in the paper), SNR_t = ᾱ_t / (1 - ᾱ_t). Each sample's
-    loss is weighted so that it equals min(SNR_t, γ)·||x0 - x̂0||²: weight min(SNR, γ)/SNR for ε, min(SNR, γ)/(SNR + 1)
-    for v, min(SNR, γ) for x0. x0: (B, C, ...), e.g. VAE latents; model(x, t, cond) as in `sample`.
-    """
-    if min_snr_gamma is not None and not min_snr_gamma > 0:
-        raise ValueError(f"min_snr_gamma must be a positive number (the paper uses 5), got {min_snr_gamma}")
-    n = scheduler.config.num_train_timesteps
-    noise = randn_tensor(x0.shape, generator, x0.device, x0.dtype)
-    if isinstance(generator, (list, tuple)):   # one generator per image (randn_tensor checks the count)
-        t = torch.cat([torch.randint(0, n, (1,), generator=g, device=g.device) for g in generator]).to(x0.device)
-    else:
-        draw_device = generator.device if isinstance(generator, torch.Generator) else x0.device
-        t = torch.randint(0, n, (x0.shape[0],), generator=generator, device=draw_device).to(x0.device)  # (B,)
-    noisy = scheduler.add_noise(x0, noise, t)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        target = noise
-    elif kind == "v_prediction":
-        target = scheduler.get_velocity(x0, noise, t)
-    else:  # sample
-        target = x0
-    pred = model(noisy, t, cond)
-    if pred.shape != target.shape:
-        raise ValueError(f"model output must have shape {tuple(target.shape)} (learned-variance outputs are not "
-                         f"supported by this loss), got {tuple(pred.shape)}")
-    if min_snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float())
-    alpha_prod = scheduler.alphas_cumprod.to(x0.device)[t]  # (B,) float32
-    snr = alpha_prod / (1 - alpha_prod)
-    if kind == "epsilon":
-        weight = (min_snr_gamma / snr).clamp(max=1.0)  # = min(SNR, γ)/SNR, and 1 (not 0/0) where SNR = 0
-    elif kind == "v_prediction":
-        weight = snr.clamp(max=min_snr_gamma) / (snr + 1)
-    else:
-        weight = snr.clamp(max=min_snr_gamma)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=tuple(range(1, pred.dim())))
-    return (weight * per_sample).mean()

@@ -15,7 +15,8 @@ from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import UNet2DConditionModel as RefUNet
 
 from ldm.cuda_graph import CUDAGraphModel
-from ldm.ddpm import DDIMScheduler, sample
+from ldm.ddpm import DDIMScheduler
+from ldm.sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import assert_close, perturb_, rel_err, tf32_off
