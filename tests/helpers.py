@@ -1,7 +1,10 @@
 """Helpers shared by the parity tests: perturbed reference weights, the relative error measure, TF32 off."""
 import contextlib
+from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 
 def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch.nn.Module:
@@ -16,6 +19,33 @@ def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> torch
             if tensor.is_floating_point():
                 tensor.add_(scale * torch.randn(tensor.shape, generator=g, dtype=tensor.dtype))
     return model
+
+
+def cuda_pair(ref_cls, ours_cls, config, scale: float = 0.01):
+    """(ours, diffusers') full-size models on CUDA in eval mode: diffusers' built from config.to_diffusers() with
+    seeded perturbed weights, ours loading its state dict with strict=True."""
+    torch.manual_seed(0)
+    ref = perturb_(ref_cls(**config.to_diffusers()), scale=scale).cuda().eval()
+    ours = ours_cls(config).cuda().eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ours, ref
+
+
+def sd15_inputs() -> dict:
+    """SD 1.5 UNet inputs on CUDA: batch 2 of 64x64x4 latents, timesteps 1 and 999, 77 context tokens of width 768."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    return dict(sample=torch.randn(2, 4, 64, 64, device="cuda", generator=g), timestep=torch.tensor([1, 999]).cuda(),
+                encoder_hidden_states=torch.randn(2, 77, 768, device="cuda", generator=g))
+
+
+def png_folder(root: Path, per_user: int, size: int) -> Path:
+    """root/alice/<i>.png and root/bob/<i>.png: per_user random size x size grayscale PNGs each (seeded)."""
+    rng = np.random.default_rng(0)
+    for user in ("alice", "bob"):
+        (root / user).mkdir()
+        for i in range(per_user):
+            Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(root / user / f"{i}.png")
+    return root
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -19,7 +19,7 @@ from ldm.ddpm import DDIMScheduler
 from ldm.sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
-from tests.helpers import assert_close, perturb_, rel_err, tf32_off
+from tests.helpers import assert_close, cuda_pair, perturb_, rel_err, sd15_inputs, tf32_off
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]
 BF16_TOL = 5e-2
@@ -31,14 +31,8 @@ def sd15_pair():
     """The SD 1.5 UNet in both libraries and diffusers' float32 output. A module-scoped fixture is set up before the
     tests' function-scoped no_tf32 fixture, so it switches TF32 off itself (with TF32 on, the reference is off by
     ~1e-3 and the fp32 comparisons fail)."""
-    cfg = UNetConfig.preset("sd15")
-    torch.manual_seed(0)
-    ref = perturb_(RefUNet(**cfg.to_diffusers()), scale=0.01).cuda().eval()
-    ours = UNet2DConditionModel(cfg).cuda().eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = dict(sample=torch.randn(2, 4, 64, 64, device="cuda", generator=g), timestep=torch.tensor([1, 999]).cuda(),
-             encoder_hidden_states=torch.randn(2, 77, 768, device="cuda", generator=g))
+    ours, ref = cuda_pair(RefUNet, UNet2DConditionModel, UNetConfig.preset("sd15"))
+    x = sd15_inputs()
     with torch.no_grad(), tf32_off():
         expected = ref(**x).sample
     return ours, ref, x, expected
@@ -83,11 +77,7 @@ def test_unet_forward_makes_no_host_device_sync():
 
 @torch.no_grad()
 def test_tiled_decode_at_2048_fits_in_8_gb_and_matches_diffusers():
-    cfg = VAEConfig.preset("sd")
-    torch.manual_seed(0)
-    ref = perturb_(RefAutoencoderKL(**cfg.to_diffusers()), scale=0.01).cuda().eval()
-    ours = AutoencoderKL(cfg).cuda().eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours, ref = cuda_pair(RefAutoencoderKL, AutoencoderKL, VAEConfig.preset("sd"))
     ours.enable_tiling()
     ref.enable_tiling()
     z = torch.randn(1, 4, 256, 256, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))

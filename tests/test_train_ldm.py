@@ -20,6 +20,7 @@ import train_ldm
 from ldm import io, training
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
+from tests.helpers import png_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two users x 5 random 16x16 grayscale PNGs."""
-    root = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for user in ("alice", "bob"):
-        (root / user).mkdir()
-        for i in range(5):
-            Image.fromarray((rng.random((16, 16)) * 255).astype(np.uint8)).save(root / user / f"{i}.png")
-    return root
+    return png_folder(tmp_path_factory.mktemp("pngs"), per_user=5, size=16)
 
 
 def save_vae(path: Path, scaling_factor: float | None = 0.5) -> Path:

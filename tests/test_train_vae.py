@@ -11,10 +11,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import VQModel as RefVQModel
-from PIL import Image
 
 import train_vae
 from ldm import io, training
+from tests.helpers import png_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,13 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Two users x 6 random 32x32 grayscale PNGs."""
-    root = tmp_path_factory.mktemp("pngs")
-    rng = np.random.default_rng(0)
-    for user in ("alice", "bob"):
-        (root / user).mkdir()
-        for i in range(6):
-            Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / user / f"{i}.png")
-    return root
+    return png_folder(tmp_path_factory.mktemp("pngs"), per_user=6, size=32)
 
 
 def args(data, out, *extra):

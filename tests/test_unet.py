@@ -9,7 +9,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel as R
 
 from ldm.transformer import Transformer2D
 from ldm.unet import UNET_PRESETS, UNet2DConditionModel, UNetConfig
-from tests.helpers import assert_close, assert_same_keys, perturb_
+from tests.helpers import assert_close, assert_same_keys, cuda_pair, perturb_, sd15_inputs
 
 # Tiny diffusers configs (16x16 inputs, 8 norm groups), each exercising one feature of the listed blocks.
 SD1 = dict(down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -344,12 +344,6 @@ def test_bad_config_values_are_named(kwargs, message):
 @pytest.mark.usefixtures("no_tf32")
 @torch.no_grad()
 def test_full_sd15_unet_matches_diffusers_on_gpu():
-    cfg = UNetConfig.preset("sd15")
-    torch.manual_seed(0)
-    ref = perturb_(RefUNet(**cfg.to_diffusers()), scale=0.01).cuda().eval()
-    ours = UNet2DConditionModel(cfg).cuda().eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    x = dict(sample=torch.randn(2, 4, 64, 64, device="cuda", generator=g), timestep=torch.tensor([1, 999]).cuda(),
-             encoder_hidden_states=torch.randn(2, 77, 768, device="cuda", generator=g))
+    ours, ref = cuda_pair(RefUNet, UNet2DConditionModel, UNetConfig.preset("sd15"))
+    x = sd15_inputs()
     assert_close(ours(**x), ref(**x).sample, tol=1e-4, what="SD 1.5 UNet")

@@ -6,7 +6,7 @@ import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 
 from ldm.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
-from tests.helpers import assert_close, assert_same_keys, perturb_
+from tests.helpers import assert_close, assert_same_keys, cuda_pair, perturb_
 
 # Several diffusers configs: 1/2/3 channels, 1-4 levels, 1-2 layers per block, mid attention on/off, quant convs on/off.
 DIFFUSERS_CONFIGS = {
@@ -224,11 +224,7 @@ def test_bad_config_values_are_named():
 @pytest.mark.usefixtures("no_tf32")
 @torch.no_grad()
 def test_full_sd_vae_matches_diffusers_on_gpu():
-    cfg = VAEConfig.preset("sd")
-    torch.manual_seed(0)
-    ref = perturb_(RefAutoencoderKL(**cfg.to_diffusers()), scale=0.01).cuda().eval()
-    ours = AutoencoderKL(cfg).cuda().eval()
-    ours.load_state_dict(ref.state_dict(), strict=True)
+    ours, ref = cuda_pair(RefAutoencoderKL, AutoencoderKL, VAEConfig.preset("sd"))
     x = torch.rand(1, 3, 256, 256, device="cuda") * 2 - 1
     assert_close(ours.encode(x).mean, ref.encode(x).latent_dist.mean, tol=1e-4, what="SD encode")
     z = torch.randn(1, 4, 32, 32, device="cuda")
