@@ -29,11 +29,17 @@ A file smaller than `size` in either dimension is an error under every policy (n
 
 Every file is decoded once at construction, so a corrupt file is a ValueError naming it before training starts
 (`skip_bad=True` skips such files instead and warns with their count; `dataset.skipped` lists them).
-Splits are per user and by file (or by recording, with `group_regex`), reproducible from `seed`.
+One split for every stage (split.json)
+    The first stage that touches a data folder decides the split (`make_split`: per user, by file or by
+    recording with `group_regex`, reproducible from `seed`) and writes it with `write_split`; every later stage
+    reads it back (`read_split`), checks it belongs to the folder (`check_split`: a hash of the sorted file list)
+    and loads only its part (`SpectrogramFolder(root, subset=split["train"])`). No generator ever sees "test".
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -222,7 +228,8 @@ def split_indices(files: list[Path], labels: list[int], val_fraction: float, tes
     the first round(test_fraction * n) files go to test, the next round(val_fraction * n) to val, the rest to
     train, so the split depends only on the file names, the fractions and the seed. With group_regex, all
     files whose stems share the regex's first group (or whole match) stay in one split: windows cut from one
-    recording then never straddle train and test (micro_doppler.md 2, "recording-disjoint splits").
+    recording then never straddle train and test (a recording-disjoint split: windows of one walk are nearly
+    copies of each other, so a file-level split would test on near-duplicates of training files).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, "
@@ -256,6 +263,89 @@ def split_indices(files: list[Path], labels: list[int], val_fraction: float, tes
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# split.json: the one split every stage shares
+# ----------------------------------------------------------------------------------------------------------------
+SPLIT_FORMAT = "ldm-split-1"
+SPLIT_PARTS = ("train", "val", "test")
+
+
+def relative_names(root: str | Path, files: list[Path]) -> list[str]:
+    """Paths relative to root, with forward slashes ("user_00/0003.npy"): the names split.json stores."""
+    root = Path(root)
+    return [p.relative_to(root).as_posix() for p in files]
+
+
+def files_digest(names: list[str]) -> str:
+    """sha256 of the sorted relative file names, one per line: identifies the folder a split was made for."""
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+def make_split(root: str | Path, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0,
+               group_regex: str | None = None, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> dict:
+    """Decide the split of a data folder once: {"train", "val", "test"} lists of relative file names, per user
+    (split_indices), plus what it was made from (fractions, seed, regex, class map, hash of the file list).
+
+    "test" is the held-out real data every identity figure is measured on: no stage may train on it. "val" is
+    for decisions made during training (evaluations, thresholds). Write it with write_split.
+    """
+    files, labels, class_to_idx = scan_folder(root, suffixes=suffixes)
+    parts = split_indices(files, labels, val_fraction, test_fraction, seed, group_regex)
+    names = relative_names(root, files)
+    return {"format": SPLIT_FORMAT, "seed": seed, "group_regex": group_regex, "test_fraction": test_fraction,
+            "val_fraction": val_fraction, "num_files": len(names), "files_sha256": files_digest(names),
+            "class_to_idx": class_to_idx, **{part: [names[i] for i in parts[part]] for part in SPLIT_PARTS}}
+
+
+def write_split(path: str | Path, split: dict) -> None:
+    """Write split.json atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(split, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_split(path: str | Path) -> dict:
+    """Load a split.json written by write_split; a clear error if it is missing or not one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "split.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no split.json there (train_vae.py / train_ldm.py write one in their run "
+                                "folder)")
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON split file ({err})") from None
+    if not isinstance(split, dict) or split.get("format") != SPLIT_FORMAT:
+        raise ValueError(f"{path}: not an ldm split file (expected \"format\": \"{SPLIT_FORMAT}\")")
+    missing = [k for k in (*SPLIT_PARTS, "files_sha256", "class_to_idx") if k not in split]
+    if missing:
+        raise ValueError(f"{path}: split file lacks {missing}")
+    overlap = (set(split["train"]) | set(split["val"])) & set(split["test"])
+    if overlap:
+        raise ValueError(f"{path}: {len(overlap)} file(s) are both in test and in train/val, "
+                         f"e.g. {sorted(overlap)[0]}")
+    return split
+
+
+def check_split(split: dict, root: str | Path, what: str = "--data",
+                suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> None:
+    """Raise ValueError unless ``root`` holds exactly the files ``split`` was made for (same names, same users)."""
+    files, _, class_to_idx = scan_folder(root, suffixes=suffixes)
+    names = relative_names(root, files)
+    if files_digest(names) != split["files_sha256"]:
+        known = set(split["train"]) | set(split["val"]) | set(split["test"])
+        new, gone = sorted(set(names) - known), sorted(known - set(names))
+        detail = (f"{len(new)} file(s) not in the split (e.g. {new[0]})" if new else
+                  f"{len(gone)} file(s) of the split missing (e.g. {gone[0]})" if gone else "a different file list")
+        raise ValueError(f"{what} {root}: not the data folder the split was made for ({detail}); use the same "
+                         "folder, or start from a new run (a new split) for new data")
+    if class_to_idx != split["class_to_idx"]:
+        raise ValueError(f"{what} {root}: its users {sorted(class_to_idx)} differ from the split's "
+                         f"{sorted(split['class_to_idx'])}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The dataset
 # ----------------------------------------------------------------------------------------------------------------
 class SpectrogramFolder(Dataset):
@@ -265,8 +355,8 @@ class SpectrogramFolder(Dataset):
         root: the folder.  size: output side in pixels, or None for native (all files must share one shape).
         channels: 1 or 3.  resize: "resize" | "center_crop" | "random_crop" | "none" (module docstring).
         npy_scale, dynamic_range_db, db_reference: how .npy values map to [-1, 1] (module docstring).
-        split: None (all files) or "train" | "val" | "test", with val_fraction, test_fraction, seed, group_regex
-            as in split_indices.
+        subset: None (all files) or the relative file names to keep, e.g. split["train"] of a split.json;
+            a name that is not in the folder is an error.
         class_to_idx: label a folder with an existing user-name -> ID map (e.g. generated samples for a model).
         skip_bad: skip unreadable files (warn with their count) instead of raising ValueError.
         suffixes: file types to use, in order of preference for a stem present in several formats.
@@ -277,8 +367,7 @@ class SpectrogramFolder(Dataset):
 
     def __init__(self, root: str | Path, size: int | None = None, channels: int = 1, resize: str = "resize",
                  npy_scale: str = "db", dynamic_range_db: float = 50.0, db_reference: str | float = "max",
-                 split: str | None = None, val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0,
-                 group_regex: str | None = None, class_to_idx: dict[str, int] | None = None,
+                 subset: list[str] | None = None, class_to_idx: dict[str, int] | None = None,
                  suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES, skip_bad: bool = False, cache: bool = False,
                  generator: torch.Generator | None = None):
         if channels not in (1, 3):
@@ -293,13 +382,21 @@ class SpectrogramFolder(Dataset):
             raise ValueError(f"dynamic_range_db must be > 0, got {dynamic_range_db}")
         if size is not None and size < 1:
             raise ValueError(f"size must be a positive int or None, got {size}")
-        if split not in (None, "train", "val", "test"):
-            raise ValueError(f"split must be None, 'train', 'val' or 'test', got {split!r}")
         self.root, self.size, self.channels, self.resize = Path(root), size, channels, resize
         self.read_options = dict(channels=channels, npy_scale=npy_scale, dynamic_range_db=dynamic_range_db,
                                  db_reference=db_reference)
         self.generator = generator
         files, labels, self.class_to_idx = scan_folder(self.root, class_to_idx, suffixes)
+        if subset is not None:
+            keep = set(subset)
+            names = relative_names(self.root, files)
+            unknown = sorted(keep - set(names))
+            if unknown:
+                raise ValueError(f"{len(unknown)} file(s) of the split are not in {self.root} (e.g. {unknown[0]})")
+            files, labels = [f for f, n in zip(files, names) if n in keep], [lab for lab, n in zip(labels, names)
+                                                                              if n in keep]
+            if not files:
+                raise ValueError(f"the split selects no files of {self.root}")
         self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
 
         # Decode every file once: corrupt files and wrong sizes surface here, naming the file. With cache=True the
@@ -329,9 +426,6 @@ class SpectrogramFolder(Dataset):
         if not good:
             raise ValueError(f"no readable files under {self.root} ({len(self.skipped)} skipped)")
         files, labels = [p for p, _ in good], [lab for _, lab in good]
-        if split is not None:
-            keep = split_indices(files, labels, val_fraction, test_fraction, seed, group_regex)[split]
-            files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         self.files, self.labels = files, labels
         self._cache = {p: arrays[p] for p in files} if cache else None
 

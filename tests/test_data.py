@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from ldm import microdoppler as md
-from ldm.data import (UNLABELLED, SpectrogramFolder, read_class_map, read_file, scan_folder, split_indices,
-                      write_class_map)
+from ldm.data import (UNLABELLED, SpectrogramFolder, check_split, make_split, read_class_map, read_file, read_split,
+                      scan_folder, split_indices, write_class_map, write_split)
 
 
 def gray_png(path, value=128, size=(16, 16)):
@@ -140,8 +140,38 @@ def test_splits_are_reproducible_disjoint_and_per_user(tmp_path):
     assert sorted(a["train"] + a["val"] + a["test"]) == list(range(60))
     for k in range(3):
         assert sum(labels[i] == k for i in a["test"]) == 4 and sum(labels[i] == k for i in a["val"]) == 2
-    test = SpectrogramFolder(tmp_path, split="test", val_fraction=0.1, test_fraction=0.2, seed=7)
+    split = make_split(tmp_path, test_fraction=0.2, val_fraction=0.1, seed=7)
+    test = SpectrogramFolder(tmp_path, subset=split["test"])
     assert test.files == [files[i] for i in a["test"]]
+
+
+def test_split_json_round_trips_and_belongs_to_one_folder(tmp_path):
+    make_users(tmp_path / "data", per_user=8)
+    split = make_split(tmp_path / "data", test_fraction=0.25, seed=3)
+    write_split(tmp_path / "split.json", split)
+    assert read_split(tmp_path) == split                                # a run folder or the file itself
+    assert split["num_files"] == 24 and len(split["test"]) == 6 and not set(split["test"]) & set(split["train"])
+    check_split(split, tmp_path / "data")                               # the same folder passes
+    gray_png(tmp_path / "data" / "a" / "999.png")
+    with pytest.raises(ValueError, match=r"not the data folder the split was made for \(1 file\(s\) not in the "
+                                         r"split \(e.g. a/999.png\)\)"):
+        check_split(split, tmp_path / "data")
+    with pytest.raises(ValueError, match=r"1 file\(s\) of the split are not in .* \(e.g. bob/nope.png\)"):
+        SpectrogramFolder(tmp_path / "data", subset=split["train"] + ["bob/nope.png"])
+
+
+def test_split_files_that_leak_or_are_not_splits_are_refused(tmp_path):
+    make_users(tmp_path / "data", per_user=4)
+    split = make_split(tmp_path / "data", test_fraction=0.25)
+    leaky = {**split, "train": split["train"] + split["test"][:1]}
+    write_split(tmp_path / "leaky.json", leaky)
+    with pytest.raises(ValueError, match=r"leaky.json: 1 file\(s\) are both in test and in train/val"):
+        read_split(tmp_path / "leaky.json")
+    (tmp_path / "other.json").write_text('{"train": []}')
+    with pytest.raises(ValueError, match="other.json: not an ldm split file"):
+        read_split(tmp_path / "other.json")
+    with pytest.raises(FileNotFoundError, match="no split.json"):
+        read_split(tmp_path / "nowhere")
 
 
 def test_group_regex_keeps_recordings_in_one_split(tmp_path):
@@ -209,11 +239,11 @@ def test_size_errors(tmp_path):
 
 def test_bad_options(tmp_path):
     make_users(tmp_path, names=("a",), per_user=1)
-    for kwargs in ({"channels": 2}, {"resize": "stretch"}, {"npy_scale": "linear"}, {"split": "holdout"},
+    for kwargs in ({"channels": 2}, {"resize": "stretch"}, {"npy_scale": "linear"}, {"subset": ["a/nope.png"]},
                    {"db_reference": "min"}, {"dynamic_range_db": 0}, {"size": 0}, {"suffixes": (".tif",)}):
         with pytest.raises(ValueError):
             SpectrogramFolder(tmp_path, **kwargs)
     with pytest.raises(ValueError, match="val_fraction"):
         split_indices([tmp_path / "a" / "000.png"], [0], 0.5, 0.6, seed=0)
     with pytest.raises(ValueError, match="none left for training"):
-        SpectrogramFolder(tmp_path, split="train", test_fraction=0.6)
+        make_split(tmp_path, test_fraction=0.6)
