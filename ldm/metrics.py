@@ -117,13 +117,15 @@ class EvalCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig, progress: bool = False) -> EvalCNN:
+def train_classifier(x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig, progress: bool = False,
+                     augment=None) -> EvalCNN:
     """Train an EvalCNN on images x: (N, C, H, W) in [-1, 1] with labels y: (N,) in [0, K).
 
     Runs max(epochs * ceil(N / batch_size), min_steps) AdamW steps with cosine learning-rate decay; each batch is
-    augmented by a random circular shift along time (W), which changes only the gait phase. Deterministic for a
-    given cfg.seed (on one machine and torch build); the global torch RNG is left untouched. Returns the model in
-    eval mode.
+    augmented by a random circular shift along time (W), which changes only the gait phase, and then, if given, by
+    ``augment(batch, generator) -> batch`` (same shape; e.g. classic spectrogram augmentation). Deterministic for
+    a given cfg.seed (on one machine and torch build); the global torch RNG is left untouched. Returns the model
+    in eval mode.
     """
     if x.dim() != 4 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need x (N, C, H, W) and y (N,) with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -149,6 +151,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig, pr
             continue
         shift = int(torch.randint(cfg.image_size, (1,), generator=gen))
         batch = torch.roll(x[idx], shifts=shift, dims=-1)               # random gait phase
+        if augment is not None:
+            batch = augment(batch, gen)
         loss = F.cross_entropy(model(batch), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -233,6 +237,29 @@ def kid(a: torch.Tensor, b: torch.Tensor, subset_size: int = 100, num_subsets: i
         off = m * (m - 1)
         values.append(float((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean()))
     return float(np.mean(values)), float(np.std(values))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Intervals
+# ----------------------------------------------------------------------------------------------------------------
+# Two-sided 95% quantiles t_{0.975, df} of Student's t for df = 1..30 (beyond: the normal's 1.96 is within 2%).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """Mean and 95% confidence interval of independent repeats (e.g. one accuracy per seed), by Student's t:
+    mean +- t_{0.975, n-1} * s / sqrt(n), s the sample standard deviation. Returns (mean, low, high); with one
+    value the interval is (nan, nan), since one repeat says nothing about the spread."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0 or not np.isfinite(v).all():
+        raise ValueError(f"mean_ci needs a non-empty 1-d list of finite numbers, got {values!r}")
+    mean = float(v.mean())
+    if len(v) == 1:
+        return mean, float("nan"), float("nan")
+    t = _T975[len(v) - 2] if len(v) - 1 <= len(_T975) else 1.96
+    half = t * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return mean, mean - half, mean + half
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -125,3 +125,20 @@ def test_classifier_learns_is_deterministic_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match="labels must lie"):
         train_classifier(x, y + 5, cfg)
     assert math.isfinite(float(feats.sum()))
+
+
+def test_mean_ci_uses_the_student_t_quantile():
+    """The table's t_{0.975, df} leaves 95% of torch.distributions.StudentT(df) between -t and t (numerical
+    integration of its density), and the interval has the closed form mean +- t s / sqrt(n)."""
+    from ldm.metrics import _T975, mean_ci
+    for df, t in enumerate(_T975, start=1):
+        grid = torch.linspace(-t, t, 200_001, dtype=torch.float64)
+        density = torch.distributions.StudentT(torch.tensor(float(df), dtype=torch.float64)).log_prob(grid).exp()
+        assert abs(float(torch.trapezoid(density, grid)) - 0.95) < 2e-4, df
+    values = [0.61, 0.70, 0.64, 0.58]
+    mean, low, high = mean_ci(values)
+    half = 3.182 * np.std(values, ddof=1) / 2
+    assert mean == pytest.approx(np.mean(values)) and (low, high) == pytest.approx((mean - half, mean + half))
+    assert np.isnan(mean_ci([0.5])[1])
+    with pytest.raises(ValueError, match="finite"):
+        mean_ci([0.5, float("nan")])
