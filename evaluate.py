@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from ldm.data import SpectrogramFolder, split_indices
-from ldm.metrics import (ClassifierConfig, condition_control_ratio, frechet_distance, kid, load_classifier,
-                         physics_features, predict, save_classifier, train_classifier)
+from ldm.metrics import (ClassifierConfig, batch_physics_features, condition_control_ratio, frechet_distance, kid,
+                         load_classifier, predict, save_classifier, spectrogram_axes, train_classifier)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,26 +101,9 @@ def save_confusion_png(matrix: np.ndarray, classes: list[str], path: str) -> Non
     img.save(path)
 
 
-def physics_axes(args: argparse.Namespace, meta: dict | None, h: int, w: int) -> tuple[np.ndarray, float] | None:
-    """Velocity of each of the h rows (top first) and the frame rate of the w columns, or None if unknown."""
-    if args.v_max is not None:
-        top, bottom, seconds = args.v_max, -args.v_max, args.duration
-    elif meta is not None:
-        step, native = meta["velocity_step_mps"], meta["size"]
-        top = meta["velocity_top_mps"] + step / 2                      # edge of the top row
-        bottom = top - step * native
-        seconds = native / meta["frame_rate_hz"]
-    else:
-        return None
-    rows = top - (np.arange(h) + 0.5) * (top - bottom) / h
-    return rows, w / seconds
-
-
 def physics_by_user(x: torch.Tensor, labels: np.ndarray, axes, dynamic_range: float, threshold_db: float) -> dict:
     """Per-user mean of every physics feature; x: (N, C, H, W) in [-1, 1] mapped back to dB."""
-    velocities, frame_rate = axes
-    db = ((x.mean(dim=1) + 1) / 2 * dynamic_range - dynamic_range).numpy()
-    feats = [physics_features(d, velocities, frame_rate, threshold_db) for d in db]
+    feats = batch_physics_features(x, axes, dynamic_range, threshold_db)
     out = {}
     for k in np.unique(labels):
         rows = [f for f, lab in zip(feats, labels) if lab == k]
@@ -272,7 +255,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
     # 5. Physics checks.
-    axes = physics_axes(args, meta, x_real.shape[-2], x_real.shape[-1])
+    axes = spectrogram_axes(meta, x_real.shape[-2], x_real.shape[-1], args.v_max, args.duration)
     if args.physics != "off" and axes is not None:
         real_phys = physics_by_user(x_real[test], y_test, axes, dynamic_range, args.threshold_db)
         gen_phys = physics_by_user(x_gen, yg, axes, dynamic_range, args.threshold_db)

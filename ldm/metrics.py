@@ -325,3 +325,32 @@ def physics_features(db: np.ndarray, velocities: np.ndarray, frame_rate_hz: floa
     return {"torso_velocity_mps": torso, "upper_envelope_mps": float(np.percentile(top, 95)),
             "lower_envelope_mps": float(np.percentile(bottom, 5)), "bandwidth_mps": float(np.mean(top - bottom)),
             "cadence_steps_per_s": cadence}
+
+
+def spectrogram_axes(meta: dict | None, height: int, width: int, v_max: float | None = None,
+                     duration: float | None = None) -> tuple[np.ndarray, float] | None:
+    """The velocity of each of the ``height`` rows (top row first, m/s) and the frame rate of the ``width`` columns
+    (1/s) of an image resized from a data folder: from ``v_max``/``duration`` when given (rows span
+    [-v_max, v_max], columns ``duration`` seconds), else from the simulator's metadata.json dict ``meta``; None
+    when neither is known."""
+    if v_max is not None and duration is not None:
+        top, bottom, seconds = v_max, -v_max, duration
+    elif meta is not None and "velocity_step_mps" in meta:
+        step, native = meta["velocity_step_mps"], meta["size"]
+        top = meta["velocity_top_mps"] + step / 2                      # edge of the top row
+        bottom = top - step * native
+        seconds = native / meta["frame_rate_hz"]
+    else:
+        return None
+    rows = top - (np.arange(height) + 0.5) * (top - bottom) / height
+    return rows, width / seconds
+
+
+def batch_physics_features(x: torch.Tensor, axes: tuple[np.ndarray, float], dynamic_range_db: float,
+                           threshold_db: float = -25.0) -> list[dict[str, float]]:
+    """physics_features of every image of x: (N, C, H, W) in [-1, 1], mapped back to dB (x = -1 is
+    -dynamic_range_db, x = 1 is 0 dB; channels averaged). axes: (velocities (H,), frame rate) as from
+    spectrogram_axes."""
+    velocities, frame_rate = axes
+    db = ((x.mean(dim=1) + 1) / 2 * dynamic_range_db - dynamic_range_db).numpy()
+    return [physics_features(d, velocities, frame_rate, threshold_db) for d in db]
