@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from ldm import training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible, generate, make_sampler
-from ldm.data import SpectrogramFolder, write_class_map
+from ldm.data import SpectrogramFolder, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json, save_pipeline
 from ldm.sampling import diffusion_loss
-from ldm.training import batch_indices, check_writable, option, resolve_data, sample_generators
+from ldm.training import batch_indices, check_writable, option, resolve_data, resolve_split, sample_generators
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
 
@@ -73,8 +73,15 @@ class TrainLDMConfig:
                          choices=("resize", "center_crop", "random_crop", "none"))
     npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
                             choices=("db", "magnitude", "power", "unit", "minmax"))
-    val_fraction: float = option(0.1, "fraction of each user's files held out (the same split as train_vae.py "
-                                      "with the same --seed); the LDM trains on the rest")
+    split: str | None = option(None, "the split.json to use (default: the --vae run folder's, so both stages train "
+                                     "on the same files and never on the held-out test files; a resumed run "
+                                     "reuses its own)")
+    holdout_fraction: float = option(0.25, "only when neither --split nor the VAE run has a split: fraction of each "
+                                           "user's files held out as the real test set")
+    val_fraction: float = option(0.1, "only for a new split: fraction of each user's files held out for the "
+                                      "held-out loss during training")
+    group_regex: str | None = option(None, "only for a new split: files whose names share this regex's first group "
+                                           "stay on one side")
     steps: int = option(20000, "optimizer steps")
     batch_size: int = option(16, "images per process per step (global batch = this x processes)")
     lr: float = option(1e-4, "AdamW learning rate")
@@ -82,7 +89,12 @@ class TrainLDMConfig:
     seed: int = option(0, "seeds data order, initialisation, noise, timesteps, ID dropout and the simulator")
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
-    ema_decay: float = option(0.999, "decay of the EMA weights that are sampled and exported")
+    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)")
+    ema_warmup: bool = option(True, "warm the EMA decay up as diffusers' EMAModel and the LDM code do: "
+                                    "min(ema_decay, (1 + s) / (10 + s)) at update s + 1 (ldm.training.ema_decay)")
+    export: str = option("ema", "which weights pipeline/ holds: the EMA or the raw (last optimizer step) weights",
+                         choices=("ema", "raw"))
+    eval_every: int = option(500, "steps between held-out losses of the EMA and the raw weights in log.jsonl")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
     mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
     gradient_checkpointing: bool = option(False, "recompute UNet activations in backward to save memory")
@@ -229,12 +241,17 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- data: the training split, labelled by user ----------------------------------------------------------------
     cfg.size = size
     root = resolve_data(cfg, info.is_main)
-    train_set = SpectrogramFolder(root, size=size, channels=vae.config.in_channels, resize=cfg.resize,
-                                  npy_scale=cfg.npy_scale, split="train", val_fraction=cfg.val_fraction,
-                                  seed=cfg.seed, cache=True, class_to_idx=state["class_to_idx"] if state else None)
+    vae_split = Path(cfg.vae) / "split.json"
+    given = cfg.split or (str(vae_split) if vae_split.is_file() else None)
+    split, split_origin = resolve_split(root, given, cfg.resume, dict(
+        test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
+    data_options = dict(size=size, channels=vae.config.in_channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
+                        cache=True, class_to_idx=state["class_to_idx"] if state else None)
+    train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
     class_to_idx = train_set.class_to_idx
     num_users = len(class_to_idx)
     x_train, y_train = train_set.tensors()                               # (N, C, H, W), (N,)
+    val_set = SpectrogramFolder(root, subset=split["val"], **data_options) if split["val"] else None
 
     moments = encode_moments(vae, x_train, device) if cfg.cache_latents or cfg.scaling_factor == "auto" else None
     if state is not None:
@@ -276,10 +293,11 @@ def train(cfg: TrainLDMConfig) -> int:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(cfg.prediction)
-    start_step = 0
+    start_step, ema_updates = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        ema_updates = state.get("ema_updates", state["step"])
         opt.load_state_dict(state["opt"])
         training.set_rng_state(state["rng"])
         start_step = state["step"]
@@ -291,6 +309,9 @@ def train(cfg: TrainLDMConfig) -> int:
         check_writable(out)
         (out / "samples").mkdir(exist_ok=True)
         write_class_map(out / "class_to_idx.json", class_to_idx)
+        write_split(out / "split.json", split)
+        print(f"split ({split_origin}): training on {len(split['train'])} files, {len(split['val'])} for the "
+              f"held-out loss; {len(split['test'])} held-out test files never used; written to {out / 'split.json'}")
     log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
     log.truncate_after(start_step)
     guard = training.NonFiniteGuard(cfg.max_nonfinite)
@@ -305,9 +326,27 @@ def train(cfg: TrainLDMConfig) -> int:
         training.save_checkpoint({
             "step": step, "unet_config": unet.config.to_diffusers(), "embedder_config": embedder.config(),
             "train_config": dataclasses.asdict(cfg), "class_to_idx": class_to_idx, "scaling_factor": scale,
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema_updates, "opt": opt.state_dict(),
             "rng": training.rng_state(), "nonfinite_total": guard.total,
         }, out / "checkpoint.pt")
+
+    # The held-out loss: the validation latents (posterior means) with noise and timesteps drawn from fixed
+    # generators, so every evaluation, and the EMA and raw weights, see the same draws.
+    if val_set is not None and info.is_main:
+        x_val, y_val = val_set.tensors()
+        repeats = max(1, 256 // len(x_val))                              # several (noise, t) draws per image
+        mean_val, _ = encode_moments(vae, x_val, device)                # (N, Cz, h, w), the posterior means
+        z_val = ((mean_val - shift) * scale).repeat(repeats, 1, 1, 1)
+        ids_val = y_val.repeat(repeats).to(device)
+
+    @torch.no_grad()
+    def held_out_loss(denoiser) -> float:
+        denoiser.eval()
+        generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(z_val))]
+        losses = [diffusion_loss(denoiser, scheduler, z_val[i:i + 64].to(device), ids_val[i:i + 64],
+                                 generator=generators[i:i + 64], min_snr_gamma=cfg.min_snr_gamma) * len(z_val[i:i + 64])
+                  for i in range(0, len(z_val), 64)]
+        return float(sum(losses) / len(z_val))
 
     def sample_grid(step: int) -> None:
         users = list(range(num_users))
@@ -319,7 +358,7 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- the loop ------------------------------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_ldm",
                disable=not (cfg.progress and info.is_main))
-    timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
+    timer, images_seen, running, steps_run, last_eval = time.perf_counter(), 0, 0.0, 0, None
     for step in bar:
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -341,7 +380,8 @@ def train(cfg: TrainLDMConfig) -> int:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            training.ema_update(ema, model, cfg.ema_decay)
+            ema_updates += 1
+            training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
 
         images_seen += cfg.batch_size * info.world_size
         running, steps_run = running + loss.item(), steps_run + 1
@@ -354,6 +394,9 @@ def train(cfg: TrainLDMConfig) -> int:
             log.write({"step": done, "loss": float(mean_loss), "images_per_s": images_seen / max(seconds, 1e-9),
                        "skipped_steps": guard.total})
             timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
+        if info.is_main and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            last_eval = {"ema_val_loss": held_out_loss(ema), "raw_val_loss": held_out_loss(model)}
+            log.write({"step": done, "eval": True, **last_eval})
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
             sample_grid(done)
             training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
@@ -363,13 +406,18 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- export: a diffusers-layout pipeline of the EMA weights ------------------------------------------------------
     if info.is_main:
         vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
-        components = {"vae": vae, "unet": ema.unet, "scheduler": scheduler, "embedder": ema.embedder}
+        exported = ema if cfg.export == "ema" else model
+        components = {"vae": vae, "unet": exported.unet, "scheduler": scheduler, "embedder": exported.embedder}
         tmp = out / f".pipeline.tmp-{os.getpid()}"
         save_pipeline(tmp, components, pipeline_class="LDMPipeline")
         shutil.rmtree(out / "pipeline", ignore_errors=True)
         os.replace(tmp, out / "pipeline")
         training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
-        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}")
+        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}; "
+              f"pipeline/ holds the {'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")
+        if last_eval is not None:
+            print(f"  held-out loss: EMA weights {last_eval['ema_val_loss']:.4f}, raw weights "
+                  f"{last_eval['raw_val_loss']:.4f}")
         print(f"  checkpoint  {out / 'checkpoint.pt'}\n  pipeline    {out / 'pipeline'}\n  log         "
               f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
     if info.enabled:

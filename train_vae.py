@@ -27,10 +27,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ldm import metrics, training
-from ldm.data import SpectrogramFolder, write_class_map
+from ldm.data import SpectrogramFolder, write_class_map, write_split
 from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                         reconstruction_loss)
-from ldm.training import batch_indices, check_writable, option, resolve_data, sample_generators
+from ldm.training import batch_indices, check_writable, option, resolve_data, resolve_split, sample_generators
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
 
@@ -50,7 +50,14 @@ class TrainVAEConfig:
                          choices=("resize", "center_crop", "random_crop", "none"))
     npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
                             choices=("db", "magnitude", "power", "unit", "minmax"))
-    val_fraction: float = option(0.1, "fraction of each user's files held out for evaluation")
+    split: str | None = option(None, "reuse this split.json (or run folder holding one) instead of deciding a new "
+                                     "split; a resumed run reuses its own")
+    holdout_fraction: float = option(0.25, "new split: fraction of each user's files held out as the real test set "
+                                           "that no generator sees (evaluate.py and augment.py measure on it)")
+    val_fraction: float = option(0.1, "new split: fraction of each user's files held out for evaluations during "
+                                      "training")
+    group_regex: str | None = option(None, "new split: files whose names share this regex's first group (e.g. "
+                                           "'(.*)_w\\d+' for windows of one recording) stay on one side")
     steps: int = option(4000, "optimizer steps")
     batch_size: int = option(8, "images per process per micro-step (global batch = this x processes x accumulation)")
     grad_accum: int = option(1, "micro-steps accumulated per optimizer step")
@@ -71,7 +78,11 @@ class TrainVAEConfig:
     vq_kmeans: int = option(0, "VQ: k-means iterations to initialise the codebook on the first batch (0 = off)")
     vq_restart: bool = option(False, "VQ: move codes unused for --vq-usage-window batches onto encoder outputs")
     vq_usage_window: int = option(100, "VQ: batches without use after which a code is dead")
-    ema_decay: float = option(0.999, "decay of the EMA weights that are evaluated and exported")
+    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)")
+    ema_warmup: bool = option(True, "warm the EMA decay up as diffusers' EMAModel and the LDM code do: "
+                                    "min(ema_decay, (1 + s) / (10 + s)) at update s + 1 (ldm.training.ema_decay)")
+    export: str = option("ema", "which weights model/ holds: the EMA or the raw (last optimizer step) weights",
+                         choices=("ema", "raw"))
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
     mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
     compile: bool = option(False, "torch.compile the autoencoder's forward")
@@ -116,7 +127,9 @@ def build_model(cfg: TrainVAEConfig):
 
 @torch.no_grad()
 def reconstruct(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Reconstructions (through the posterior mode, or the codebook) of x, in batches."""
+    """Reconstructions (through the posterior mode, or the codebook) of x, in batches, in eval mode (a VQ
+    codebook's statistics do not move; the training loop puts the model back into train mode)."""
+    model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         out.append(model(x[i:i + batch_size])[0].float().clamp(-1, 1))
@@ -169,11 +182,12 @@ def train(cfg: TrainVAEConfig) -> int:
 
     # ---- data ----------------------------------------------------------------------------------------------------
     root = resolve_data(cfg, info.is_main)
-    data_options = dict(size=cfg.size, channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
-                        val_fraction=cfg.val_fraction, seed=cfg.seed, cache=True,
+    split, split_origin = resolve_split(root, cfg.split, cfg.resume, dict(
+        test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
+    data_options = dict(size=cfg.size, channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale, cache=True,
                         class_to_idx=state["class_to_idx"] if state else None)
-    train_set = SpectrogramFolder(root, split="train", **data_options)
-    val_set = SpectrogramFolder(root, split="val", **data_options) if cfg.val_fraction > 0 else train_set
+    train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
+    val_set = SpectrogramFolder(root, subset=split["val"], **data_options) if split["val"] else train_set
     x_val, y_val = val_set.tensors()
     x_val, y_val = x_val[:cfg.eval_images], y_val[:cfg.eval_images]
 
@@ -197,10 +211,11 @@ def train(cfg: TrainVAEConfig) -> int:
                               generator=torch.Generator().manual_seed(cfg.seed)).to(device) if use_disc else None
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if use_disc else None
     perceptual = LPIPS.from_file(cfg.lpips).to(device) if cfg.lpips else None
-    start_step = 0
+    start_step, ema_updates = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+        ema_updates = state.get("ema_updates", state["step"])
         opt.load_state_dict(state["opt"])
         if use_disc:
             disc.load_state_dict(state["disc"])
@@ -221,6 +236,9 @@ def train(cfg: TrainVAEConfig) -> int:
         check_writable(out)
         (out / "samples").mkdir(exist_ok=True)
         write_class_map(out / "class_to_idx.json", train_set.class_to_idx)
+        write_split(out / "split.json", split)
+        print(f"split ({split_origin}): {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} "
+              f"held-out test files of {len(split['class_to_idx'])} user(s); written to {out / 'split.json'}")
     log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
     log.truncate_after(start_step)
     classifier = None
@@ -241,7 +259,7 @@ def train(cfg: TrainVAEConfig) -> int:
         training.save_checkpoint({
             "step": step, "model_kind": cfg.model, "model_config": model.config.to_diffusers(),
             "train_config": dataclasses.asdict(cfg), "class_to_idx": train_set.class_to_idx,
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+            "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema_updates, "opt": opt.state_dict(),
             "disc": disc.state_dict() if use_disc else None, "opt_disc": opt_disc.state_dict() if use_disc else None,
             "rng": training.rng_state(), "nonfinite_total": guard.total,
             # the VQ codebook statistics (EMA counts, usage) are not in the state dict; keep them for exact resume
@@ -251,7 +269,7 @@ def train(cfg: TrainVAEConfig) -> int:
     # ---- the loop ------------------------------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_vae",
                disable=not (cfg.progress and info.is_main))
-    timer, images_seen = time.perf_counter(), 0
+    timer, images_seen, last_eval = time.perf_counter(), 0, None
     for step in bar:
         disc_active = use_disc and step >= cfg.disc_start
         model.train()
@@ -294,7 +312,8 @@ def train(cfg: TrainVAEConfig) -> int:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            training.ema_update(ema, model, cfg.ema_decay)
+            ema_updates += 1
+            training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
 
         # discriminator step, on detached reconstructions: only the discriminator changes here
         if disc_active and finite:
@@ -326,27 +345,35 @@ def train(cfg: TrainVAEConfig) -> int:
             rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]
             training.image_grid(rows).save(out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
-            result = evaluate(ema, x_val, y_val, classifier, device)
-            log.write({"step": done, "eval": True, **result})
+            # both sets of weights: an EMA that lags far behind the raw weights shows here
+            last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
+                         "raw": evaluate(model, x_val, y_val, classifier, device)}
+            log.write({"step": done, "eval": True, **last_eval})
             training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_checkpoint(done)
 
     # ---- export --------------------------------------------------------------------------------------------------
     if info.is_main:
+        exported = ema if cfg.export == "ema" else model.eval()               # training is over
         x_train, _ = train_set.tensors()
-        stats = latent_statistics(ema, x_train, device, torch.Generator().manual_seed(cfg.seed))
-        log.write({"step": cfg.steps, "latent_statistics": True, **stats})
+        stats = latent_statistics(exported, x_train, device, torch.Generator().manual_seed(cfg.seed))
+        log.write({"step": cfg.steps, "latent_statistics": True, "weights": cfg.export, **stats})
         if cfg.model == "vq":   # diffusers' VQModel config has only the scaling factor
             stats = {"scaling_factor": stats["scaling_factor"]}
-        ema.config = dataclasses.replace(ema.config, **stats)
-        ema.save_pretrained(out / "model")
-        final = evaluate(ema, x_val, y_val, classifier, device)
+        exported.config = dataclasses.replace(exported.config, **stats)
+        exported.save_pretrained(out / "model")
+        if last_eval is None:                                            # resumed at the last step
+            last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
+                         "raw": evaluate(model, x_val, y_val, classifier, device)}
         training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
-        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite)")
-        print(f"  held-out PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}"
-              + (f", identity accuracy {final['acc_reconstruction']:.1%} on reconstructions vs "
-                 f"{final['acc_original']:.1%} on originals" if "acc_original" in final else ""))
+        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); model/ holds the "
+              f"{'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")
+        for name in ("ema", "raw"):
+            final = last_eval[name]
+            print(f"  {name:>3} weights: held-out PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}"
+                  + (f", identity accuracy {final['acc_reconstruction']:.1%} on reconstructions vs "
+                     f"{final['acc_original']:.1%} on originals" if "acc_original" in final else ""))
         print(f"  latent scaling factor {stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})")
         print(f"  checkpoint  {out / 'checkpoint.pt'}\n  model       {out / 'model'}\n  log         "
               f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw
 
+from ldm.data import check_split, make_split, read_split
 from ldm.io import torch_load_weights_only
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -69,11 +70,37 @@ def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def ema_decay(num_updates: int, max_decay: float, warmup: bool = True) -> float:
+    """The decay of EMA update number ``num_updates`` (1 for the first update after initialisation).
+
+    Without warm-up it is ``max_decay`` throughout, so after N updates the random initial weights still weigh
+    max_decay**N (0.999: 67% after 400 updates, 37% after 1000). With warm-up (the default of diffusers'
+    ``EMAModel`` and of the LDM code's ``LitEma``) it is
+
+        decay_n = min(max_decay, (1 + s) / (10 + s)),   s = n - 1,   and decay_1 = 0,
+
+    so the first update copies the model, the weights after update k weigh about 9 k^8 / n^9 in the average after
+    n updates (its mean age is about n / 10 updates), and ``max_decay`` is reached only after
+    s = (10 max_decay - 1) / (1 - max_decay) updates (8991 for 0.999).
+    """
+    if num_updates < 1:
+        raise ValueError(f"EMA updates are counted from 1, got {num_updates}")
+    if not warmup:
+        return max_decay
+    s = num_updates - 1
+    return 0.0 if s == 0 else min(max_decay, (1 + s) / (10 + s))
+
+
 @torch.no_grad()
 def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model, for every parameter; buffers are copied."""
+    """ema = decay * ema + (1 - decay) * model for every trained parameter. Parameters that are not trained by
+    gradients (``requires_grad=False``, e.g. a VQ codebook learnt by its own EMA) and buffers are copied, as
+    diffusers' EMAModel does."""
     for ema_p, p in zip(ema_model.parameters(), model.parameters()):
-        ema_p.lerp_(p.detach(), 1.0 - decay)
+        if p.requires_grad:
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        else:
+            ema_p.copy_(p)
     for ema_b, b in zip(ema_model.buffers(), model.buffers()):
         ema_b.copy_(b)
 
@@ -335,6 +362,22 @@ def resolve_data(cfg, is_main: bool) -> Path:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return folder
+
+
+def resolve_split(root: Path, given: str | None, resume: str | None, new: dict) -> tuple[dict, str]:
+    """The split of a training run, checked against the data folder ``root``, and where it came from: the
+    split.json ``given`` (--split), else the resumed run's own split.json, else a new split decided now by
+    ``ldm.data.make_split(root, **new)``. The caller writes it into its run folder (``write_split``)."""
+    if given is None and resume is not None:
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if (folder / "split.json").is_file():
+            given = str(folder / "split.json")
+    if given is not None:
+        split = read_split(given)
+        check_split(split, root)
+        return split, f"read from {given}"
+    split = make_split(root, **new)
+    return split, "decided now"
 
 
 def check_writable(folder: Path) -> None:

@@ -67,6 +67,40 @@ def test_ema_update_closed_form():
     torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight.detach())
 
 
+def test_ema_warmup_decay_is_the_closed_form_and_diffusers_schedule():
+    """decay_1 = 0, decay_n = min(max, n / (9 + n)) afterwards: the schedule of diffusers' EMAModel (checked
+    against its get_decay) and of the LDM code's LitEma; without warm-up the decay is constant."""
+    from diffusers.training_utils import EMAModel
+    reference = EMAModel(torch.nn.Linear(1, 1).parameters(), decay=0.999)
+    for n in [1, 2, 3, 10, 400, 1000, 8991, 8992, 20000]:
+        expected = 0.0 if n == 1 else min(0.999, n / (9 + n))
+        assert training.ema_decay(n, 0.999) == pytest.approx(expected, rel=1e-15, abs=0)
+        assert training.ema_decay(n, 0.999) == reference.get_decay(n)
+        assert training.ema_decay(n, 0.999, warmup=False) == 0.999
+    with pytest.raises(ValueError, match="counted from 1"):
+        training.ema_decay(0, 0.999)
+
+
+def test_ema_with_warmup_follows_diffusers_ema_model_and_forgets_the_initialisation():
+    """Ten updates towards a moving model: our EMA equals diffusers' EMAModel.step to float precision, and the
+    initial weights have no weight left (the first update copies the model); a frozen parameter is copied."""
+    from diffusers.training_utils import EMAModel
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[1].bias.requires_grad_(False)
+    ema = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).requires_grad_(False)
+    reference = EMAModel(model.parameters(), decay=0.999, foreach=False)
+    for n in range(1, 11):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        training.ema_update(ema, model, training.ema_decay(n, 0.999))
+        reference.step(model.parameters())
+        for ours, theirs in zip(ema.parameters(), reference.shadow_params):
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert torch.equal(ema[1].bias, model[1].bias)
+
+
 def test_non_finite_guard_skips_then_stops():
     guard = training.NonFiniteGuard(limit=3)
     p = torch.nn.Parameter(torch.ones(2))

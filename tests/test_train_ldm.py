@@ -96,8 +96,10 @@ def test_resume_is_bitwise_exact_and_the_latent_cache_changes_nothing(folder, va
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()]
+    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read() if "loss" in r]
     assert len(losses("straight")) == 4 and losses("straight") == losses("split")
+    evals = lambda run: [r for r in training.JsonlLog(tmp_path / run / "log.jsonl").read() if r.get("eval")]
+    assert evals("straight")[-1] == evals("split")[-1] and evals("straight")[-1]["step"] == 4
     np.testing.assert_allclose(losses("cached"), losses("straight"), rtol=1e-4)
 
 
@@ -113,7 +115,8 @@ def test_ddp_with_two_cpu_processes_matches_one_process(folder, vae, tmp_path):
     single_args = args(folder, vae, tmp_path / "single", *common)
     single_args[single_args.index("--batch-size") + 1] = "4"        # the same global batch in one process
     assert train_ldm.main(single_args) == 0
-    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()]   # noqa: E731
+    losses = lambda run: [r["loss"] for r in training.JsonlLog(tmp_path / run / "log.jsonl").read()   # noqa: E731
+                          if "loss" in r]
     assert len(losses("single")) == 3
     np.testing.assert_allclose(losses("ddp"), losses("single"), rtol=1e-4)
 
@@ -154,3 +157,44 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(folder, vae, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error:") and "carol" in err and err.count("\n") == 1
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_the_split_is_decided_once_and_no_stage_trains_on_its_test_files(folder, tmp_path, monkeypatch, capsys):
+    """train_vae.py decides the split; train_ldm.py on that VAE run reuses it whatever split options it is given,
+    and neither loads a held-out test file for training; a split of another folder or one whose test files are
+    also training files is refused before anything is written."""
+    import train_vae
+    from ldm.data import make_split, read_split, write_split
+    loaded = []
+
+    class Recording(train_ldm.SpectrogramFolder):
+        def __init__(self, root, subset=None, **kwargs):
+            loaded.append(subset)
+            super().__init__(root, subset=subset, **kwargs)
+
+    monkeypatch.setattr(train_vae, "SpectrogramFolder", Recording)
+    monkeypatch.setattr(train_ldm, "SpectrogramFolder", Recording)
+    vae_run, ldm_run = tmp_path / "vae", tmp_path / "ldm"
+    assert train_vae.main(["--data", str(folder), "--out", str(vae_run), "--preset", "tiny", "--size", "16",
+                           "--steps", "1", "--batch-size", "2", "--disc-weight", "0", "--no-eval-classifier",
+                           "--no-progress", "--holdout-fraction", "0.2", "--val-fraction", "0.2"]) == 0
+    split = read_split(vae_run)
+    assert len(split["test"]) == 2 and len(split["train"]) == 6           # one test file per user
+    assert train_ldm.main(args(folder, vae_run, ldm_run, "--steps", "1", "--sample-every", "100",
+                               "--holdout-fraction", "0.6", "--seed", "5")) == 0
+    assert read_split(ldm_run) == split                                  # reused, not decided again
+    assert loaded and all(subset is not None and not set(subset) & set(split["test"]) for subset in loaded)
+    capsys.readouterr()
+
+    other = tmp_path / "other"                                           # the same users, one file more
+    shutil.copytree(folder, other)
+    shutil.copy(folder / "bob" / "0.png", other / "bob" / "extra.png")
+    assert train_ldm.main(args(other, vae_run, tmp_path / "x", "--steps", "1")) == 2
+    assert "not the data folder the split was made for" in capsys.readouterr().err
+    leaky = {**make_split(folder, test_fraction=0.2)}
+    leaky["train"] = leaky["train"] + leaky["test"]
+    write_split(tmp_path / "leaky.json", leaky)
+    assert train_ldm.main(args(folder, vae_run, tmp_path / "y", "--steps", "1", "--split",
+                               str(tmp_path / "leaky.json"))) == 2
+    assert "both in test and in train/val" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -195,3 +195,20 @@ def test_help_lists_every_option(capsys):
     for flag in ("--data", "--out", "--model", "--preset", "--steps", "--batch-size", "--lr", "--resume",
                  "--kl-weight", "--disc-start", "--ema-decay", "--mixed-precision", "--grad-accum", "--compile"):
         assert flag in text
+
+
+def test_evaluations_log_ema_and_raw_weights_and_export_says_which(folder, tmp_path, capsys):
+    """Each evaluation logs the EMA's and the raw weights' figures; model/ holds the weights --export names
+    (compared with the checkpoint's copies)."""
+    for export in ("ema", "raw"):
+        out = tmp_path / export
+        assert train_vae.main(args(folder, out, "--steps", "3", "--disc-weight", "0", "--export", export)) == 0
+        assert f"holds the {export.upper() if export == 'ema' else export} weights" in capsys.readouterr().out
+        record = [r for r in training.JsonlLog(out / "log.jsonl").read() if r.get("eval")][-1]
+        assert set(record["ema"]) == set(record["raw"]) == {"psnr", "ssim"}
+        saved = io.load_pretrained(out / "model").state_dict()
+        state = training.load_checkpoint(out)
+        assert state["ema_updates"] == 3
+        for key, value in saved.items():
+            assert torch.equal(value, state["model" if export == "raw" else "ema"][key]), key
+    assert not all(torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])   # 3 steps: they differ
