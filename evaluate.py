@@ -1,18 +1,27 @@
-"""Identity evaluation of generated spectrograms against real ones (shared/reference/micro_doppler.md, section 5).
+"""Identity evaluation of generated spectrograms against held-out real ones (docs/evaluation.md).
 
-    python evaluate.py --real DIR --generated DIR --out report.json
+    python evaluate.py --real DIR --split RUN/split.json --generated SAMPLES --out report.json
+    python evaluate.py --real DIR --real-test TEST_DIR --generated SAMPLES --out report.json
 
-Both folders are ROOT/<user>/<files> (PNG/JPEG/.npy, see ldm/data.py); generated samples sit in the folder of the
-user they were requested for, with the same user folder names as the real data. Steps:
-  1. split the real files per user into train / test (seeded); train the evaluation CNN on real train only
-     (or load it with --classifier PATH; a missing PATH is trained and then saved there);
-  2. real-test accuracy (the ceiling); train-on-real-test-on-generated (TRTS) accuracy per user and overall,
-     mean confidence, the confusion matrix (also as a PNG) and the condition-control ratio;
-  3. train-on-generated-test-on-real (TSTR): a fresh CNN with the same recipe, trained on generated only;
-  4. Frechet distance and KID on the real-trained CNN's penultimate features: generated vs real test half B,
-     next to the floor real test half A vs half B (same samples per user on both sides);
-  5. for simulator data (DIR/metadata.json from ldm.microdoppler) or with --v-max/--duration: per-user physics
-     (torso velocity, Doppler envelope, cadence), real vs generated and, for simulator data, vs the truth.
+Folders are ROOT/<user>/<files> (PNG/JPEG/.npy, see ldm/data.py); generated samples sit in the folder of the user
+they were requested for, with the real data's user folder names. Every real figure is measured on real test files
+that no generator trained on: split["test"] of the split.json the training runs wrote (checked against --real), or
+all of --real-test (then all of --real is training data). Without either the evaluation refuses to run. Steps:
+  1. the real data: the classifier's training files (split train + val, or all of --real), the generators'
+     training files (split train, or all of --real) and the real test files; test files whose pixels equal a
+     training file's are dropped and listed;
+  2. the evaluation CNN, trained on the real training files (or loaded with --classifier PATH, only if it records
+     that it was trained on exactly these files; a missing PATH is trained and then saved there);
+  3. accuracies with 95% Wilson intervals, overall and per user: real test (the ceiling), train-on-real-test-on-
+     generated (TRTS) with mean confidence, confusion matrix (also a PNG) and condition-control ratio, and
+     train-on-generated-test-on-real (TSTR: a fresh CNN, same recipe, trained on generated only);
+  4. Frechet distance and KID in a --pca-dims projection of the CNN's penultimate features: generated vs real test
+     half B, next to the floor real test half A vs half B at the same n and user mix, with bootstrap intervals;
+  5. memorisation: each generated sample's distance to its nearest generator-training sample (CNN features and
+     pixels), relative to the same distance of real test samples;
+  6. for simulator data (DIR/metadata.json from ldm.microdoppler) or with --v-max/--duration: per-user physics
+     (torso velocity, Doppler envelopes, bandwidth, cadence), mean and spread, real test vs generated vs truth;
+  7. the report: where the test files came from (and their names), overall and per-user figures.
 Prints a table, writes the JSON report and the confusion-matrix PNG. Bad input exits with status 2 and one line.
 """
 from __future__ import annotations
@@ -25,9 +34,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm.data import SpectrogramFolder, split_indices
-from ldm.metrics import (ClassifierConfig, batch_physics_features, condition_control_ratio, frechet_distance, kid,
-                         load_classifier, predict, save_classifier, spectrogram_axes, train_classifier)
+from ldm.data import SpectrogramFolder, check_split, files_digest, read_split, relative_names, split_indices
+from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
+                         condition_control_ratio, frechet_distance, load_classifier, memorisation_ratios,
+                         memorisation_summary, mmd2_unbiased, nearest_neighbour_distances, pca_basis,
+                         percentile_interval, predict, save_classifier, spectrogram_axes, train_classifier,
+                         wilson_interval)
+
+NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
+               "--real-test DIR (real files no generator saw); figures measured on real files a generator trained "
+               "on reward copying")
+# Two decoded images count as one file when their RMS difference is below one 8-bit grey level (2/255 in [-1, 1]):
+# a .png and the .npy it was written from differ by up to half a level.
+SAME_PIXELS_RMS = 2 / 255
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--real", required=True, help="real (or simulated) data: DIR/<user>/<files>")
     p.add_argument("--generated", required=True, help="generated samples: DIR/<requested user>/<files>")
+    p.add_argument("--split", default=None, help="split.json (or a run folder holding one) made for --real: the "
+                                                 "classifier trains on its train + val files, figures use its test")
+    p.add_argument("--real-test", default=None, help="real test folder DIR/<user>/<files> no generator saw, "
+                                                     "labelled with --real's users; all of --real is training data")
     p.add_argument("--out", default="report.json", help="JSON report path")
     p.add_argument("--confusion-png", default=None, help="confusion-matrix image (default: <out>_confusion.png)")
     p.add_argument("--size", type=int, default=64, help="images are resized to size x size for the classifier")
@@ -43,18 +66,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="what .npy values are (ldm/data.py)")
     p.add_argument("--dynamic-range", type=float, default=None,
                    help="dB range mapped to [-1, 1] (default: the simulator's metadata.json value, else 50)")
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of each real user's files held out")
-    p.add_argument("--group-regex", default=None, help="keep files whose stems share this regex's group in one split")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, the classifiers and KID subsets")
+    p.add_argument("--seed", type=int, default=0, help="seeds the classifiers, the test halves and the bootstrap")
     p.add_argument("--epochs", type=int, default=30, help="classifier training epochs")
     p.add_argument("--min-steps", type=int, default=240, help="classifier optimizer steps at least (small data sets)")
     p.add_argument("--batch-size", type=int, default=32, help="classifier batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="classifier learning rate (AdamW, cosine decay)")
-    p.add_argument("--classifier", default=None, help="load the real-data classifier from this .safetensors, or "
-                                                      "train it and save it there when the file does not exist "
-                                                      "(reuse it only with the same --real, --seed, --test-fraction)")
-    p.add_argument("--kid-subset", type=int, default=50, help="KID subset size (capped by the sample counts)")
-    p.add_argument("--kid-subsets", type=int, default=100, help="number of KID subsets")
+    p.add_argument("--classifier", default=None, help="load the real-data classifier from this .safetensors (it must "
+                                                      "record the same training files), or train it and save it "
+                                                      "there when the file does not exist")
+    p.add_argument("--pca-dims", type=int, default=16, help="Frechet distance and KID use this many principal axes "
+                                                            "of the real training features")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the distance intervals")
     p.add_argument("--physics", default="auto", choices=("auto", "on", "off"),
                    help="physics checks: auto = when --real holds the simulator's metadata.json or --v-max is given")
     p.add_argument("--v-max", type=float, default=None, help="velocity span of the image rows is [-v_max, v_max] m/s")
@@ -68,8 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------------------------
 # Report helpers
 # ----------------------------------------------------------------------------------------------------------------
-def accuracy_by_user(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
-    return {classes[k]: float(np.mean(pred[labels == k] == k)) for k in np.unique(labels)}
+def accuracy(correct: np.ndarray) -> dict | None:
+    """{"value": share correct, "ci": 95% Wilson interval, "n": trials} of a boolean array; None when empty."""
+    if len(correct) == 0:
+        return None
+    return {"value": float(np.mean(correct)), "ci": list(wilson_interval(int(np.sum(correct)), len(correct))),
+            "n": len(correct)}
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -102,41 +128,152 @@ def save_confusion_png(matrix: np.ndarray, classes: list[str], path: str) -> Non
 
 
 def physics_by_user(x: torch.Tensor, labels: np.ndarray, axes, dynamic_range: float, threshold_db: float) -> dict:
-    """Per-user mean of every physics feature; x: (N, C, H, W) in [-1, 1] mapped back to dB."""
+    """Per user and physics feature: {"mean", "std" (over samples, ddof 1), "n"} of the samples where the feature
+    could be measured. x: (N, C, H, W) in [-1, 1], mapped back to dB."""
     feats = batch_physics_features(x, axes, dynamic_range, threshold_db)
     out = {}
     for k in np.unique(labels):
         rows = [f for f, lab in zip(feats, labels) if lab == k]
-        values = {name: [r[name] for r in rows if np.isfinite(r[name])] for name in rows[0]}
-        out[int(k)] = {name: float(np.mean(v)) if v else float("nan") for name, v in values.items()}
+        out[int(k)] = {}
+        for name in rows[0]:
+            v = np.array([r[name] for r in rows if np.isfinite(r[name])])
+            out[int(k)][name] = {"mean": float(v.mean()) if len(v) else float("nan"),
+                                 "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"), "n": len(v)}
     return out
 
 
+def _fig(f: dict | None, digits: int = 2) -> str:
+    """'value [low,high]'; '-' for a missing figure or interval (null in the report)."""
+    if f is None or f["value"] is None:
+        return "-"
+    ci = "-" if None in f["ci"] else f"{f['ci'][0]:.{digits}f},{f['ci'][1]:.{digits}f}"
+    return f"{f['value']:.{digits}f} [{ci}]"
+
+
+def _num(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def print_table(report: dict) -> None:
-    print(f"\n{'user':<14}{'real acc':>9}{'TRTS acc':>9}{'conf':>7}{'CCR':>8}{'n gen':>7}")
+    s = report["split"]
+    print(f"\nreal test: {report['counts']['real_test']} files from {s['from']} {s['path']} (no generator trained on "
+          f"them); intervals are 95% (accuracies: Wilson; distances, memorisation: bootstrap)")
+    print(f"\n{'user':<12}{'real acc':>17}{'TRTS acc':>17}{'TSTR acc':>17}{'conf':>6}{'CCR':>7}{'near':>6}{'n gen':>6}")
     for user, row in report["per_user"].items():
-        cells = [row.get("real_test_accuracy"), row.get("trts_accuracy"), row.get("mean_confidence"), row.get("ccr")]
-        text = "".join(f"{c:>9.3f}" if c is not None else f"{'-':>9}" for c in cells[:2])
-        text += f"{cells[2]:>7.3f}" if cells[2] is not None else f"{'-':>7}"
-        text += f"{cells[3]:>8.2f}" if cells[3] is not None else f"{'-':>8}"
-        print(f"{user[:13]:<14}{text}{row.get('generated', 0):>7}")
+        near = row["fraction_close_to_train"]
+        print(f"{user[:11]:<12}{_fig(row['real_test_accuracy']):>17}{_fig(row['trts_accuracy']):>17}"
+              f"{_fig(row['tstr_accuracy']):>17}{_num(row['mean_confidence'], '.2f'):>6}{_num(row['ccr'], '.1f'):>7}"
+              f"{_num(near and near['features'], '.2f'):>6}{row['generated']:>6}")
     o, d = report["overall"], report["distances"]
-    print(f"\noverall: real-test accuracy {o['real_test_accuracy']:.3f} | TRTS {o['trts_accuracy']:.3f} "
-          f"(mean confidence {o['mean_confidence']:.3f}) | TSTR {o['tstr_accuracy']:.3f} | mean CCR "
-          + (f"{o['mean_ccr']:.2f}" if o["mean_ccr"] is not None else "-"))
-    print(f"Frechet distance {d['fd']:.3f} (real-vs-real floor {d['fd_floor']:.3f}); KID {d['kid']:.4f} +- "
-          f"{d['kid_std']:.4f} (floor {d['kid_floor']:.4f}); n = {d['n']} per set")
+    print(f"\noverall: real-test accuracy {_fig(o['real_test_accuracy'], 3)} | TRTS {_fig(o['trts_accuracy'], 3)} "
+          f"(mean confidence {o['mean_confidence']:.3f}) | TSTR {_fig(o['tstr_accuracy'], 3)} | mean CCR "
+          f"{_num(o['mean_ccr'], '.2f')}")
+    print(f"distances in {d['dims']} principal axes of the classifier's features, n = {d['n']} per set:")
+    for name, digits in (("fd", 3), ("kid", 4)):
+        print(f"  {'Frechet distance' if name == 'fd' else 'KID':<17}{_fig(d[name], digits):>24}   real-vs-real floor "
+              f"{_fig(d[name + '_floor'], digits):>24}   difference {_fig(d[name + '_minus_floor'], digits)}")
+    m = report["memorisation"]
+    print(f"memorisation (distance to the nearest generator-training sample / real test samples' median):")
+    for space in ("features", "pixels"):
+        r, q = m[space], m[space]["generated_ratio_quantiles"]
+        print(f"  {space:<9} ratio p05 {q['p05']:.2f}, p50 {q['p50']:.2f}, p95 {q['p95']:.2f}; "
+              f"{r['fraction_closer']:.1%} [{r['fraction_closer_ci'][0]:.1%}, {r['fraction_closer_ci'][1]:.1%}] closer "
+              f"than 95% of real test samples (about 5% if honest)"
+              + ("   <- COPYING SUSPECTED" if r["copying_suspected"] else ""))
     if "physics" in report:
-        print(f"\n{'physics':<14}{'V true':>8}{'V real':>8}{'V gen':>8}{'env real':>9}{'env gen':>9}"
-              f"{'cad true':>9}{'cad real':>9}{'cad gen':>9}")
+        print(f"\n{'physics':<12}{'V true':>7}{'V real':>12}{'V gen':>12}{'cad true':>9}{'cad real':>12}{'cad gen':>12}"
+              "   (mean+-std over samples; m/s, steps/s)")
         for user, row in report["physics"]["per_user"].items():
-            def cell(key, width):
-                v = row.get(key)
-                return f"{v:>{width}.2f}" if v is not None else f"{'-':>{width}}"
-            print(f"{user[:13]:<14}{cell('true_speed_mps', 8)}{cell('real_torso_velocity_mps', 8)}"
-                  f"{cell('gen_torso_velocity_mps', 8)}{cell('real_upper_envelope_mps', 9)}"
-                  f"{cell('gen_upper_envelope_mps', 9)}{cell('true_cadence_steps_per_s', 9)}"
-                  f"{cell('real_cadence_steps_per_s', 9)}{cell('gen_cadence_steps_per_s', 9)}")
+            def cell(side, key):
+                f = row[side].get(key)
+                return "-" if f is None or f["mean"] is None else f"{f['mean']:.2f}+-{_num(f['std'], '.2f')}"
+            truth = row.get("truth", {})
+            print(f"{user[:11]:<12}{_num(truth.get('speed_mps'), '.2f'):>7}"
+                  f"{cell('real_test', 'torso_velocity_mps'):>12}{cell('generated', 'torso_velocity_mps'):>12}"
+                  f"{_num(truth.get('cadence_steps_per_s'), '.2f'):>9}"
+                  f"{cell('real_test', 'cadence_steps_per_s'):>12}{cell('generated', 'cadence_steps_per_s'):>12}")
+        ratio = report["physics"]["spread_ratio"]
+        print("generated / real spread (median over users of the std ratio): "
+              + ", ".join(f"{k} {_num(v, '.2f')}" for k, v in ratio.items()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps 4 and 6: distances with their floor, the physics table
+# ----------------------------------------------------------------------------------------------------------------
+def distances_with_floor(z_test: torch.Tensor, y_test: torch.Tensor, test_names: list[str], z_gen: torch.Tensor,
+                         y_gen: torch.Tensor, num_resamples: int, seed: int) -> dict:
+    """Frechet distance and KID of generated vs real test half B, next to the floor real test half A vs B.
+
+    z_test: (T, dims), z_gen: (N, dims) features; y_test, y_gen: their users. The real test files are halved per
+    user (seeded). Every generated user with at least two samples in A and in B takes part, with as many generated
+    samples as it has in A: the generated set and A then have the same size and user mix, so FD's small-n bias is
+    the same for both, and the floor shows how far two real sets of that size are apart. KID is the user-balanced
+    unbiased MMD^2 (ldm.metrics.mmd2_unbiased). Intervals: a bootstrap that resamples all three sets within users
+    (FD's shifted by the resampling bias and cut at 0; see percentile_interval); *_minus_floor is the paired
+    difference, resample by resample."""
+    yt, yg = y_test.numpy(), y_gen.numpy()
+    halves = split_indices([Path(n) for n in test_names], list(yt), 0.0, 0.5, seed + 1)
+    a_idx, b_idx = np.array(halves["test"], dtype=np.int64), np.array(halves["train"], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    pick_a, pick_b, pick_gen = [], [], []
+    for j in np.unique(yg):
+        own_a, own_b, own_gen = a_idx[yt[a_idx] == j], b_idx[yt[b_idx] == j], np.flatnonzero(yg == j)
+        m = min(len(own_a), len(own_gen))
+        if m >= 2 and len(own_b) >= 2:
+            pick_a, pick_b = pick_a + list(own_a[:m]), pick_b + list(own_b)
+            pick_gen += list(rng.permutation(own_gen)[:m])
+    if not pick_a:
+        raise ValueError("distances need a user with >= 4 real test samples and >= 2 generated ones; none has")
+    a, b, g = z_test[pick_a], z_test[pick_b], z_gen[pick_gen]               # (n, dims), (n_B, dims), (n, dims)
+    la, lb, lg = y_test[pick_a], y_test[pick_b], y_gen[pick_gen]
+
+    def distances_of(ig: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor) -> tuple[float, ...]:
+        """FD and KID of generated vs B and of A vs B on the positions ig, ia, ib (all, or a bootstrap resample)."""
+        kid_gen = mmd2_unbiased(g[ig], b[ib], lg[ig], lb[ib], a_ids=ig, b_ids=ib)
+        kid_real = mmd2_unbiased(a[ia], b[ib], la[ia], lb[ib], a_ids=ia, b_ids=ib)
+        return frechet_distance(g[ig], b[ib]), frechet_distance(a[ia], b[ib]), kid_gen, kid_real
+
+    fd, fd_floor, kid, kid_floor = distances_of(torch.arange(len(g)), torch.arange(len(a)), torch.arange(len(b)))
+    boot = bootstrap(distances_of, [lg, la, lb], num_resamples, torch.Generator().manual_seed(seed))
+
+    def figure(value: float, column: np.ndarray, shift: bool, nonnegative: bool = False) -> dict:
+        low, high = percentile_interval(column, estimate=value if shift else None)
+        return {"value": value, "ci": [max(low, 0.0) if nonnegative else low, high]}
+
+    return {"n": len(g), "n_reference": len(b), "users": len(torch.unique(lg)),
+            "bootstrap_resamples": num_resamples, "bootstrap_valid": int(np.isfinite(boot).all(axis=1).sum()),
+            "fd": figure(fd, boot[:, 0], shift=True, nonnegative=True),
+            "fd_floor": figure(fd_floor, boot[:, 1], shift=True, nonnegative=True),
+            "fd_minus_floor": figure(fd - fd_floor, boot[:, 0] - boot[:, 1], shift=True),
+            "kid": figure(kid, boot[:, 2], shift=False),
+            "kid_floor": figure(kid_floor, boot[:, 3], shift=False),
+            "kid_minus_floor": figure(kid - kid_floor, boot[:, 2] - boot[:, 3], shift=False)}
+
+
+def physics_table(x_test: torch.Tensor, y_test: np.ndarray, x_gen: torch.Tensor, y_gen: np.ndarray,
+                  classes: list[str], axes, meta: dict | None, dynamic_range: float, threshold_db: float) -> dict:
+    """Per user: the physics features' mean, std and count over real test and over generated samples, and for
+    simulator data the truth (walking speed, cadence). spread_ratio: per feature, the median over users of
+    generated std / real std (well below 1: the generator's samples vary less than real walks do)."""
+    real_phys = physics_by_user(x_test, y_test, axes, dynamic_range, threshold_db)
+    gen_phys = physics_by_user(x_gen, y_gen, axes, dynamic_range, threshold_db)
+    rows, ratios = {}, {}
+    for j, name in enumerate(classes):
+        row = {"real_test": real_phys.get(j, {}), "generated": gen_phys.get(j, {})}
+        if meta is not None and j < len(meta["people"]) and meta["people"][j]["user"] == name:
+            row["truth"] = {"speed_mps": meta["people"][j]["speed_mps"],
+                            "cadence_steps_per_s": meta["people"][j]["cadence_steps_per_s"]}
+        for key in row["real_test"]:
+            if key in row["generated"]:                                 # a std of 0 or nan gives no ratio
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.float64(row["generated"][key]["std"]) / row["real_test"][key]["std"]
+                ratios.setdefault(key, []).append(ratio)
+        rows[name] = row
+    spread = {}
+    for key, values in ratios.items():
+        finite = [v for v in values if np.isfinite(v)]
+        spread[key] = float(np.median(finite)) if finite else float("nan")
+    return {"threshold_db": threshold_db, "per_user": rows, "spread_ratio": spread}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,35 +285,81 @@ def evaluate(args: argparse.Namespace) -> dict:
     if meta is not None and "people" not in meta:
         meta = None                                                    # some other tool's metadata.json
     # Option checks first, before any slow work.
+    if args.split is None and args.real_test is None:
+        raise ValueError(NO_TEST_SET)
+    if args.split is not None and args.real_test is not None:
+        raise ValueError("give --split or --real-test, not both (one source of real test files)")
     if (args.v_max is None) != (args.duration is None):
         raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
     if args.physics == "on" and args.v_max is None and meta is None:
         raise ValueError("--physics on needs --v-max and --duration (or the simulator's metadata.json in --real)")
-    if args.size < 16 or not 0 < args.test_fraction < 1 or args.epochs < 0 or args.batch_size < 2:
-        raise ValueError(f"need --size >= 16, 0 < --test-fraction < 1, --epochs >= 0, --batch-size >= 2; got "
-                         f"{args.size}, {args.test_fraction}, {args.epochs}, {args.batch_size}")
+    if args.size < 16 or args.epochs < 0 or args.batch_size < 2 or args.pca_dims < 1 or args.bootstrap < 10:
+        raise ValueError(f"need --size >= 16, --epochs >= 0, --batch-size >= 2, --pca-dims >= 1, --bootstrap >= 10; "
+                         f"got {args.size}, {args.epochs}, {args.batch_size}, {args.pca_dims}, {args.bootstrap}")
+    split = read_split(args.split) if args.split is not None else None
+    if split is not None:
+        check_split(split, args.real, what="--real")                    # the folder the split was made for
     dynamic_range = args.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
     load = dict(size=args.size, channels=args.channels, npy_scale=args.npy_scale, dynamic_range_db=dynamic_range,
                 skip_bad=args.skip_bad, cache=True)
 
-    # Data: real split per user by file; generated labelled with the real class map.
+    # 1. Real data: the classifier's training files (fit), the generators' training files (the memorisation
+    #    reference) and the test files; generated samples labelled with the real class map.
     real = SpectrogramFolder(args.real, **load)
     if len(real.classes) < 2:
         raise ValueError(f"{args.real} needs at least two user folders to evaluate identity")
-    gen = SpectrogramFolder(args.generated, class_to_idx=real.class_to_idx, **load)
     x_real, y_real = real.tensors()
+    names = relative_names(real.root, real.files)
+    if split is not None:
+        part = {name: key for key in ("train", "val", "test") for name in split[key]}
+        fit = torch.tensor([part[n] in ("train", "val") for n in names])
+        ref = torch.tensor([part[n] == "train" for n in names])
+        test = torch.tensor([part[n] == "test" for n in names])
+        if not test.any():
+            raise ValueError(f"the split {args.split} has no test files (made with test_fraction 0?)")
+        x_test, y_test, test_names = x_real[test], y_real[test], [n for n, t in zip(names, test) if t]
+        x_fit, y_fit, fit_names, x_ref = x_real[fit], y_real[fit], [n for n, f in zip(names, fit) if f], x_real[ref]
+        source = {"from": "--split", "path": str(args.split), "files_sha256": split["files_sha256"],
+                  "seed": split.get("seed"), "test_fraction": split.get("test_fraction"),
+                  "val_fraction": split.get("val_fraction"), "group_regex": split.get("group_regex"),
+                  "classifier_trained_on": "split train + val", "generators_trained_on": "split train"}
+    else:
+        test_set = SpectrogramFolder(args.real_test, class_to_idx=real.class_to_idx, **load)
+        x_test, y_test = test_set.tensors()
+        test_names = relative_names(test_set.root, test_set.files)
+        x_fit, y_fit, fit_names, x_ref = x_real, y_real, names, x_real
+        source = {"from": "--real-test", "path": str(args.real_test), "classifier_trained_on": "all of --real",
+                  "generators_trained_on": "all of --real (assumed)"}
+    # A test file with the pixels of a training file (a duplicate, or a .png next to its .npy) is not held out.
+    same = nearest_neighbour_distances(x_test, x_fit) < SAME_PIXELS_RMS * x_test[0].numel() ** 0.5
+    dropped = [n for n, s in zip(test_names, same.tolist()) if s]
+    if dropped:
+        print(f"evaluate.py: {len(dropped)} real test file(s) have the pixels of a training file and are left out, "
+              f"e.g. {dropped[0]}", file=sys.stderr)
+        x_test, y_test = x_test[~same], y_test[~same]
+        test_names = [n for n in test_names if n not in dropped]
+        if len(test_names) == 0:
+            raise ValueError("every real test file has the pixels of a training file: nothing is held out")
+    gen = SpectrogramFolder(args.generated, class_to_idx=real.class_to_idx, **load)
     x_gen, y_gen = gen.tensors()
-    split = split_indices(real.files, real.labels, 0.0, args.test_fraction, args.seed, args.group_regex)
-    if not split["test"]:
-        raise ValueError(f"--test-fraction {args.test_fraction} leaves no real test files")
-    train, test = torch.tensor(split["train"]), torch.tensor(split["test"])
     k, classes = len(real.classes), real.classes
     cfg = ClassifierConfig(num_classes=k, in_channels=args.channels, image_size=args.size, epochs=args.epochs,
                            min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
 
-    # 1. The evaluation classifier, trained on real train only.
+    # 2. The evaluation classifier, trained on the real training files only. A saved one is reused only if it
+    #    records exactly these training files, so it cannot have trained on this evaluation's test files.
+    trained_on = {"fit_files_sha256": files_digest(fit_names), "num_fit_files": len(fit_names),
+                  "split_files_sha256": split["files_sha256"] if split is not None else None}
     if args.classifier and Path(args.classifier).is_file():
         model, saved_map = load_classifier(args.classifier)
+        saved_on = classifier_trained_on(args.classifier)
+        if saved_on is None:
+            raise ValueError(f"{args.classifier} does not record which files it was trained on; delete it so it is "
+                             "retrained on this split's training files")
+        if saved_on.get("fit_files_sha256") != trained_on["fit_files_sha256"]:
+            raise ValueError(f"{args.classifier} was trained on other files ({saved_on.get('num_fit_files')} of them) "
+                             f"than this evaluation's {len(fit_names)} real training files (another split?), so it "
+                             "may have seen the test files; delete it or pass another --classifier path")
         if saved_map != real.class_to_idx:
             raise ValueError(f"{args.classifier} was trained on users {sorted(saved_map)}, "
                              f"not {sorted(real.class_to_idx)}")
@@ -184,93 +367,82 @@ def evaluate(args: argparse.Namespace) -> dict:
             raise ValueError(f"{args.classifier} takes {model.cfg.in_channels} channel(s), "
                              f"not --channels {args.channels}")
     else:
-        model = train_classifier(x_real[train], y_real[train], cfg, progress=not args.quiet)
+        model = train_classifier(x_fit, y_fit, cfg, progress=not args.quiet)
         if args.classifier:
-            save_classifier(model, args.classifier, real.class_to_idx)
+            save_classifier(model, args.classifier, real.class_to_idx, trained_on=trained_on)
 
-    # 2. Real-test accuracy and train-on-real-test-on-generated.
-    p_test, f_test = predict(model, x_real[test])
+    # 3. Accuracies: real test, train-on-real-test-on-generated (TRTS), train-on-generated-test-on-real (TSTR, only
+    #    the users that were generated).
+    p_test, f_test = predict(model, x_test)
     p_gen, f_gen = predict(model, x_gen)
-    y_test, yg = y_real[test].numpy(), y_gen.numpy()
+    yt, yg = y_test.numpy(), y_gen.numpy()
     pred_test, pred_gen = p_test.argmax(1).numpy(), p_gen.argmax(1).numpy()
     confidence = p_gen[torch.arange(len(yg)), y_gen].numpy()          # probability of the requested user
     ccr = condition_control_ratio(pred_gen, yg, k)
     matrix = confusion_matrix(pred_gen, yg, k)
-
-    # 3. Train on generated, test on real (only the users that were generated).
     tstr_model = train_classifier(x_gen, y_gen, cfg, progress=not args.quiet)
-    covered = np.isin(y_test, np.unique(yg))
-    tstr_pred = predict(tstr_model, x_real[test][torch.from_numpy(covered)])[0].argmax(1).numpy()
-    tstr = float(np.mean(tstr_pred == y_test[covered]))
+    covered = np.isin(yt, np.unique(yg))
+    tstr_pred = np.full(len(yt), -1)
+    tstr_pred[covered] = predict(tstr_model, x_test[torch.from_numpy(covered)])[0].argmax(1).numpy()
 
-    # 4. Distances on penultimate features, centred on the real-train mean and divided by one scalar, the real-train
-    #    RMS deviation, so the KID kernel (x.y / D + 1)^3 sees unit-scale inputs (a per-dimension scale would blow
-    #    up dimensions that are nearly constant on real data). Generated vs real-test half B; floor: real-test
-    #    half A vs B, with the same number of samples per user on both sides (class imbalance alone inflates FD).
-    f_train = predict(model, x_real[train])[1]
-    mu = f_train.mean(0)
-    scale = (f_train - mu).pow(2).mean().sqrt().clamp_min(1e-12)
-    f_test, f_gen = (f_test - mu) / scale, (f_gen - mu) / scale
-    halves = split_indices([real.files[i] for i in split["test"]], list(y_test), 0.0, 0.5, args.seed + 1)
-    a_idx, b_idx = np.array(halves["test"]), np.array(halves["train"])
-    rng = np.random.default_rng(args.seed)
-    pick_a, pick_gen = [], []
-    for j in np.unique(yg):
-        own_a, own_gen = a_idx[y_test[a_idx] == j], np.flatnonzero(yg == j)
-        m = min(len(own_a), len(own_gen))
-        pick_a += list(own_a[:m])
-        pick_gen += list(rng.permutation(own_gen)[:m])
-    n = len(pick_a)
-    if n < 2 or len(b_idx) < 2:
-        raise ValueError(f"distances need >= 2 generated samples of users with >= 2 real test samples; got n = {n}")
-    a, b, fg = f_test[pick_a], f_test[b_idx], f_gen[pick_gen]
-    g = torch.Generator().manual_seed(args.seed)
-    kid_gen, kid_gen_std = kid(fg, b, args.kid_subset, args.kid_subsets, g)
-    kid_floor, _ = kid(a, b, args.kid_subset, args.kid_subsets, g)
-    distances = {"n": n, "n_reference": len(b_idx), "fd": frechet_distance(fg, b), "fd_floor": frechet_distance(a, b),
-                 "kid": kid_gen, "kid_std": kid_gen_std, "kid_floor": kid_floor,
-                 "features": f"EvalCNN penultimate ({model.cfg.feature_dim}-d, real-trained), "
-                             "centred and scaled by real train"}
+    # 4. Frechet distance and KID in a --pca-dims projection of the penultimate features (axes and one scale from
+    #    the real training features): generated vs real test half B, next to the floor real test half A vs B.
+    f_fit = predict(model, x_fit)[1]
+    mean, axes = pca_basis(f_fit, args.pca_dims)
+    scale = ((f_fit.double() - mean) @ axes.T).pow(2).mean().sqrt().clamp_min(1e-12)
+    z_test, z_gen = (f_test.double() - mean) @ axes.T / scale, (f_gen.double() - mean) @ axes.T / scale   # (., dims)
+    distances = {
+        "features": f"EvalCNN penultimate features ({model.cfg.feature_dim}-d, real-trained), projected on the "
+                    f"{axes.shape[0]} leading principal axes of the real training features, divided by their RMS",
+        "dims": axes.shape[0],
+        **distances_with_floor(z_test, y_test, test_names, z_gen, y_gen, args.bootstrap, args.seed)}
 
+    # 5. Memorisation: each sample's distance to its nearest generator-training sample, relative to the median such
+    #    distance of real test samples; the share of generated samples closer than 95% of real test samples are.
+    f_ref = predict(model, x_ref)[1]
+    memorisation = {"reference": source["generators_trained_on"], "n_reference": len(x_ref)}
+    close = {}
+    for space, (q_gen, q_test, q_ref) in (("features", (f_gen, f_test, f_ref)), ("pixels", (x_gen, x_test, x_ref))):
+        gen_ratios, test_ratios = memorisation_ratios(q_gen, q_test, q_ref)
+        memorisation[space] = memorisation_summary(gen_ratios, test_ratios,
+                                                   generator=torch.Generator().manual_seed(args.seed))
+        close[space] = gen_ratios < memorisation[space]["threshold_ratio"]
+
+    # 6. Physics checks: mean and spread per user, real test vs generated (vs the simulator's truth).
+    axes_md = spectrogram_axes(meta, x_real.shape[-2], x_real.shape[-1], args.v_max, args.duration)
+    physics = None
+    if args.physics != "off" and axes_md is not None:
+        physics = physics_table(x_test, yt, x_gen, yg, classes, axes_md, meta, dynamic_range, args.threshold_db)
+
+    # 7. The report: where the test files came from, overall and per-user figures.
     per_user = {}
     for j, name in enumerate(classes):
-        own = yg == j
+        own, own_test = yg == j, yt == j
         per_user[name] = {
-            "real_test_accuracy": float(np.mean(pred_test[y_test == j] == j)) if (y_test == j).any() else None,
-            "trts_accuracy": float(np.mean(pred_gen[own] == j)) if own.any() else None,
+            "real_test_accuracy": accuracy(pred_test[own_test] == j),
+            "trts_accuracy": accuracy(pred_gen[own] == j),
+            "tstr_accuracy": accuracy(tstr_pred[own_test] == j) if own.any() else None,
             "mean_confidence": float(confidence[own].mean()) if own.any() else None,
-            "ccr": ccr.get(j), "generated": int(own.sum())}
+            "ccr": ccr.get(j), "generated": int(own.sum()),
+            "fraction_close_to_train": {s: float(c[own].mean()) for s, c in close.items()} if own.any() else None}
     report = {
         "real": str(args.real), "generated": str(args.generated), "class_to_idx": real.class_to_idx,
-        "counts": {"real_train": len(train), "real_test": len(test), "generated": len(yg),
+        "split": source, "real_test_files": test_names, "real_test_dropped_as_duplicates": dropped,
+        "counts": {"real_classifier_train": len(fit_names), "real_generator_train": len(x_ref),
+                   "real_test": len(test_names), "generated": len(yg),
                    "skipped_real": len(real.skipped), "skipped_generated": len(gen.skipped)},
-        "classifier": {**{key: v for key, v in vars(cfg).items()}, "loaded_from": args.classifier},
-        "overall": {"real_test_accuracy": float(np.mean(pred_test == y_test)),
-                    "trts_accuracy": float(np.mean(pred_gen == yg)),
-                    "mean_confidence": float(confidence.mean()), "tstr_accuracy": tstr,
+        "classifier": {**vars(model.cfg), "loaded_from": args.classifier, "trained_on": trained_on},
+        "overall": {"real_test_accuracy": accuracy(pred_test == yt), "trts_accuracy": accuracy(pred_gen == yg),
+                    "tstr_accuracy": accuracy(tstr_pred[covered] == yt[covered]),
+                    "mean_confidence": float(confidence.mean()),
                     "mean_ccr": float(np.mean(list(ccr.values()))) if ccr else None},
         "per_user": per_user,
         "confusion_matrix": {"rows": "requested", "columns": "predicted", "counts": matrix.tolist()},
         "distances": distances,
+        "memorisation": memorisation,
     }
-
-    # 5. Physics checks.
-    axes = spectrogram_axes(meta, x_real.shape[-2], x_real.shape[-1], args.v_max, args.duration)
-    if args.physics != "off" and axes is not None:
-        real_phys = physics_by_user(x_real[test], y_test, axes, dynamic_range, args.threshold_db)
-        gen_phys = physics_by_user(x_gen, yg, axes, dynamic_range, args.threshold_db)
-        rows = {}
-        for j, name in enumerate(classes):
-            row = {f"real_{key}": v for key, v in real_phys.get(j, {}).items()}
-            row.update({f"gen_{key}": v for key, v in gen_phys.get(j, {}).items()})
-            if meta is not None and j < len(meta["people"]) and meta["people"][j]["user"] == name:
-                row["true_speed_mps"] = meta["people"][j]["speed_mps"]
-                row["true_cadence_steps_per_s"] = meta["people"][j]["cadence_steps_per_s"]
-            for key in real_phys.get(j, {}):
-                if j in gen_phys:
-                    row[f"abs_diff_{key}"] = abs(real_phys[j][key] - gen_phys[j][key])
-            rows[name] = row
-        report["physics"] = {"threshold_db": args.threshold_db, "per_user": rows}
+    if physics is not None:
+        report["physics"] = physics
     return report
 
 
@@ -278,7 +450,7 @@ def _json_safe(value):
     """NaN / inf (e.g. a cadence that could not be measured) become null, so the report is strict JSON."""
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None

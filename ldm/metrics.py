@@ -1,13 +1,20 @@
-"""Image and identity metrics for (micro-Doppler) spectrograms (shared/reference/micro_doppler.md, section 5).
+"""Image and identity metrics for (micro-Doppler) spectrograms; docs/evaluation.md describes the protocol.
 
-    psnr, ssim                      stage-1 reconstruction quality on [0, 1] images (5.1)
+    psnr, ssim                      stage-1 reconstruction quality on [0, 1] images
     EvalCNN, train_classifier,      a small identity classifier trained on real data only; its penultimate
-    predict                         features feed the distribution distances (5.2, 5.3)
-    frechet_distance, kid           Frechet distance and unbiased KID between two feature sets (5.3)
-    condition_control_ratio         correct-ID hits over wrong-ID hits per requested user (5.2)
-    physics_features                torso velocity, Doppler envelopes, bandwidth, cadence of one spectrogram (5.4)
+    predict                         features feed the distribution distances and the memorisation check
+    frechet_distance, kid,          Frechet distance, KID (subset average) and the unbiased MMD^2 behind KID
+    mmd2_unbiased                   between two feature sets
+    pca_basis                       the reduced feature space Frechet distance is measured in
+    wilson_interval, mean_ci,       95% intervals: a binomial proportion (accuracies), the mean of repeats,
+    bootstrap, percentile_interval  and any statistic of resampled sets (distances)
+    nearest_neighbour_distances,    the memorisation check: is each generated sample closer to a training
+    memorisation_ratios,            sample than real test samples are?
+    memorisation_summary
+    condition_control_ratio         correct-ID hits over wrong-ID hits per requested user
+    physics_features                torso velocity, Doppler envelopes, bandwidth, cadence of one spectrogram
 
-Shapes: B batch, C channels, H (velocity rows) x W (time columns), N/M samples, D feature dim, K classes.
+Shapes: B batch, C channels, H (velocity rows) x W (time columns), N/M/T samples, D feature dim, K classes.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from torch import nn
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PSNR and SSIM (5.1)
+# PSNR and SSIM
 # ----------------------------------------------------------------------------------------------------------------
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio 10 log10(L^2 / MSE) per image. x, y: (B, C, H, W) in [0, L]. Returns (B,) dB."""
@@ -63,7 +70,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window_size:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The evaluation classifier (5.2)
+# The evaluation classifier
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class ClassifierConfig:
@@ -173,11 +180,24 @@ def predict(model: EvalCNN, x: torch.Tensor, batch_size: int = 256) -> tuple[tor
     return torch.cat(probs), torch.cat(feats)
 
 
-def save_classifier(model: EvalCNN, path: str, class_to_idx: dict[str, int]) -> None:
-    """Write the weights as safetensors with the config and the class-name -> ID map in its metadata."""
+def save_classifier(model: EvalCNN, path: str, class_to_idx: dict[str, int], *,
+                    trained_on: dict | None = None) -> None:
+    """Write the weights as safetensors with the config and the class-name -> ID map in its metadata, and, if
+    given, `trained_on`: a JSON-able record of the training files (evaluate.py stores hashes of the file lists,
+    so a saved classifier is never reused with a split whose test files it may have trained on)."""
     from safetensors.torch import save_file
     meta = {"config": json.dumps(asdict(model.cfg)), "class_to_idx": json.dumps(class_to_idx)}
+    if trained_on is not None:
+        meta["trained_on"] = json.dumps(trained_on, sort_keys=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+
+
+def classifier_trained_on(path: str) -> dict | None:
+    """The `trained_on` record save_classifier stored in the file at path, or None when it has none."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["trained_on"]) if "trained_on" in meta else None
 
 
 def load_classifier(path: str) -> tuple[EvalCNN, dict[str, int]]:
@@ -196,7 +216,7 @@ def load_classifier(path: str) -> tuple[EvalCNN, dict[str, int]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Distribution distances on features (5.3)
+# Distribution distances on features
 # ----------------------------------------------------------------------------------------------------------------
 def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
     """Square root of a symmetric positive semi-definite matrix via eigh (negative eigenvalues clamped to 0)."""
@@ -239,6 +259,62 @@ def kid(a: torch.Tensor, b: torch.Tensor, subset_size: int = 100, num_subsets: i
     return float(np.mean(values)), float(np.std(values))
 
 
+def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, a_labels: torch.Tensor | None = None,
+                  b_labels: torch.Tensor | None = None, a_ids: torch.Tensor | None = None,
+                  b_ids: torch.Tensor | None = None) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012) with KID's kernel k(x, y) = (x.y / D + 1)^3 between all of a: (N, D)
+    and b: (M, D): the mean of k over pairs of different samples within a, plus the same within b, minus twice the
+    mean of k over a x b. Near 0 (either sign) when a and b come from one distribution.
+
+    a_labels, b_labels: (N,), (M,) the user of each sample, for sets drawn with fixed counts per user (a split).
+    Then each of those means is taken per pair of users (u, v) and averaged with equal weight over all (u, v):
+    the unbiased MMD^2 between the user-balanced mixtures. Without labels, leaving out i = j removes same-user pairs
+    from the within-set means only (2 samples per user of 3: 1 in 5 within pairs, 1 in 3 cross pairs), which
+    pushes MMD^2 far below 0 when features cluster by user, as an identity classifier's do.
+    a_ids, b_ids: the original sample behind each row when a, b are bootstrap resamples (rows drawn with
+    replacement); pairs of two copies of one original are left out like i = j, since a sample's kernel with itself
+    would bias MMD^2 upward. Default: every row its own sample. Returns nan when some user has fewer than two
+    different samples in a set."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need (N, D) and (M, D) features with N, M >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
+    if (a_labels is None) != (b_labels is None):
+        raise ValueError("give labels for both sets or for neither")
+    a, b, d = a.double(), b.double(), a.shape[1]
+    a_labels = torch.zeros(len(a), dtype=torch.long) if a_labels is None else a_labels
+    b_labels = torch.zeros(len(b), dtype=torch.long) if b_labels is None else b_labels
+    a_ids = torch.arange(len(a)) if a_ids is None else a_ids
+    b_ids = torch.arange(len(b)) if b_ids is None else b_ids
+    users = torch.unique(torch.cat([a_labels, b_labels]))
+    onehot_a = (a_labels[:, None] == users[None]).double()              # (N, K)
+    onehot_b = (b_labels[:, None] == users[None]).double()              # (M, K)
+
+    def block_means(k: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(K, K): the mean of k over the kept pairs of every (row user, column user)."""
+        return (rows.T @ (k * keep) @ cols) / (rows.T @ keep @ cols)   # 0 / 0 = nan: no pair to average
+
+    def within(x: torch.Tensor, ids: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        distinct = (ids[:, None] != ids[None, :]).double()              # pairs of two different originals
+        return block_means((x @ x.T / d + 1) ** 3, distinct, onehot, onehot)
+
+    cross = block_means((a @ b.T / d + 1) ** 3, torch.ones(len(a), len(b), dtype=torch.float64), onehot_a, onehot_b)
+    return float((within(a, a_ids, onehot_a) + within(b, b_ids, onehot_b) - 2 * cross).mean())
+
+
+def pca_basis(x: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal axes of features x: (N, D). Returns the mean (D,) and the leading `dims` axes as rows (dims', D),
+    in order of decreasing variance (right singular vectors of the centred x), with dims' = min(dims, D, N - 1);
+    project features f: (M, D) with (f - mean) @ axes.T -> (M, dims'). Both float64.
+
+    Why: Frechet distance fits a D x D covariance to each set, and its bias grows roughly like D^2 / n. Two samples
+    of 48 from one Gaussian give FD about 3.6 in 16-d but about 135 in 128-d, which swamps any real difference."""
+    if x.dim() != 2 or len(x) < 2 or dims < 1:
+        raise ValueError(f"need features (N, D) with N >= 2 and dims >= 1, got {tuple(x.shape)} and {dims}")
+    x = x.double()
+    mean = x.mean(0)
+    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)          # (min(N, D), D), by singular value
+    return mean, vh[:min(dims, x.shape[1], len(x) - 1)]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Intervals
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,8 +338,135 @@ def mean_ci(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+Z975 = 1.959963984540054       # the standard normal's 97.5% quantile: two-sided 95% intervals
+
+
+def wilson_interval(successes: int, n: int, z: float = Z975) -> tuple[float, float]:
+    """95% Wilson score interval (Wilson 1927) for a proportion, e.g. an accuracy of `successes` out of `n`
+    independent trials: the p with |k/n - p| <= z sqrt(p (1 - p) / n), i.e.
+        (p^ + z^2 / 2n  -+  z sqrt(p^ (1 - p^) / n + z^2 / 4n^2)) / (1 + z^2 / n),   p^ = k / n.
+    Unlike p^ +- z sqrt(p^ (1 - p^) / n) it keeps its width at 0 or n successes (12 of 12 gives [0.76, 1]).
+    Returns (low, high); (nan, nan) when n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)          # exact ends where rounding would miss them
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def percentile_interval(values, level: float = 0.95, estimate: float | None = None) -> tuple[float, float]:
+    """The central `level` share of bootstrap values: their (1 - level) / 2 and (1 + level) / 2 quantiles (the
+    percentile bootstrap interval). Non-finite values are ignored; (nan, nan) if none is left.
+
+    estimate: the statistic on the full sets. When given, the interval is shifted by estimate - mean(values), the
+    bias the resampling itself adds. Use it for Frechet distance: a resample repeats samples, so it holds about
+    63% distinct ones, and FD, biased upward at small n, is then biased further (two resamples of 48 samples of one
+    Gaussian in 16-d give FD 6 to 7 against about 4 for the full sets, and the plain interval misses 4)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    low, high = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+    shift = 0.0 if estimate is None else estimate - float(v.mean())
+    return float(low + shift), float(high + shift)
+
+
+def bootstrap(statistic, labels: list[torch.Tensor], num_resamples: int = 200,
+              generator: torch.Generator | None = None) -> np.ndarray:
+    """Values of `statistic(idx_1, ..., idx_k)` on `num_resamples` bootstrap resamples of k sets at once.
+
+    Set i is described by labels[i]: (N_i,) integers (e.g. the user of each sample). A resample draws, within
+    every label of every set, as many positions with replacement as the set holds of that label (a stratified
+    bootstrap: each set keeps its mix of users), and calls statistic with the positions idx_i: (N_i,) LongTensor.
+    statistic returns a float or a tuple of S floats. Returns (num_resamples, S) float64; feed a column to
+    percentile_interval."""
+    gen = torch.Generator().manual_seed(0) if generator is None else generator
+    groups = [[torch.nonzero(lab == k).flatten() for k in torch.unique(lab)] for lab in labels]
+    rows = []
+    for _ in range(num_resamples):
+        idx = [torch.cat([g[torch.randint(len(g), (len(g),), generator=gen)] for g in set_groups]).sort().values
+               for set_groups in groups]
+        rows.append(np.atleast_1d(np.asarray(statistic(*idx), dtype=np.float64)))
+    return np.stack(rows)
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Identity control (5.2)
+# Memorisation: are generated samples closer to training samples than real test samples are?
+# ----------------------------------------------------------------------------------------------------------------
+def nearest_neighbour_distances(queries: torch.Tensor, reference: torch.Tensor,
+                                batch_size: int = 256) -> torch.Tensor:
+    """Euclidean distance from every query to its nearest reference sample. queries: (N, ...), reference: (M, ...)
+    with the same trailing shape (feature vectors (N, D), or images (N, C, H, W), which are flattened).
+    Returns (N,) float64."""
+    if queries.shape[1:] != reference.shape[1:] or len(reference) == 0:
+        raise ValueError(f"need queries (N, ...) and a non-empty reference (M, ...) of one sample shape, got "
+                         f"{tuple(queries.shape)} and {tuple(reference.shape)}")
+    ref = reference.double().flatten(1)                                 # (M, D)
+    out = [torch.cdist(queries[i:i + batch_size].double().flatten(1), ref).min(dim=1).values   # (b, M) -> (b,)
+           for i in range(0, len(queries), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def memorisation_ratios(generated: torch.Tensor, real_test: torch.Tensor,
+                        real_train: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's distance to its nearest real training sample (what the generator trained on), divided by the
+    typical such distance of a real test sample: the median over real test samples of their nearest-training
+    distances. generated: (N, ...), real_test: (T, ...), real_train: (M, ...) features or images.
+
+    Returns (generated ratios (N,), real test ratios (T,), whose median is 1 by construction). A generator that
+    draws new samples from the data distribution gives ratios distributed like the real test ones; copies of
+    training samples give ratios near 0. Raises ValueError when the median real test distance is 0 (half the
+    test samples are copies of training samples: the split leaks)."""
+    d_gen = nearest_neighbour_distances(generated, real_train).numpy()
+    d_test = nearest_neighbour_distances(real_test, real_train).numpy()
+    typical = float(np.median(d_test))
+    if not typical > 0:
+        raise ValueError("half the real test samples are exact copies of training samples: the split leaks")
+    return d_gen / typical, d_test / typical
+
+
+RATIO_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def memorisation_summary(generated_ratios: np.ndarray, test_ratios: np.ndarray, quantile: float = 0.05,
+                         num_resamples: int = 1000, generator: torch.Generator | None = None) -> dict:
+    """Summary of memorisation_ratios: quantiles of both ratio sets, the threshold ratio below which only
+    `quantile` of the real test samples lie, and the fraction of generated samples below it. An honest generator
+    puts about `quantile` of its samples there; one that copies training samples puts most.
+
+    The interval of that fraction is a percentile bootstrap that resamples the real test ratios (and so the
+    threshold, which rests on the few smallest of them) as well as the generated ratios: with 96 test samples the
+    threshold's own noise moves an honest generator's fraction by about +-0.02, more than the binomial noise of
+    256 generated samples, and a binomial interval alone missed the honest 0.05 in a third of simulated draws.
+    copying_suspected: the interval's lower end exceeds twice `quantile`."""
+    g = torch.as_tensor(np.asarray(generated_ratios, dtype=np.float64))
+    t = torch.as_tensor(np.asarray(test_ratios, dtype=np.float64))
+    if len(g) == 0 or len(t) == 0:
+        raise ValueError(f"need generated and real test ratios, got {len(g)} and {len(t)}")
+    gen = torch.Generator().manual_seed(0) if generator is None else generator
+    threshold = float(torch.quantile(t, quantile))
+    fraction = float((g < threshold).double().mean())
+    t_resampled = t[torch.randint(len(t), (num_resamples, len(t)), generator=gen)]       # (R, T)
+    g_resampled = g[torch.randint(len(g), (num_resamples, len(g)), generator=gen)]       # (R, N)
+    thresholds = torch.quantile(t_resampled, quantile, dim=1, keepdim=True)              # (R, 1)
+    low, high = percentile_interval((g_resampled < thresholds).double().mean(dim=1).numpy())
+
+    def quantiles(v: torch.Tensor) -> dict[str, float]:
+        return {f"p{round(q * 100):02d}": float(torch.quantile(v, q)) for q in RATIO_QUANTILES}
+
+    return {"generated_ratio_quantiles": quantiles(g), "real_test_ratio_quantiles": quantiles(t),
+            "generated_min_ratio": float(g.min()), "threshold_ratio": threshold,
+            "fraction_closer": fraction, "fraction_closer_ci": [low, high], "expected_if_honest": quantile,
+            "copying_suspected": bool(low > 2 * quantile), "n_generated": len(g), "n_real_test": len(t)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Identity control
 # ----------------------------------------------------------------------------------------------------------------
 def condition_control_ratio(predicted: np.ndarray, requested: np.ndarray, num_classes: int) -> dict[int, float]:
     """For each requested user i: P(classified i | generated for i) / P(classified i | generated for j != i).
@@ -285,7 +488,7 @@ def condition_control_ratio(predicted: np.ndarray, requested: np.ndarray, num_cl
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Physics / kinematic checks (5.4)
+# Physics / kinematic checks
 # ----------------------------------------------------------------------------------------------------------------
 def physics_features(db: np.ndarray, velocities: np.ndarray, frame_rate_hz: float,
                      threshold_db: float = -25.0) -> dict[str, float]:
