@@ -10,9 +10,20 @@ that OUT stays a pure ROOT/<user>/files folder that evaluate.py reads). Classifi
 (Ho & Salimans 2022) mixes the prediction for the user with the one for the null ID: scale 1 is the conditional model
 alone, larger values push samples harder towards the user. Every user's images come from generators seeded by
 (--seed, user ID, batch), so `--user 3` and `--user all` give user 3 the same images.
+
+Filters (docs/augmentation.md) write only the samples they keep, under their unfiltered names (<i> stays the i-th
+image of the unfiltered run), and print how many each user kept, so OUT is an augmented set as it stands:
+    --filter margin --classifier CLF.safetensors [--margin-threshold 0]
+        keep when p(requested user) - max p(other user) > threshold, by a classifier trained on real data and saved
+        by ldm.metrics.save_classifier (evaluate.py --classifier PATH writes one) for the pipeline's user names
+    --filter physics --real DATA --split RUN/split.json [--physics-tolerance 1]
+        keep when torso velocity and cadence lie within the user's range over the real train files of the split,
+        widened by the tolerance in pooled within-user standard deviations; needs the velocity and time axes
+        (the simulator's DATA/metadata.json, or --v-max and --duration)
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +33,12 @@ import torch
 from PIL import Image
 
 from ldm import training
+from ldm.augment import class_margins, physics_filter, physics_ranges
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
+from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pipeline
+from ldm.metrics import batch_physics_features, load_classifier, predict, spectrogram_axes
 from ldm.training import option
 from ldm.vae import AutoencoderKL
 
@@ -48,6 +62,24 @@ class SampleConfig:
     progress: bool = option(True, "show progress bars")
     cuda_graph: bool = option(False, "CUDA only: replay each model call as one captured CUDA graph (same images, "
                                      "faster at small batches, where launching kernels limits the speed)")
+    # Filters: write only kept samples.
+    filter: str = option("none", "write only the samples a filter keeps: margin (needs --classifier) or physics "
+                                 "(needs --real, --split and the velocity/time axes)",
+                         choices=("none", "margin", "physics"))
+    classifier: str | None = option(None, "margin filter: classifier .safetensors (ldm.metrics.save_classifier) "
+                                          "trained on real data, with the pipeline's user names")
+    margin_threshold: float = option(0.0, "margin filter: keep when p(requested) - max p(other) > this, in [-1, 1) "
+                                          "(0: the requested user is the classifier's top class)")
+    real: str | None = option(None, "physics filter: the real data folder DIR/<user>/<files> of the pipeline")
+    split: str | None = option(None, "physics filter: its split.json (or the run folder); ranges use its train part")
+    physics_tolerance: float = option(1.0, "physics filter: each user's real range is widened by this many pooled "
+                                           "within-user standard deviations on both sides")
+    v_max: float | None = option(None, "physics filter: velocity span of the image rows is [-v_max, v_max] m/s")
+    duration: float | None = option(None, "physics filter: seconds spanned by the image columns")
+    threshold_db: float = option(-25.0, "physics filter: body pixels are within this many dB of the image max")
+    dynamic_range: float | None = option(None, "physics filter: dB range of [-1, 1] (default: the simulator's "
+                                               "metadata.json value, else 50)")
+    npy_scale: str = option("db", "physics filter: what .npy values in --real are (ldm/data.py)", choices=NPY_SCALES)
 
 
 def load_model(path: str, device) -> tuple[ConditionedUNet, torch.nn.Module, DDPMScheduler, float, float]:
@@ -73,13 +105,93 @@ def load_model(path: str, device) -> tuple[ConditionedUNet, torch.nn.Module, DDP
     return ConditionedUNet(unet, embedder).eval(), vae, parts["scheduler"], float(vae.config.scaling_factor), shift
 
 
-def save_images(images: torch.Tensor, folder: Path, save_npy: bool) -> None:
-    """(N, C, H, W) in [-1, 1] -> folder/<i>.png (and <i>.npy in [0, 1])."""
+def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.Tensor | None = None) -> None:
+    """(N, C, H, W) in [-1, 1] -> folder/<i>.png (and <i>.npy in [0, 1]); with keep (N,) bool only the kept i, and
+    no folder at all when nothing is kept (data loaders refuse empty user folders)."""
+    if keep is not None and not keep.any():
+        return
     folder.mkdir(parents=True, exist_ok=True)
     for i, array in enumerate(training.to_uint8(images)):                # (H, W, C) uint8
+        if keep is not None and not keep[i]:
+            continue
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
         if save_npy:
             np.save(folder / f"{i}.npy", ((images[i] + 1) / 2).numpy().astype(np.float32))
+
+
+def make_judge(cfg: SampleConfig, class_to_idx: dict[str, int], user_names: list[str], channels: int, side: int):
+    """None for --filter none; else check the filter's options and return keep(images, user) -> (N,) bool."""
+    if cfg.filter != "margin" and cfg.classifier is not None:
+        raise ValueError(f"--classifier is used by --filter margin only, got --filter {cfg.filter}")
+    if cfg.filter != "physics" and (cfg.real is not None or cfg.split is not None):
+        raise ValueError(f"--real and --split are used by --filter physics only, got --filter {cfg.filter}")
+    if cfg.filter == "none":
+        return None
+    out = Path(cfg.out)
+    stale = [name for name in user_names if (out / name).is_dir() and any((out / name).iterdir())]
+    if stale:
+        raise ValueError(f"--out {out}: user folder(s) {stale} already hold files, which would mix with the kept "
+                         "samples; choose a new --out")
+    if cfg.filter == "margin":
+        return margin_judge(cfg, class_to_idx, channels)
+    return physics_judge(cfg, class_to_idx, channels, side)
+
+
+def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int):
+    """Check the margin filter's classifier; return keep(images (N, C, H, W), user) -> (N,) bool."""
+    if cfg.classifier is None:
+        raise ValueError("--filter margin needs --classifier PATH (a classifier trained on real data, saved by "
+                         "ldm.metrics.save_classifier; evaluate.py --classifier PATH writes one)")
+    if not Path(cfg.classifier).is_file():
+        raise FileNotFoundError(f"--classifier {cfg.classifier} does not exist")
+    if not -1 <= cfg.margin_threshold < 1:
+        raise ValueError(f"--margin-threshold must lie in [-1, 1), got {cfg.margin_threshold}")
+    classifier, classifier_map = load_classifier(cfg.classifier)
+    if classifier_map != class_to_idx:
+        raise ValueError(f"--classifier {cfg.classifier} knows users {classifier_map}, the pipeline {class_to_idx}")
+    if classifier.cfg.in_channels != channels:
+        raise ValueError(f"--classifier {cfg.classifier} takes {classifier.cfg.in_channels} channel(s), the "
+                         f"pipeline makes {channels}")
+
+    def keep(images: torch.Tensor, user: int) -> torch.Tensor:
+        requested = torch.full((len(images),), user, dtype=torch.long)
+        return class_margins(predict(classifier, images)[0], requested) > cfg.margin_threshold
+
+    return keep
+
+
+def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int, side: int):
+    """Check the physics filter's options, measure the real train files of the split once; return
+    keep(images (N, C, side, side), user) -> (N,) bool."""
+    if cfg.real is None or cfg.split is None:
+        raise ValueError("--filter physics needs --real DATA and --split RUN/split.json (each user's range comes "
+                         "from the real train files)")
+    if (cfg.v_max is None) != (cfg.duration is None):
+        raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
+    if cfg.physics_tolerance < 0:
+        raise ValueError(f"--physics-tolerance must be >= 0, got {cfg.physics_tolerance}")
+    split = read_split(cfg.split)
+    check_split(split, cfg.real, "--real")
+    if split["class_to_idx"] != class_to_idx:
+        raise ValueError(f"--real {cfg.real} has users {split['class_to_idx']}, the pipeline {class_to_idx}")
+    meta_path = Path(cfg.real) / "metadata.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    meta = meta if meta is not None and "people" in meta else None    # only the simulator's metadata.json
+    axes = spectrogram_axes(meta, side, side, cfg.v_max, cfg.duration)
+    if axes is None:
+        raise ValueError("--filter physics needs --v-max and --duration (or the simulator's metadata.json in --real)")
+    dynamic_range = cfg.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
+    real = SpectrogramFolder(cfg.real, size=side, channels=channels, npy_scale=cfg.npy_scale,
+                             dynamic_range_db=dynamic_range, subset=split["train"], class_to_idx=class_to_idx)
+    x_real, y_real = real.tensors()
+    ranges = physics_ranges(batch_physics_features(x_real, axes, dynamic_range, cfg.threshold_db), y_real.numpy(),
+                            len(class_to_idx), cfg.physics_tolerance)
+
+    def keep(images: torch.Tensor, user: int) -> torch.Tensor:
+        features = batch_physics_features(images, axes, dynamic_range, cfg.threshold_db)
+        return torch.from_numpy(physics_filter(features, np.full(len(images), user), ranges))
+
+    return keep
 
 
 def run(cfg: SampleConfig) -> int:
@@ -98,15 +210,29 @@ def run(cfg: SampleConfig) -> int:
     if not isinstance(side, int):
         side = vae.config.sample_size // vae.config.downsample_factor
     latent_shape = (model.unet.config.in_channels, side, side)
+    out = Path(cfg.out)
+    judge = make_judge(cfg, class_to_idx, [names[u] for u in users], vae.config.out_channels,
+                       side * vae.config.downsample_factor)             # filters are checked before generating
 
     images = generate(model, vae, scheduler, users, cfg.num, latent_shape, scale, shift, cfg.guidance, cfg.steps,
                       cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta, cfg.cuda_graph)
-    out = Path(cfg.out)
+    kept = {}
     for user in users:
-        save_images(images[user], out / names[user], cfg.save_npy)
+        keep = None if judge is None else judge(images[user], user)
+        save_images(images[user], out / names[user], cfg.save_npy, keep)
+        kept[user] = images[user] if keep is None else images[user][keep]
     grid = Path(cfg.grid) if cfg.grid else out.resolve().with_name(out.resolve().name + "_grid.png")
-    training.image_grid([images[u][:cfg.grid_columns] for u in users]).save(grid)
-    print(f"wrote {cfg.num} image(s) for each of {len(users)} user(s) to {out}/<user>/ and the grid {grid}")
+    rows = [kept[u][:cfg.grid_columns] for u in users if len(kept[u])]
+    if rows:
+        training.image_grid(rows).save(grid)
+    if judge is None:
+        print(f"wrote {cfg.num} image(s) for each of {len(users)} user(s) to {out}/<user>/ and the grid {grid}")
+        return 0
+    for user in users:
+        print(f"{names[user]}: kept {len(kept[user])} of {cfg.num}")
+    total = sum(len(k) for k in kept.values())
+    print(f"--filter {cfg.filter} kept {total} of {cfg.num * len(users)} image(s); wrote them to {out}/<user>/"
+          + (f" and the grid {grid}" if rows else " (no grid: nothing kept)"))
     return 0
 
 

@@ -1,6 +1,8 @@
 """sample.py on a pipeline folder built from tiny random components: the files it writes, per-user reproducibility,
-user names and numbers, and clear errors that write nothing."""
+user names and numbers, clear errors that write nothing, and --filter writing only the samples it keeps."""
 import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -9,12 +11,17 @@ from PIL import Image
 
 import sample
 from ldm import io
+from ldm import microdoppler as md
 from ldm.conditioning import UserIDEmbedder
+from ldm.data import SpectrogramFolder, make_split, write_split
+from ldm.metrics import (ClassifierConfig, EvalCNN, batch_physics_features, load_classifier, predict,
+                         save_classifier)
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from train_ldm import make_scheduler
 
 USERS = {"alice": 0, "bob": 1, "carol": 2}
+pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
 
 
 def build_pipeline(path, vae_latent_channels: int = 4):
@@ -96,3 +103,117 @@ def test_cuda_graph_gives_the_eager_images(pipeline, tmp_path):
         for i in range(3):
             eager, graphed = (np.load(tmp_path / f"s{n}" / user / f"{i}.npy") for n in (0, 1))
             assert np.abs(graphed - eager).max() <= 1e-5 * max(np.abs(eager).max(), 1e-6), (user, i)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --filter: only kept samples are written
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    """An untrained (random) EvalCNN for the pipeline's users: its margins vary from sample to sample."""
+    torch.manual_seed(1)
+    model = EvalCNN(ClassifierConfig(num_classes=3, image_size=16, widths=(4, 8))).eval()
+    path = tmp_path_factory.mktemp("clf") / "clf.safetensors"
+    save_classifier(model, str(path), USERS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """Simulated walkers in folders named like the pipeline's users, with a split."""
+    root = tmp_path_factory.mktemp("real")
+    db, labels, meta = md.simulate_dataset(users=3, per_user=8, size=64, seed=0)
+    for spectrogram, label, entry in zip(db, labels, meta["samples"]):
+        folder = root / "data" / sorted(USERS, key=USERS.get)[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(md.db_to_uint8(spectrogram, 50.0)).save(folder / f"{entry['index']:04d}.png")
+    write_split(root / "split.json", make_split(root / "data"))
+    return root
+
+
+def unfiltered_images(folder, user, num):
+    """The unfiltered run's images of one user, (num, 1, 16, 16) in [-1, 1], from its float .npy files."""
+    return torch.from_numpy(np.stack([np.load(folder / user / f"{i}.npy") for i in range(num)])) * 2 - 1
+
+
+def assert_only_kept(all_dir, kept_dir, expected: dict, text: str, num: int):
+    for user, keep in expected.items():
+        names = {f"{i}.png" for i in range(num) if keep[i]}
+        written = {p.name for p in (kept_dir / user).glob("*")} if (kept_dir / user).exists() else set()
+        assert written == names | {n.replace(".png", ".npy") for n in names}, user
+        for name in written:                                             # the unfiltered run's very files
+            assert (kept_dir / user / name).read_bytes() == (all_dir / user / name).read_bytes()
+        assert f"{user}: kept {len(names)} of {num}" in text
+
+
+def test_margin_filter_writes_exactly_the_samples_the_classifier_prefers(pipeline, classifier, tmp_path, capsys):
+    num, threshold = 6, 0.02
+    assert sample.main(args(pipeline, tmp_path / "all", "--num", str(num), "--save-npy")) == 0
+    assert sample.main(args(pipeline, tmp_path / "kept", "--num", str(num), "--save-npy", "--filter", "margin",
+                            "--classifier", str(classifier), "--margin-threshold", str(threshold))) == 0
+    model, _ = load_classifier(str(classifier))
+    expected = {}
+    for user, label in USERS.items():
+        probs = predict(model, unfiltered_images(tmp_path / "all", user, num))[0].double()       # (num, 3)
+        others = torch.cat([probs[:, :label], probs[:, label + 1:]], dim=1)
+        margin = probs[:, label] - others.max(dim=1).values
+        assert ((margin - threshold).abs() > 1e-4).all()                # no sample on the edge of the rule
+        expected[user] = (margin > threshold).tolist()
+    kept = sum(sum(keep) for keep in expected.values())
+    assert 0 < kept < 3 * num
+    assert_only_kept(tmp_path / "all", tmp_path / "kept", expected, capsys.readouterr().out, num)
+
+
+def test_physics_filter_keeps_samples_inside_each_users_real_range(pipeline, real, tmp_path, capsys):
+    num, tolerance = 6, 40.0
+    assert sample.main(args(pipeline, tmp_path / "all", "--num", str(num), "--save-npy")) == 0
+    assert sample.main(args(pipeline, tmp_path / "kept", "--num", str(num), "--save-npy", "--filter", "physics",
+                            "--real", str(real / "data"), "--split", str(real / "split.json"),
+                            "--v-max", "6.25", "--duration", "2.56", "--physics-tolerance", str(tolerance))) == 0
+    # The rule, computed here from the split's real train files: each user's min..max of torso velocity and
+    # cadence, widened by tolerance x the pooled within-user standard deviation.
+    split = json.loads((real / "split.json").read_text())
+    axes = (6.25 - (np.arange(16) + 0.5) * 12.5 / 16, 16 / 2.56)
+    x_real, y_real = SpectrogramFolder(real / "data", size=16, subset=split["train"]).tensors()
+    real_features = batch_physics_features(x_real, axes, 50.0)
+    expected = {}
+    for user, label in USERS.items():
+        features = batch_physics_features(unfiltered_images(tmp_path / "all", user, num), axes, 50.0)
+        keep = np.ones(num, dtype=bool)
+        for key in ("torso_velocity_mps", "cadence_steps_per_s"):
+            values = np.array([f[key] for f in real_features])
+            groups = [values[(y_real.numpy() == k) & np.isfinite(values)] for k in range(3)]
+            pooled = np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / (sum(map(len, groups)) - 3))
+            low, high = groups[label].min() - tolerance * pooled, groups[label].max() + tolerance * pooled
+            candidate = np.array([f[key] for f in features])
+            keep &= (candidate >= low) & (candidate <= high)
+        expected[user] = keep.tolist()
+    assert 0 < sum(sum(keep) for keep in expected.values()) < 3 * num   # noise images: only the loose ends pass
+    assert_only_kept(tmp_path / "all", tmp_path / "kept", expected, capsys.readouterr().out, num)
+
+
+def test_filter_options_are_checked_before_generating(pipeline, classifier, real, tmp_path, capsys):
+    out = tmp_path / "s"
+    other_users = tmp_path / "other.safetensors"
+    save_classifier(EvalCNN(ClassifierConfig(num_classes=2)), str(other_users), {"alice": 0, "bob": 1})
+    other_data = tmp_path / "other"
+    shutil.copytree(real / "data", other_data)
+    (other_data / "alice" / "0000.png").unlink()
+    cases = [(["--filter", "margin"], "--filter margin needs --classifier"),
+             (["--filter", "margin", "--classifier", str(tmp_path / "none.safetensors")], "does not exist"),
+             (["--filter", "margin", "--classifier", str(other_users)], "knows users"),
+             (["--classifier", str(classifier)], "--classifier is used by --filter margin only"),
+             (["--filter", "physics"], "--filter physics needs --real DATA and --split"),
+             (["--filter", "physics", "--real", str(real / "data"), "--split", str(real / "split.json")],
+              "needs --v-max and --duration"),
+             (["--filter", "physics", "--real", str(other_data), "--split", str(real / "split.json"), "--v-max", "6",
+               "--duration", "2"], "not the data folder the split was made for")]
+    for extra, message in cases:
+        assert sample.main(args(pipeline, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not out.exists()
+    (out / "bob").mkdir(parents=True)
+    (out / "bob" / "0.png").write_bytes(b"old")
+    assert sample.main(args(pipeline, out, "--filter", "margin", "--classifier", str(classifier))) == 2
+    assert "already hold files" in capsys.readouterr().err
