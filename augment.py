@@ -31,7 +31,7 @@ from ldm import training
 from ldm.augment import (ClassicAugment, class_margins, margin_filter, margin_threshold, physics_filter,
                          physics_ranges)
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
-from ldm.metrics import (ClassifierConfig, batch_physics_features, mean_ci, predict, spectrogram_axes,
+from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, spectrogram_axes,
                          train_classifier)
 from ldm.training import option
 
@@ -116,17 +116,6 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
 def summary(values: list[float]) -> dict:
     mean, low, high = mean_ci(values)
     return {"mean": mean, "ci": [low, high]}
-
-
-def _json_safe(value):
-    """NaN (a one-seed interval) becomes null, so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def print_table(rows: list[dict]) -> None:
@@ -370,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(cfg.out)
     png = out.with_suffix(".png")
     result["png"] = str(png)
-    result = _json_safe(result)
+    result = json_safe(result)
     out.write_text(json.dumps(result, indent=1, allow_nan=False))
     plot_accuracy(result["rows"], result["variants"], result["chance"], png)
     print_table(result["rows"])

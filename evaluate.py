@@ -38,8 +38,8 @@ from ldm.data import SpectrogramFolder, check_split, files_digest, read_split, r
 from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
                          condition_control_ratio, frechet_distance, load_classifier, memorisation_ratios,
                          memorisation_summary, mmd2_unbiased, nearest_neighbour_distances, pca_basis,
-                         percentile_interval, predict, save_classifier, spectrogram_axes, train_classifier,
-                         wilson_interval)
+                         json_safe, percentile_interval, predict, save_classifier, spectrogram_axes,
+                         train_classifier, wilson_interval)
 
 NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
                "--real-test DIR (real files no generator saw); figures measured on real files a generator trained "
@@ -446,17 +446,6 @@ def evaluate(args: argparse.Namespace) -> dict:
     return report
 
 
-def _json_safe(value):
-    """NaN / inf (e.g. a cadence that could not be measured) become null, so the report is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -467,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     png = args.confusion_png or str(out.with_name(out.stem + "_confusion.png"))
     report["confusion_png"] = png
-    report = _json_safe(report)
+    report = json_safe(report)
     out.write_text(json.dumps(report, indent=1, allow_nan=False))
     save_confusion_png(np.array(report["confusion_matrix"]["counts"]), list(report["per_user"]), png)
     print_table(report)

@@ -3,8 +3,8 @@
     psnr, ssim                      stage-1 reconstruction quality on [0, 1] images
     EvalCNN, train_classifier,      a small identity classifier trained on real data only; its penultimate
     predict                         features feed the distribution distances and the memorisation check
-    frechet_distance, kid,          Frechet distance, KID (subset average) and the unbiased MMD^2 behind KID
-    mmd2_unbiased                   between two feature sets
+    frechet_distance,               Frechet distance and the unbiased MMD^2 behind KID (kernel inception
+    mmd2_unbiased                   distance) between two feature sets
     pca_basis                       the reduced feature space Frechet distance is measured in
     wilson_interval, mean_ci,       95% intervals: a binomial proportion (accuracies), the mean of repeats,
     bootstrap, percentile_interval  and any statistic of resampled sets (distances)
@@ -239,26 +239,6 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(fd.clamp_min(0))
 
 
-def kid(a: torch.Tensor, b: torch.Tensor, subset_size: int = 100, num_subsets: int = 100,
-        generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Kernel inception distance (Binkowski et al. 2018) on features a: (N, D), b: (M, D): the unbiased MMD^2 with
-    kernel k(x, y) = (x.y / D + 1)^3, averaged over `num_subsets` random subsets of m = min(subset_size, N, M)
-    samples from each set. Returns (mean, std over subsets); near 0 for one distribution (can be slightly < 0)."""
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need (N, D) and (M, D) features with N, M >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
-    gen = torch.Generator().manual_seed(0) if generator is None else generator
-    a, b = a.double(), b.double()
-    m, d = min(subset_size, len(a), len(b)), a.shape[1]
-    values = []
-    for _ in range(num_subsets):
-        x = a[torch.randperm(len(a), generator=gen)[:m]]
-        y = b[torch.randperm(len(b), generator=gen)[:m]]
-        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        off = m * (m - 1)
-        values.append(float((kxx.sum() - kxx.trace()) / off + (kyy.sum() - kyy.trace()) / off - 2 * kxy.mean()))
-    return float(np.mean(values)), float(np.std(values))
-
-
 def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, a_labels: torch.Tensor | None = None,
                   b_labels: torch.Tensor | None = None, a_ids: torch.Tensor | None = None,
                   b_ids: torch.Tensor | None = None) -> float:
@@ -463,6 +443,18 @@ def memorisation_summary(generated_ratios: np.ndarray, test_ratios: np.ndarray, 
             "generated_min_ratio": float(g.min()), "threshold_ratio": threshold,
             "fraction_closer": fraction, "fraction_closer_ci": [low, high], "expected_if_honest": quantile,
             "copying_suspected": bool(low > 2 * quantile), "n_generated": len(g), "n_real_test": len(t)}
+
+
+def json_safe(value):
+    """A report made strict JSON: NaN and inf (a one-seed interval, a cadence that could not be measured) become
+    None, tuples become lists; dicts and lists are walked."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------------------
