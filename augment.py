@@ -28,8 +28,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ldm import training
-from ldm.augment import (ClassicAugment, class_margins, margin_filter, margin_threshold, physics_filter,
-                         physics_ranges)
+from ldm.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
+                         physics_filter, physics_ranges)
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, spectrogram_axes,
                          train_classifier)
@@ -298,8 +298,9 @@ def run(cfg: AugmentConfig) -> dict:
                         acc[f"{base}+{name}"] = acc[base]
                         continue
                     mask = torch.from_numpy(mask)
-                    model = train_classifier(torch.cat([x_k, x_gen[mask]]), torch.cat([y_k, y_gen[mask]]), clf,
-                                             augment=augment)
+                    x_mix, y_mix = torch.cat([x_k, x_gen[mask]]), torch.cat([y_k, y_gen[mask]])
+                    order = balanced_indices(y_mix, torch.Generator().manual_seed(seed))   # every person equally
+                    model = train_classifier(x_mix[order], y_mix[order], clf, augment=augment)
                     acc[f"{base}+{name}"] = accuracy(model, x_test, y_test)
             kept = {v: int(keep[v.partition("+")[2]].sum()) if "+" in v else 0 for v in variants}
             runs.append({"shots": k, "seed": seed, "shot_files": [pool_names[i] for i in idx],

@@ -9,6 +9,7 @@ spectrograms (the experiment itself is augment.py; docs/augmentation.md explains
     margin_filter       validation data
     physics_ranges,     physics filter: keep a synthetic sample whose torso velocity and cadence lie inside the
     physics_filter      requested person's real range, widened by a tolerance
+    balanced_indices    repeat samples so that every person is seen equally often (filters keep unequal numbers)
 
 Shapes: B/N samples, C channels, H (velocity rows, approaching on top) x W (time columns), K persons.
 Images are in [-1, 1], where -1 is the bottom of the display range (e.g. -50 dB re the image maximum) and 1 its top.
@@ -191,3 +192,27 @@ def physics_filter(features: list[dict[str, float]], requested, ranges: dict[str
         low, high = ranges[key][requested, 0], ranges[key][requested, 1]
         keep &= (values >= low) & (values <= high)                     # NaN compares False: discarded
     return keep
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Class balance
+# ----------------------------------------------------------------------------------------------------------------
+def balanced_indices(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Indices into a training set that give every person as many samples as the best-represented one: all
+    indices once, plus, for each person with fewer, extra copies of their own samples taken in turn from a random
+    order drawn from ``generator``. labels: (N,) person IDs. Returns (N',) LongTensor; a set that is already
+    balanced (k real shots per person) comes back unchanged, as arange(N).
+
+    Why: a filter keeps unequal numbers per person (the margin filter kept 32 samples of one person and 1 of
+    another in the demo), and a classifier trained on that learns the imbalance: it predicts the well-represented
+    people more often, and accuracy on the balanced real test set falls below that of the real samples alone."""
+    counts = torch.bincount(labels)
+    target = int(counts.max())
+    extra = []
+    for person in torch.nonzero(counts).flatten().tolist():
+        own = torch.nonzero(labels == person).flatten()
+        missing = target - len(own)
+        if missing > 0:
+            order = own[torch.randperm(len(own), generator=generator)]
+            extra.append(order.repeat(missing // len(own) + 1)[:missing])
+    return torch.cat([torch.arange(len(labels)), *extra])

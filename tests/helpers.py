@@ -48,6 +48,36 @@ def png_folder(root: Path, per_user: int, size: int) -> Path:
     return root
 
 
+SHAPES = ("circle", "square", "triangle", "cross")
+
+
+def shapes_folder(root: Path, per_class: int, size: int = 32, seed: int = 0) -> Path:
+    """root/<shape>/<i>.png: data that is not the simulator. One class per shape of SHAPES, drawn with PIL at a
+    random position (+-size/8), size (about 0.3-0.45 of the side) and brightness on a noisy dark background."""
+    from PIL import ImageDraw
+    rng = np.random.default_rng(seed)
+    for shape in SHAPES:
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.fromarray((rng.random((size, size)) * 40).astype(np.uint8))
+            draw = ImageDraw.Draw(image)
+            cx, cy = size / 2 + rng.uniform(-size / 8, size / 8, 2)
+            r = size * rng.uniform(0.15, 0.22)
+            fill = int(rng.integers(170, 256))
+            if shape == "circle":
+                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            elif shape == "square":
+                draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            elif shape == "triangle":
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+            else:
+                w = r / 3
+                draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=fill)
+                draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
+            image.save(root / shape / f"{i:03d}.png")
+    return root
+
+
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative max-abs error: max|actual - expected| / max|expected|."""
     assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"

@@ -221,3 +221,13 @@ def test_help_lists_every_option(capsys):
                    "--margin-quantile", "--filters", "--physics-tolerance", "--v-max", "--duration", "--threshold-db",
                    "--time-scale", "--doppler-shift", "--doppler-scale", "--gain-db", "--threads", "--progress"):
         assert option in text
+
+
+def test_balanced_indices_repeat_the_rarer_persons_up_to_the_largest_count():
+    from ldm.augment import balanced_indices
+    labels = torch.tensor([0, 0, 0, 0, 1, 2, 2, 0])                    # 5, 1, 2 samples
+    order = balanced_indices(labels, torch.Generator().manual_seed(0))
+    assert torch.equal(order[:8], torch.arange(8))                      # every sample once, first
+    assert torch.bincount(labels[order]).tolist() == [5, 5, 5]
+    assert set(order[8:].tolist()) == {4, 5, 6}                         # copies only of persons 1 and 2
+    assert torch.equal(balanced_indices(torch.tensor([1, 0, 1, 0]), torch.Generator()), torch.arange(4))
