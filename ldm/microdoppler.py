@@ -1,6 +1,6 @@
 """A walking-person radar micro-Doppler simulator (numpy only): the project's built-in dataset.
 
-Pipeline (recipe and sources: shared/reference/micro_doppler.md, section 4):
+Pipeline (model, sources and tested facts: docs/microdoppler.md):
 
     Person (height, relative speed, arm swing, cadence, knee flexion)       fixed per simulated person
       + Draws (gait phase, heading, start range, SNR, small jitters)        drawn per sample
@@ -14,7 +14,7 @@ person k are the same whatever the number of users or samples per user:
     person k:            numpy.random.default_rng([seed, PERSON_STREAM, k])   (plus a seed-wide Halton design)
     sample i of person k: numpy.random.default_rng([seed, SAMPLE_STREAM, k, i])
 
-Bugs of public ports that this file avoids (micro_doppler.md 4.10): bulk speed is V = RV * Ht in m/s (not RV);
+Bugs of public ports that this file avoids (docs/microdoppler.md, section 9): bulk speed is V = RV * Ht in m/s (not RV);
 the cycle lasts Dc = RLc / RV seconds; pelvis roll is 1.66 * RV degrees; the upper arm uses the upper-arm length;
 the PRF (2 kHz at 24 GHz, +-6.25 m/s) does not alias limb Doppler; the gait-c elbow uses (RV - 1.3); the duplicate
 gait-b hip control point is merged; the upper-body rotation uses each elbow's current position.
@@ -45,15 +45,16 @@ SIZES = (64, 128, 256)
 class Radar:
     """A CW / pulse-Doppler radar at the origin, `height_m` above the ground, and the image it renders.
 
-    Defaults (micro_doppler.md 4.7): 24 GHz, PRF 2 kHz -> unambiguous velocity +-PRF*lambda/4 = +-6.25 m/s;
-    2.56 s of data (about two gait cycles); a 50 dB display range below each image's maximum.
+    Defaults (docs/microdoppler.md, sections 2 and 7): 24 GHz, PRF 2 kHz -> unambiguous velocity
+    +-PRF*lambda/4 = +-6.25 m/s; 2.56 s of data (about two gait cycles); a 50 dB display range below each image's
+    maximum.
     """
     carrier_hz: float = 24e9
     prf_hz: float = 2000.0
     duration_s: float = 2.56
     height_m: float = 1.0
     dynamic_range_db: float = 50.0
-    kinematics_hz: float = 250.0     # body evaluated on this coarse grid, ranges interpolated to the PRF (4.6)
+    kinematics_hz: float = 250.0     # body evaluated on this coarse grid, ranges interpolated to the PRF
     clutter_db: float | None = None  # static zero-Doppler return, power relative to the mean body echo
     mti: bool = False                # two-pulse canceller s[n] - s[n-1] (removes the static return)
 
@@ -74,7 +75,7 @@ class Radar:
 
 @dataclass(frozen=True)
 class Person:
-    """Identity parameters of one simulated walker (micro_doppler.md 4.8)."""
+    """Identity parameters of one simulated walker (docs/microdoppler.md, section 8)."""
     height_m: float        # H; every segment length is a fixed fraction of H
     rel_speed: float       # RV = V / Ht in 1/s, Ht = 0.491 H the leg length; Boulic gait b/c needs 0.5 <= RV <= 3
     arm_gain: float        # multiplies the shoulder swing amplitude and the elbow flexion
@@ -102,7 +103,7 @@ class Person:
 
 @dataclass(frozen=True)
 class Draws:
-    """Within-person nuisance of one sample (micro_doppler.md 4.8). `Draws()` is the nuisance-free walk."""
+    """Within-person nuisance of one sample (docs/microdoppler.md, section 8). `Draws()` is the nuisance-free walk."""
     phase: float = 0.0            # gait phase at t = 0, in cycles [0, 1)
     heading_deg: float = 0.0      # walking direction vs the line of sight; 0 = straight at the radar
     start_range_m: float = 8.0    # ground distance to the radar at t = 0
@@ -118,8 +119,8 @@ class Draws:
                        cadence_gain=person.cadence_gain * self.cadence_factor)
 
 
-# Identity ranges at spacing 1, the population ranges of micro_doppler.md 4.8: (low, high). The spacing option
-# scales every range about its centre. The default 0.65 is calibrated so that the evaluation CNN (ldm.metrics,
+# Identity ranges at spacing 1, the population ranges of docs/microdoppler.md, section 8: (low, high). The spacing
+# option scales every range about its centre. The default 0.65 is calibrated so that the evaluation CNN (ldm.metrics,
 # default ClassifierConfig, 32 training samples per person) tells the 8 default people apart on held-out samples
 # with 95-99.5% accuracy (48 held-out samples per person, 64x64): measured 97.7%, 97.9%, 98.2% for seeds 0, 1, 2;
 # at seed 0, spacing 0.5 gives 92.4%, 0.6 97.9%, 0.7 99.0%, 1.0 99.7%.
@@ -161,20 +162,20 @@ def make_person(index: int, seed: int = 0, spacing: float = DEFAULT_SPACING) -> 
 
 
 def draw_nuisance(rng: np.random.Generator) -> Draws:
-    """One sample's nuisance from its own stream (ranges of micro_doppler.md 4.8)."""
+    """One sample's nuisance from its own stream (ranges of docs/microdoppler.md, section 8)."""
     return Draws(phase=rng.random(), heading_deg=rng.uniform(-15.0, 15.0), start_range_m=rng.uniform(6.0, 10.0),
                  snr_db=rng.uniform(15.0, 30.0), speed_factor=1.0 + 0.02 * rng.standard_normal(),
                  arm_factor=1.0 + 0.05 * rng.standard_normal(), cadence_factor=1.0 + 0.01 * rng.standard_normal())
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Boulic-Thalmann walking model (micro_doppler.md 4.1-4.4)
+# Boulic-Thalmann walking model (docs/microdoppler.md, sections 3-5)
 # ----------------------------------------------------------------------------------------------------------------
-# Segment lengths as fractions of the height H (4.1).
+# Segment lengths as fractions of the height H (docs/microdoppler.md, section 5).
 HEAD, TORSO, SHOULDER, UPPER_ARM, FOREARM = 0.130, 0.288, 0.1295, 0.188, 0.152
 HIP, THIGH, SHANK, FOOT = 0.0955, 0.245, 0.246, 0.143
 # The 12 scatterers: (name, segment start joint, segment end joint, scattering point, ellipsoid radius a in m).
-# The third semi-axis is c = |end - start| / 2 along the segment (4.5).
+# The third semi-axis is c = |end - start| / 2 along the segment (docs/microdoppler.md, section 6).
 SCATTERERS = (
     ("head", "neck", "head_top", "head_top", 0.10),
     ("torso", "pelvis", "neck", "torso_mid", 0.15),
@@ -223,7 +224,7 @@ def periodic_pchip(u: np.ndarray, knots: list[tuple[float, float]]) -> np.ndarra
 def gait_curves(u: np.ndarray, person: Person) -> dict[str, np.ndarray]:
     """Boulic trajectories at normalised phase u (T,) for the right side (the left side uses u + 0.5).
 
-    Angles in radians, offsets in metres (tables of micro_doppler.md 4.3). Gaits b (0.5 <= RV < 1.3) and
+    Angles in radians, offsets in metres (tables of docs/microdoppler.md, section 4). Gaits b (0.5 <= RV < 1.3) and
     c (RV >= 1.3) are written as one formula: k = max(0, (RV-1.3)/1.7) and m = min(1, (RV-0.5)/0.8), which is
     each published gait on its own range and continuous at RV = 1.3.
     """
@@ -247,7 +248,7 @@ def gait_curves(u: np.ndarray, person: Person) -> dict[str, np.ndarray]:
                       a_roll - a_roll * np.cos(two_pi * 10 * (uu - 0.5) / 3)],
                      a_roll + a_roll * np.cos(two_pi * 10 * (uu - 0.65) / 7))
     c["pelvis_roll"] = deg * roll
-    # Joint flexion control points (phase, degrees), table of 4.3.
+    # Joint flexion control points (phase, degrees), docs/microdoppler.md, section 4.
     hip = [(0.2 * k - 0.1, 5 * k + 25), (0.5, -15), (0.9, 6 * k + 25)]
     knee = [(0.17 - 0.05 * k, 22 * k + 3), (0.4, 3), (0.75 - 0.05 * k, 70 - 5 * k), (1.0 - 0.03 * k, 3 * k + 3)]
     ankle = [(0.0, 5 * k - 3), (0.08, 4 * k - 18), (0.5 - 0.1 * k, 8 - 3 * k), (support, -8 * k - 20),
@@ -296,7 +297,8 @@ def body_points(person: Person, t: np.ndarray, phase: float = 0.0) -> dict[str, 
     def vec(x, y, z):
         return np.stack(np.broadcast_arrays(x, y, z))                  # (3, 2, T)
 
-    # Leg: hip -> knee -> ankle -> toe in the sagittal plane, then the pelvis roll and yaw (4.4).
+    # Leg (docs/microdoppler.md, section 5): hip -> knee -> ankle -> toe in the sagittal plane, then the pelvis
+    # roll and yaw.
     hip = vec(zeros, side * HIP * H, zeros)
     knee = hip + vec(*_xz(_sagittal(g["hip"], 0.0, -THIGH * H)))
     ankle = knee + vec(*_xz(_sagittal(g["hip"] - g["knee"], 0.0, -SHANK * H)))
@@ -337,11 +339,11 @@ def world_points(person: Person, draws: Draws, radar: Radar, t: np.ndarray) -> d
 
 
 def echo(person: Person, draws: Draws, radar: Radar, rng: np.random.Generator) -> np.ndarray:
-    """Complex baseband slow-time signal (N,), N = duration * PRF (micro_doppler.md 4.5-4.6):
+    """Complex baseband slow-time signal (N,), N = duration * PRF (docs/microdoppler.md, sections 2 and 6):
     s(t) = sum_k sqrt(sigma_k(t)) * g_k(t) * exp(-j 4 pi R_k(t) / lambda) + clutter + noise,
     sigma_k the prolate-ellipsoid RCS at the current aspect, g_k a slow +-10% amplitude jitter.
     The body is evaluated every 1 / kinematics_hz seconds and R_k, sqrt(sigma_k) are linearly interpolated
-    to the PRF grid before the exponential (the speed trick of 4.6)."""
+    to the PRF grid before the exponential (the speed trick of docs/microdoppler.md, section 2)."""
     n = int(round(radar.duration_s * radar.prf_hz))
     t_coarse = np.arange(int(math.ceil(radar.duration_s * radar.kinematics_hz)) + 2) / radar.kinematics_hz
     pts = world_points(person, draws, radar, t_coarse)
@@ -382,7 +384,7 @@ def echo(person: Person, draws: Draws, radar: Radar, rng: np.random.Generator) -
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# STFT -> image (micro_doppler.md 4.7)
+# STFT -> image (docs/microdoppler.md, section 7)
 # ----------------------------------------------------------------------------------------------------------------
 def _stft_length(size: int) -> int:
     """Window = FFT length = number of frames; 64x64 images are 2x2-pooled 128x128 ones."""

@@ -1,5 +1,5 @@
-"""The micro-Doppler simulator against closed forms of the Boulic-Thalmann walking model (micro_doppler.md 4.2, 5.4),
-its reproducibility guarantees, its CLI, and the identity-accuracy window of the default people."""
+"""The micro-Doppler simulator against closed forms of the Boulic-Thalmann walking model (docs/microdoppler.md,
+sections 3 and 10), its reproducibility guarantees, its CLI, and the identity-accuracy window of the default people."""
 import hashlib
 import json
 import math
@@ -44,7 +44,7 @@ def test_torso_line_and_cadence_match_closed_forms(size):
 
 
 def test_peak_foot_velocity_in_documented_range():
-    # micro_doppler.md 1 and 4.9: feet peak at about 3-4.5x the torso speed in swing (ankle), and the toe reaches
+    # docs/microdoppler.md, section 10: feet peak at about 3-4.5x the torso speed in swing (ankle), and the toe reaches
     # about 4-5 m/s in simulation at ~1 m/s walking.
     person = md.Person(height_m=1.8, rel_speed=1.0, arm_gain=1.0, cadence_gain=1.0, knee_gain=1.0)
     speed = closed_form_speed(person)                                   # 0.88 m/s
