@@ -11,9 +11,12 @@ scaled-linear schedule, AdamW, an EMA of the weights for sampling and export. Th
 cross-attention tokens and/or its class embedding (--cond, see ldm/conditioning.py); with probability --p-uncond it
 is replaced by the null ID, so the same network serves classifier-free guidance.
 
-The run folder (--out) holds checkpoint.pt (everything needed to resume exactly; written atomically), pipeline/
-(a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds the ID table and the
-user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and class_to_idx.json.
+The LDM trains on the "train" part of the VAE run's split.json (copied into --out; --split names another one), so
+neither stage ever sees the held-out "test" files that evaluate.py and augment.py measure on.
+
+The run folder (--out) holds split.json, checkpoint.pt (everything needed to resume exactly; written atomically),
+pipeline/ (a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds the ID table and
+the user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and class_to_idx.json.
 """
 from __future__ import annotations
 
@@ -131,6 +134,15 @@ def load_vae(path: str) -> tuple[torch.nn.Module, dict]:
     return vae, raw
 
 
+def vae_run_split(path: str) -> str | None:
+    """The split.json of the train_vae.py run that made the VAE at ``path`` (the run folder or its model/), if any."""
+    folder = Path(path)
+    for candidate in (folder / "split.json", folder.parent / "split.json" if folder.name == "model" else None):
+        if candidate is not None and candidate.is_file():
+            return str(candidate)
+    return None
+
+
 def latent_channels(vae) -> int:
     return vae.config.latent_channels if isinstance(vae, AutoencoderKL) else vae.config.embed_dim
 
@@ -241,10 +253,11 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- data: the training split, labelled by user ----------------------------------------------------------------
     cfg.size = size
     root = resolve_data(cfg, info.is_main)
-    vae_split = Path(cfg.vae) / "split.json"
-    given = cfg.split or (str(vae_split) if vae_split.is_file() else None)
-    split, split_origin = resolve_split(root, given, cfg.resume, dict(
+    split, split_origin = resolve_split(root, cfg.split or vae_run_split(cfg.vae), cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
+    if split_origin == "decided now" and info.is_main:
+        print(f"note: --vae {cfg.vae} comes without a split.json, so a new split was decided; if that VAE was trained "
+              "on this data folder, pass its run's split with --split, or its training files may be in the test part")
     data_options = dict(size=size, channels=vae.config.in_channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
                         cache=True, class_to_idx=state["class_to_idx"] if state else None)
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]

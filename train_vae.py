@@ -9,9 +9,15 @@ over pixels, plus kl_weight times the KL to N(0, I) (or, for VQ, the codebook an
 optional LPIPS term from a weights file you provide, plus from --disc-start a PatchGAN hinge loss whose weight is
 balanced against the reconstruction gradient at the decoder's last layer. Adam(0.5, 0.9) for both players.
 
-The run folder (--out) holds checkpoint.pt (everything needed to resume exactly; written atomically),
-model/ (a diffusers-format folder of the EMA weights with the measured latent scaling factor in its
-config.json), log.jsonl, loss.png, samples/ (held-out inputs above their reconstructions) and class_to_idx.json.
+The first run on a data folder decides its split (per user: train, val, and the held-out test files no generator
+may see; --holdout-fraction, --val-fraction, --group-regex) and writes it to split.json, which train_ldm.py,
+evaluate.py and augment.py reuse. The weights that are evaluated and exported are an EMA whose decay warms up as
+diffusers' EMAModel does (ldm.training.ema_decay); every evaluation also reports the raw weights.
+
+The run folder (--out) holds split.json, checkpoint.pt (everything needed to resume exactly; written atomically),
+model/ (a diffusers-format folder of the --export weights, EMA by default, with the measured latent scaling factor
+in its config.json), log.jsonl, loss.png, samples/ (held-out inputs above their reconstructions) and
+class_to_idx.json.
 """
 from __future__ import annotations
 

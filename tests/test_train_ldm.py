@@ -183,6 +183,9 @@ def test_the_split_is_decided_once_and_no_stage_trains_on_its_test_files(folder,
     assert train_ldm.main(args(folder, vae_run, ldm_run, "--steps", "1", "--sample-every", "100",
                                "--holdout-fraction", "0.6", "--seed", "5")) == 0
     assert read_split(ldm_run) == split                                  # reused, not decided again
+    assert train_ldm.main(args(folder, vae_run / "model", tmp_path / "ldm2", "--steps", "1", "--sample-every",
+                               "100")) == 0
+    assert read_split(tmp_path / "ldm2") == split                        # also found from the run's model/
     assert loaded and all(subset is not None and not set(subset) & set(split["test"]) for subset in loaded)
     capsys.readouterr()
 
