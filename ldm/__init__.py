@@ -6,13 +6,17 @@ Modules (import what you need; nothing here imports diffusers):
     ldm.vq            VQModel and its vector quantizer
     ldm.unet          the conditional UNet (UNet2DConditionModel)
     ldm.transformer   its Transformer2D and BasicTransformerBlock (self-attention, cross-attention, GEGLU)
-    ldm.ddpm          beta schedules, DDPM/DDIM schedulers, the sampling loop and the training loss
-    ldm.microdoppler  a walking-person radar micro-Doppler simulator (the built-in dataset)
-    ldm.data          spectrogram/image folder datasets with user IDs
-    ldm.metrics       PSNR, SSIM and the identity evaluation
+    ldm.ddpm          beta schedules, DDPM/DDIM schedulers
+    ldm.sampling      the guided sampling loop and the diffusion training loss
+    ldm.conditioning  the user-ID embedder (with the null ID for guidance) and the generation loop of a pipeline
+    ldm.cuda_graph    opt-in CUDA-graph replay of a model call (outside the models)
+    ldm.microdoppler  a walking-person radar micro-Doppler simulator (the built-in dataset; docs/microdoppler.md)
+    ldm.data          spectrogram/image folder datasets with user IDs, and the one split every stage shares
+    ldm.metrics       PSNR, SSIM, the identity classifier, distances, intervals, memorisation (docs/evaluation.md)
+    ldm.augment       classic spectrogram augmentation and filters for synthetic samples (docs/augmentation.md)
     ldm.io            diffusers folders, pipelines and original checkpoints, loaded safely (ldm.convert: key tables)
     ldm.losses        stage-1 losses: reconstruction, KL, LPIPS, PatchGAN
-    ldm.training      what the training scripts share: checkpoints, EMA, DDP, logs
+    ldm.training      what the training scripts share: checkpoints, EMA with warm-up, DDP, splits, logs
 """
 
 __version__ = "0.1.0"
