@@ -8,6 +8,8 @@
 #   3. bf16, compile, fp32: bench.py --device cuda --config sd in bf16 (with the CUDA-graph rows), bf16 + compile +
 #      channels-last (UNet forward batch 8 only, the row the compile target is about) and fp32;
 #      channels_last (only when named in STEPS): bf16 with channels-last on both sides, every row,
+#   4. full (only when named in STEPS, alone: it needs a whole device call): make demo's GPU profile (128x128, the
+#      microdoppler presets) end to end, report in $OUT/demo_cuda/report.md; never run yet, its length is unknown,
 # and writes everything under $OUT (default ./gpu_out): gpu_tests.log, bench_*.json, bench_*.log, env.txt.
 #
 # With the device tool (see scripts/README.md), from the repository root, after fetching the wheels once here:
@@ -21,7 +23,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
-# Steps to run: tests bf16 compile fp32 (the default) and channels_last; a subset when device time is short
+# Steps to run: tests bf16 compile fp32 (the default), channels_last and full; a subset when device time is short
 STEPS="${STEPS:-tests bf16 compile fp32}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -60,6 +62,13 @@ want bf16 && bench bf16 120 --dtype bf16
 want compile && bench bf16_compile 240 --dtype bf16 --compile --channels-last --rows unet_forward_b8
 want fp32 && bench fp32 200 --dtype fp32 --repeats 3   # fp32 is slow: 3 repeats keep the script under 8 minutes
 want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last   # not in the default STEPS
+
+
+# ---- 4. the full-size run ------------------------------------------------------------------------------------------
+if want full; then
+    timeout 560 "$PY" scripts/demo.py --device cuda --out "$OUT/demo_cuda" 2>&1 | tee "$OUT/demo_cuda.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "full: make demo's GPU profile failed or ran past 560 s"; status=1; }
+fi
 
 echo "gpu_check: $([ $status -eq 0 ] && echo PASSED || echo FAILED); results in $OUT"
 exit $status
