@@ -17,6 +17,7 @@ Modules (import what you need; nothing here imports diffusers):
     ldm.io            diffusers folders, pipelines and original checkpoints, loaded safely (ldm.convert: key tables)
     ldm.losses        stage-1 losses: reconstruction, KL, LPIPS, PatchGAN
     ldm.training      what the training scripts share: checkpoints, EMA with warm-up, DDP, splits, logs
+    ldm.shapes        `python -m ldm.shapes`: every module's shapes, parameters and MACs for a preset (meta device)
 """
 
 __version__ = "0.1.0"
