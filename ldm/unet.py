@@ -8,7 +8,8 @@ context enters every Transformer2D through cross-attention.
 
 One forward pass of the ``microdoppler`` preset (block_out_channels (128, 256, 512), 2 resnets per level going down,
 3 going up, a Transformer2D after every resnet, 4/8/16 heads of width 32), for sample (B, 4, 32, 32),
-timestep (B,), class_labels (B,) and context (B, 1, 768):
+timestep (B,), class_labels (B,) and context (B, 4, 768) (the 4 user-ID tokens train_ldm.py feeds by default;
+`python -m ldm.shapes --model unet --preset microdoppler` prints every module's shapes):
 
     stage                                           output shape        skip stack
     timestep_embedding(t, 128) -> time_embedding    temb (B, 512)       (+ class_embedding(labels)), then SiLU
@@ -33,7 +34,7 @@ timestep (B,), class_labels (B,) and context (B, 1, 768):
 
 The skips form a stack: the down path pushes (conv_in's output, every resnet/attention output, every downsampled
 map), the up path pops from the top, so each skip meets the up-path features of the same resolution. Every
-attention's queries are the L = H*W positions of its level; its cross-attention keys are the S = 1 context token.
+attention's queries are the L = H*W positions of its level; its cross-attention keys are the S = 4 context tokens.
 
 Shape legend: B batch, C channels, H W height width, L = H*W tokens, S context tokens, D context width,
 T time-embedding width (4 * block_out_channels[0]). Module names equal diffusers' UNet2DConditionModel keys.
@@ -291,7 +292,7 @@ UNET_PRESETS = {
                       use_linear_projection=True, upcast_attention=True),
     # 256x256 micro-Doppler spectrograms -> 32x32x4 latents (the microdoppler VAE, f = 8). Three levels
     # (32, 16, 8 pixels) with attention at all of them, as the LDM paper's f8 models on 32x32 latents; heads of 32
-    # channels; the user ID as one cross-attention token of width 768 plus a class embedding for up to 64 users
+    # channels; the user ID as cross-attention tokens of width 768 plus a class embedding for up to 64 users
     # (raise num_class_embeds for larger cohorts). 104.0M parameters, 1/8 of SD 1.5.
     "microdoppler": UNetConfig(sample_size=32, block_out_channels=(128, 256, 512), down_attention=True,
                                num_heads=(4, 8, 16), use_linear_projection=True, num_class_embeds=64),
