@@ -3,6 +3,12 @@
     python sample.py --model runs/ldm/pipeline --user 3 --num 16 --steps 50 --guidance 3.0 --sampler ddim --out samples/
     python sample.py --model runs/ldm/pipeline --user all          # every user of the ID map
     python sample.py --model runs/ldm/pipeline --user user_02,5    # names from the ID map or ID numbers
+    python sample.py --model runs/ldm/pipeline --sampler dpm++2m --steps 20   # fewer steps, a higher-order solver
+
+--sampler picks the reverse process, each on the pipeline's training noise schedule (ldm.conditioning.make_sampler):
+ddim (Song et al. 2021; deterministic with --eta 0), ddpm (ancestral, Ho et al. 2020; needs many steps),
+dpm++2m (DPM-Solver++(2M), Lu et al. 2022; good samples in 15-20 steps), euler (Karras et al. 2022) and euler_a
+(Euler ancestral: stochastic, like DDPM); each computes what its diffusers scheduler computes, bit for bit.
 
 Writes OUT/<user name>/<i>.png (8-bit, [-1, 1] -> [0, 255]; and <i>.npy, float32 (C, H, W) in [0, 1], with
 --save-npy: read it back with npy_scale "unit") and, next to OUT, OUT_grid.png with one row per user (outside OUT, so
@@ -34,7 +40,7 @@ from PIL import Image
 
 from ldm import training
 from ldm.augment import class_margins, physics_filter, physics_ranges
-from ldm.conditioning import ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
+from ldm.conditioning import SAMPLERS, ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pipeline
@@ -50,9 +56,10 @@ class SampleConfig:
     num: int = option(16, "images per user")
     steps: int = option(50, "sampling steps")
     guidance: float = option(3.0, "classifier-free guidance scale (1 = conditional model only)")
-    sampler: str = option("ddim", "DDIM (deterministic with --eta 0) or ancestral DDPM", choices=("ddim", "ddpm"))
+    sampler: str = option("ddim", "DDIM (deterministic with --eta 0), ancestral DDPM, DPM-Solver++(2M) (good in 15-20 "
+                                  "steps), Euler, or Euler ancestral (stochastic)", choices=SAMPLERS)
     eta: float = option(0.0, "DDIM's eta (0 = deterministic)")
-    seed: int = option(0, "seeds the starting noise (and DDPM's per-step noise)")
+    seed: int = option(0, "seeds the starting noise (and the per-step noise of ddpm and euler_a)")
     out: str = option("samples", "output folder: OUT/<user>/<i>.png")
     grid: str | None = option(None, "grid PNG with one row per user (default: OUT_grid.png next to OUT)")
     batch_size: int = option(16, "images per model call (guidance doubles it)")

@@ -37,6 +37,7 @@ from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import read_json, write_json, write_safetensors
 from ldm.layers import check_indices
+from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ldm.sampling import sample
 
 ROUTES = ("cross", "class", "both")
@@ -201,12 +202,34 @@ def resolve_users(requested: str, class_to_idx: dict[str, int]) -> list[int]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+FAST_SAMPLERS = {"dpm++2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
+                 "euler_a": EulerAncestralDiscreteScheduler}
+SAMPLERS = ("ddim", "ddpm", *FAST_SAMPLERS)  # sample.py --sampler
+# what a sampler takes over from the training scheduler: its noise schedule and what the model predicts
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                 "rescale_betas_zero_snr", "prediction_type", "steps_offset")
+
+
 def make_sampler(kind: str, scheduler: DDPMScheduler):
-    """The training scheduler itself ("ddpm"), or a DDIM sampler on its noise schedule ("ddim"; with Stable
-    Diffusion's set_alpha_to_one=False, so the last step lands on alpha_bar_0, not 1)."""
+    """A sampler on the training scheduler's noise schedule, set up as Stable Diffusion pipelines set it up:
+
+        "ddpm"     the training scheduler itself (ancestral DDPM; Ho et al. 2020)
+        "ddim"     DDIM on its full config, with SD's set_alpha_to_one=False (the last step lands on ᾱ_0, not 1)
+        "dpm++2m"  DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++"): DPMSolverMultistepScheduler with diffusers' defaults
+                   (solver_order=2, midpoint, lower_order_final=True, final_sigmas_type="zero", no Karras σs)
+        "euler"    Euler (Karras et al. 2022): EulerDiscreteScheduler with diffusers' defaults
+        "euler_a"  Euler ancestral: EulerAncestralDiscreteScheduler with diffusers' defaults
+    The last three take only the schedule and the prediction type (SCHEDULE_KEYS) and leave timestep_spacing at
+    their default, "linspace": what diffusers' <Sampler>.from_config(pipe.scheduler.config) gives for a Stable
+    Diffusion 1.x folder, whose scheduler config names no spacing.
+    """
     if kind == "ddpm":
         return scheduler
-    return DDIMScheduler.from_diffusers({**scheduler.to_diffusers(), "set_alpha_to_one": False})
+    if kind == "ddim":
+        return DDIMScheduler.from_diffusers({**scheduler.to_diffusers(), "set_alpha_to_one": False})
+    if kind not in FAST_SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
+    return FAST_SAMPLERS[kind](**{key: getattr(scheduler.config, key) for key in SCHEDULE_KEYS})
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from PIL import Image
 import sample
 from ldm import io
 from ldm import microdoppler as md
-from ldm.conditioning import UserIDEmbedder
+from ldm.conditioning import UserIDEmbedder, generate, make_sampler
 from ldm.data import SpectrogramFolder, make_split, write_split
 from ldm.metrics import (ClassifierConfig, EvalCNN, batch_physics_features, load_classifier, predict,
                          save_classifier)
@@ -67,6 +67,21 @@ def test_one_user_by_name_or_number_gets_the_images_it_gets_in_all(pipeline, tmp
         files = [(tmp_path / run / "bob" / f"{i}.png").read_bytes() for run in ("all", "name", "num")]
         assert files[0] == files[1] == files[2]
     assert (tmp_path / "all" / "alice" / "0.png").read_bytes() != (tmp_path / "all" / "bob" / "0.png").read_bytes()
+
+
+def test_sampler_dpm_solver_writes_the_images_generate_makes_with_it(pipeline, tmp_path):
+    """--sampler dpm++2m: the images of ldm.conditioning.generate with make_sampler("dpm++2m"), not DDIM's."""
+    out = tmp_path / "dpm"
+    assert sample.main(args(pipeline, out, "--user", "bob", "--num", "2", "--save-npy", "--sampler", "dpm++2m",
+                            "--steps", "3", "--device", "cpu")) == 0
+    model, vae, scheduler, scale, shift = sample.load_model(str(pipeline), "cpu")
+    images = generate(model, vae, make_sampler("dpm++2m", scheduler), [1], 2, (4, 8, 8), scale, shift, 3.0, 3,
+                      seed=0, batch_size=2, progress=False)[1]
+    written = torch.from_numpy(np.stack([np.load(out / "bob" / f"{i}.npy") for i in range(2)])) * 2 - 1
+    torch.testing.assert_close(written, images, rtol=0, atol=1e-6)  # .npy holds (x + 1) / 2 in float32
+    assert sample.main(args(pipeline, tmp_path / "ddim", "--user", "bob", "--num", "2", "--save-npy",
+                            "--steps", "3")) == 0
+    assert not np.array_equal(np.load(tmp_path / "ddim" / "bob" / "0.npy"), np.load(out / "bob" / "0.npy"))
 
 
 def test_unknown_user_lists_the_valid_ones_and_writes_nothing(pipeline, tmp_path, capsys):
