@@ -7,6 +7,7 @@ Modules (import what you need; nothing here imports diffusers):
     ldm.unet          the conditional UNet (UNet2DConditionModel)
     ldm.transformer   its Transformer2D and BasicTransformerBlock (self-attention, cross-attention, GEGLU)
     ldm.ddpm          beta schedules, DDPM/DDIM schedulers
+    ldm.samplers      DPM-Solver++ (orders 1-3), Euler and Euler ancestral samplers (diffusers-exact)
     ldm.sampling      the guided sampling loop and the diffusion training loss
     ldm.conditioning  the user-ID embedder (with the null ID for guidance) and the generation loop of a pipeline
     ldm.cuda_graph    opt-in CUDA-graph replay of a model call (outside the models)
