@@ -239,8 +239,8 @@ def generate(model: ConditionedUNet, vae, scheduler, users: list[int], num: int,
              cuda_graph: bool = False) -> dict[int, torch.Tensor]:
     """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
 
-    For each batch, ldm.sampling.sample runs the given sampler, guided, in latent space with cond = the user's IDs and uncond = the
-    null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
+    For each batch, ldm.sampling.sample runs the given sampler, guided, in latent space with cond = the user's IDs
+    and uncond = the null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
     Batch b of user u draws from a generator seeded by (seed, u, b). cuda_graph: capture the model once per batch
     size as a CUDA graph (ldm.cuda_graph) and replay it at every step.
     """
