@@ -16,8 +16,11 @@ so that drifting machine load hits both alike: CUDA events on a GPU, time.perf_c
                             before the call are not counted). None on the CPU (no per-call peak is measurable there).
 
 Rows: VAE encode, VAE decode, VQ encode+decode, UNet forward at batch 1 and 8, a UNet training step (forward,
-backward, AdamW) on 32x32x4 latents, a VAE training step on 256x256 images (L1 + KL, AdamW), and DDIM sampling with
-classifier-free guidance. On CUDA without --compile two more rows time ldm's CUDA-graph path (ldm.cuda_graph) against
+backward, AdamW) on 32x32x4 latents, a VAE training step on 256x256 images (L1 + KL, AdamW), DDIM sampling with
+classifier-free guidance, and train_ldm.py's own step (denoiser_train_step: the UNet with its user-ID embedder, 8 users,
+4 ID tokens to cross-attention and the ID as class label; noise added at random timesteps, epsilon MSE, backward,
+gradient clipping at 1, AdamW, fused on CUDA as train_ldm.py runs it; the diffusers side is its UNet fed the same
+tokens and labels). On CUDA without --compile two more rows time ldm's CUDA-graph path (ldm.cuda_graph) against
 diffusers eager: the UNet forward at batch 8 and the sampling run. Inference rows run in --dtype; training rows keep float32 weights and run the forward under
 torch.autocast(--dtype) (plain float32 when --dtype fp32). Sizes depend on --config and the device (SIZES below);
 the tiny config shrinks every size so the whole run takes seconds on a CPU.
@@ -44,11 +47,13 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 import diffusers
 from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import DDIMScheduler as RefDDIMScheduler
+from diffusers import DDPMScheduler as RefDDPMScheduler
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers import VQModel as RefVQModel
 
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.cuda_graph import CUDAGraphModel
-from ldm.ddpm import DDIMScheduler
+from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
@@ -56,11 +61,16 @@ from ldm.vq import VQConfig, VQModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROW_NAMES = ("vae_encode", "vae_decode", "vq_encode_decode", "unet_forward_b1", "unet_forward_b8",
-             "unet_train_step", "vae_train_step", "ddim_sampling", "unet_forward_b8_graph", "ddim_sampling_graph")
+             "unet_train_step", "vae_train_step", "ddim_sampling", "denoiser_train_step", "unet_forward_b8_graph",
+             "ddim_sampling_graph")
 CUDA_ONLY_ROWS = ("unet_forward_b8_graph", "ddim_sampling_graph")   # ldm's CUDA-graph path against diffusers eager
 # Stable Diffusion's DDIM settings (the scheduler_config.json of SD 1.5)
 SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                     set_alpha_to_one=False, steps_offset=1)
+# train_ldm.py's set-up for denoiser_train_step: its schedule (make_scheduler), the simulator's 8 people, its ID tokens
+TRAIN_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                       clip_sample=False, prediction_type="epsilon", steps_offset=1)
+USERS, ID_TOKENS = 8, 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,22 +94,23 @@ class Sizes:
     vae_train_image: int  # VAE training step: image side (256 in the issue)
     vae_train_batch: int
     sample_batch: int     # images per sampling run (the UNet sees twice as many: guidance)
+    denoiser_batch: int   # train_ldm.py's step (UNet + user-ID embedder, latents train_latent): batch
 
 
 SIZES = {
     # every size small, so that a CPU runs all rows in seconds; the latents are still 16x16 / 32x32
     "tiny": Sizes("tiny", "tiny", "tiny", image=64, ae_batch=2, latent=16, context_tokens=8, train_latent=32,
-                  unet_train_batch=4, vae_train_image=64, vae_train_batch=2, sample_batch=1),
+                  unet_train_batch=4, vae_train_image=64, vae_train_batch=2, sample_batch=1, denoiser_batch=4),
     # the micro-Doppler presets: 256x256 one-channel spectrograms, 32x32x4 latents, one context token + class label
     "microdoppler": Sizes("microdoppler", "microdoppler", "microdoppler", image=256, ae_batch=8, latent=32,
                           context_tokens=1, train_latent=32, unet_train_batch=32, vae_train_image=256,
-                          vae_train_batch=16, sample_batch=1),
+                          vae_train_batch=16, sample_batch=1, denoiser_batch=16),
     # Stable Diffusion 1.5 (VAE "sd", UNet "sd15", 77 CLIP tokens) at 512x512; the LDM VQ-f4 at 256x256
     "sd": Sizes("sd", "ldm_vq_f4", "sd15", image=512, ae_batch=8, latent=64, context_tokens=77, train_latent=32,
-                unet_train_batch=32, vae_train_image=256, vae_train_batch=16, sample_batch=1),
+                unet_train_batch=32, vae_train_image=256, vae_train_batch=16, sample_batch=1, denoiser_batch=16),
 }
 # On a CPU the big configs use batch 1-2 (the GPU batches would take minutes per call)
-CPU_BATCHES = dict(ae_batch=1, unet_train_batch=2, vae_train_batch=1)
+CPU_BATCHES = dict(ae_batch=1, unet_train_batch=2, vae_train_batch=1, denoiser_batch=2)
 
 
 def sizes_for(config: str, device: torch.device) -> Sizes:
@@ -395,6 +406,57 @@ def unet_rows(args, sizes, device, dtype, notes) -> dict:
     return rows
 
 
+class RefDenoiser(torch.nn.Module):
+    """diffusers' UNet fed a user ID the way ldm.conditioning.ConditionedUNet feeds ours (route "both"): the ID's row
+    of the token table as encoder_hidden_states, the ID itself as the class label."""
+
+    def __init__(self, unet: RefUNet, table: torch.Tensor):
+        super().__init__()
+        self.unet = unet
+        self.embedding = torch.nn.Parameter(table.detach().clone())    # (U + 1, S, D), as UserIDEmbedder's
+
+    def forward(self, x, t, ids):
+        context = self.embedding[ids].to(x.dtype)                      # (B,) -> (B, S, D)
+        return self.unet(x, t, encoder_hidden_states=context, class_labels=ids).sample
+
+
+def denoiser_rows(args, sizes, device, dtype, notes) -> dict:
+    """train_ldm.py's training step: its UNet (the --config preset with USERS + 1 class embeddings) and user-ID
+    embedder, against diffusers' UNet with the same table, on the same noisy latents (each library's DDPM scheduler
+    adds the same noise at the same timesteps, once, outside the timed step): epsilon MSE, backward, gradient
+    clipping at 1.0 and AdamW (fused on CUDA), as train_ldm.py runs with its defaults. With --compile the denoiser and
+    the loss are compiled, as train_ldm.py --compile compiles the denoiser. Left out: drawing the noise, timesteps and
+    ID dropout (a few small CPU draws per image), adding the noise (one elementwise op) and the EMA update."""
+    g = torch.Generator().manual_seed(4)
+    config = dataclasses.replace(UNetConfig.preset(sizes.unet), num_class_embeds=USERS + 1)
+    ours_unet, ref_unet = build_pair(RefUNet, UNet2DConditionModel, config, device)
+    torch.manual_seed(1)
+    embedder = UserIDEmbedder(USERS, config.cross_attention_dim, ID_TOKENS, "both").to(device)
+    ours = to_memory_format(ConditionedUNet(ours_unet, embedder), args.channels_last)
+    ref = to_memory_format(RefDenoiser(ref_unet, embedder.embedding), args.channels_last)
+    b, side = sizes.denoiser_batch, sizes.train_latent
+    z = cl(torch.randn(b, config.in_channels, side, side, generator=g).to(device), args.channels_last)
+    noise = cl(torch.randn(z.shape, generator=g).to(device), args.channels_last)
+    t = torch.randint(0, 1000, (b,), generator=g).to(device)
+    ids = torch.randint(0, USERS + 1, (b,), generator=g).to(device)   # USERS is the null ID (guidance dropout)
+    ours_noisy = DDPMScheduler(**TRAIN_SCHEDULER).add_noise(z, noise, t)
+    ref_noisy = RefDDPMScheduler(**TRAIN_SCHEDULER).add_noise(z, noise, t)
+
+    def ours_loss(model):
+        return F.mse_loss(model(ours_noisy, t, ids).float(), noise)
+
+    def ref_loss(model):
+        return F.mse_loss(model(ref_noisy, t, ids).float(), noise)
+
+    options = dict(grad_clip=1.0, fused=device.type == "cuda")
+    return {"denoiser_train_step": (
+        train_step(ours, ours_loss, args, device, notes, True, **options),
+        train_step(ref, ref_loss, args, device, notes, False, **options),
+        f"{tuple(z.shape)}, {USERS} users x {ID_TOKENS} ID tokens of {config.cross_attention_dim} + class label; "
+        f"clip, AdamW{' fused' if options['fused'] else ''}",
+    )}
+
+
 def no_grad(fn, *args, **kwargs):
     """A no-argument function computing fn(*args, **kwargs) without autograd."""
     def call():
@@ -403,11 +465,12 @@ def no_grad(fn, *args, **kwargs):
     return call
 
 
-def train_step(model, loss_fn, args, device, notes, ours: bool):
-    """One optimisation step: loss_fn(model) under autocast (unless fp32), backward, AdamW. Returns the loss.
-    With --compile, the forward and the loss are compiled together (the backward through AOTAutograd)."""
+def train_step(model, loss_fn, args, device, notes, ours: bool, grad_clip: float = 0.0, fused: bool = False):
+    """One optimisation step: loss_fn(model) under autocast (unless fp32), backward, gradient clipping to grad_clip
+    (0: none), AdamW (fused: its one-kernel implementation). Returns the loss. With --compile, the forward and the
+    loss are compiled together (the backward through AOTAutograd)."""
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
     autocast_dtype = DTYPES[args.dtype]
 
     def forward_and_loss():
@@ -419,6 +482,8 @@ def train_step(model, loss_fn, args, device, notes, ours: bool):
     def step():
         loss = forward_and_loss()
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
@@ -466,7 +531,8 @@ def run(args) -> dict:
             notes.append(f"{', '.join(skipped)}: CUDA-graph rows run only on CUDA without --compile")
         wanted = [r for r in wanted if r not in CUDA_ONLY_ROWS]
     groups = {autoencoder_rows: ("vae_encode", "vae_decode", "vq_encode_decode", "vae_train_step"),
-              unet_rows: ("unet_forward_b1", "unet_forward_b8", "unet_train_step", "ddim_sampling", *CUDA_ONLY_ROWS)}
+              unet_rows: ("unet_forward_b1", "unet_forward_b8", "unet_train_step", "ddim_sampling", *CUDA_ONLY_ROWS),
+              denoiser_rows: ("denoiser_train_step",)}
     for group, names in groups.items():
         if not set(names) & set(wanted):
             continue   # build only the models that some wanted row needs
@@ -507,7 +573,7 @@ def write_json(result: dict, path: str):
 
 def print_row(row: dict, header: bool = False):
     if header:
-        print(f"{'row':<18} {'ldm ms':>18} {'diffusers ms':>18} {'ratio':>6} {'TFLOP/s':>8} "
+        print(f"{'row':<20} {'ldm ms':>18} {'diffusers ms':>18} {'ratio':>6} {'TFLOP/s':>8} "
               f"{'ldm MB':>8} {'diff MB':>8}  shape", flush=True)
 
     def ms(key):
@@ -516,7 +582,7 @@ def print_row(row: dict, header: bool = False):
     def mb(v):
         return "n/a" if v is None else f"{v:.0f}"
 
-    print(f"{row['name']:<18} {ms('ldm_ms'):>18} {ms('diffusers_ms'):>18} {row['ratio']:>6.3f} "
+    print(f"{row['name']:<20} {ms('ldm_ms'):>18} {ms('diffusers_ms'):>18} {row['ratio']:>6.3f} "
           f"{row['ldm_tflops']:>8.3f} {mb(row['ldm_peak_mb']):>8} {mb(row['diffusers_peak_mb']):>8}  {row['shape']}",
           flush=True)
 

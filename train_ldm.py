@@ -3,6 +3,8 @@
     python train_ldm.py --vae runs/vae --data DIR          # DIR/<user>/*.png|.jpg|.npy (the VAE's data)
     python train_ldm.py --vae runs/vae --data microdoppler # the built-in simulated 8-person dataset
     torchrun --nproc_per_node 4 train_ldm.py ...           # several GPUs (or CPU processes); only rank 0 writes
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:PORT train_ldm.py ...
+                                                           # several machines (run on each; see --fsdp for sharding)
 
 The recipe is the LDM one (Rombach et al. 2022, section 3.3): latents z = (E(x) - shift) * scaling_factor of the
 frozen VAE (KL: a posterior sample per step, or its mean with --posterior mean; VQ: the pre-quantization latents),
@@ -17,6 +19,10 @@ neither stage ever sees the held-out "test" files that evaluate.py and augment.p
 The run folder (--out) holds split.json, checkpoint.pt (everything needed to resume exactly; written atomically),
 pipeline/ (a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds the ID table and
 the user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and class_to_idx.json.
+
+Several processes (torchrun) split each global batch: process r of N trains on its batch_size images, the gradients
+are averaged (DDP, or with --fsdp reduce-scattered onto weight shards), and the run trains what one process with the
+N-fold batch would. Only global rank 0 writes files; each process uses the GPU of its LOCAL_RANK.
 """
 from __future__ import annotations
 
@@ -24,12 +30,15 @@ import copy
 import dataclasses
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -38,8 +47,10 @@ from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_comp
 from ldm.data import SpectrogramFolder, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json, save_pipeline
+from ldm.layers import ResnetBlock2D
 from ldm.sampling import diffusion_loss
 from ldm.training import batch_indices, check_writable, option, resolve_data, resolve_split, sample_generators
+from ldm.transformer import Transformer2D
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
 
@@ -101,6 +112,25 @@ class TrainLDMConfig:
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
     mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
     gradient_checkpointing: bool = option(False, "recompute UNet activations in backward to save memory")
+    compile: bool = option(False, "torch.compile the denoiser's forward (and so its backward) for training: the "
+                                  "first step pays the compilation (minutes for the microdoppler preset), later "
+                                  "steps run fused elementwise kernels with fewer launches, typically faster on a "
+                                  "GPU (on a CPU it can be slower); the loss agrees with eager up to float rounding. "
+                                  "Evaluation, sample grids and export stay eager")
+    channels_last: bool = option(False, "hold the denoiser's weights and the latents in torch.channels_last (NHWC) "
+                                        "memory format: typically faster convolutions on tensor-core GPUs with bf16 "
+                                        "(little gain on a CPU); the same numbers up to float rounding, checkpoints "
+                                        "as without it")
+    fused_adamw: bool = option(True, "on CUDA, AdamW's fused kernel: one launch updates every parameter instead of "
+                                     "several per group of tensors, a shorter optimizer step; the CPU always runs "
+                                     "the default AdamW")
+    fsdp: bool = option(False, "under torchrun (2+ processes): shard the denoiser's weights, gradients and AdamW "
+                               "state across the processes with FSDP2 (torch.distributed.fsdp.fully_shard) instead "
+                               "of a full copy per process with DDP, for a model that does not fit on one GPU. "
+                               "The EMA is sharded too; rank 0 keeps one unsharded copy of the weights for the "
+                               "held-out loss, sample grids and export. Checkpoints hold full state dicts as "
+                               "without --fsdp, so either kind of run resumes the other's. Not with --compile or "
+                               "--channels-last")
     log_every: int = option(10, "steps between log.jsonl records")
     sample_every: int = option(500, "steps between EMA sample grids in samples/ (one row per user)")
     sample_per_user: int = option(4, "images per user in each grid")
@@ -221,6 +251,71 @@ def make_scheduler(prediction: str) -> DDPMScheduler:
                          clip_sample=False, prediction_type=prediction, steps_offset=1)
 
 
+def compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot run on ``device`` here (no C++ compiler for the CPU backend, no Triton for CUDA, an
+    unsupported Python, ...), or None when it can. Compiles and runs a one-line function, so that --compile fails
+    at start-up with this reason rather than with a compiler traceback at the first training step."""
+    try:
+        torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.ones(2, device=device))
+    except Exception as error:   # inductor raises many types (InvalidCxxCompiler, BackendCompilerFailed, ...)
+        lines = str(error).strip().splitlines()
+        return f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sharding across processes (--fsdp)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def shard(model: ConditionedUNet) -> None:
+    """FSDP2, in place: the parameters of each resnet and each transformer of the UNet become DTensors split along
+    dim 0 across the processes, all-gathered only around that module's forward and backward; the rest (conv_in/out,
+    the time and class embeddings, the resamplers, the ID table) forms the root unit. State-dict keys stay those of
+    the unsharded model. (A whole down/up block cannot be a unit: it pushes or pops the UNet's list of skip
+    connections in place, and FSDP2's pre-forward hook passes a module a rebuilt copy of its argument lists.)"""
+    for module in model.unet.modules():
+        if isinstance(module, (ResnetBlock2D, Transformer2D)):
+            fully_shard(module)
+    fully_shard(model)
+
+
+def gather_state_dict(module: torch.nn.Module, keep: bool) -> dict:
+    """The unsharded module's state dict, on the CPU: each FSDP shard is all-gathered (a collective: every process
+    calls this at the same point); only where ``keep`` (rank 0) are the full tensors kept, elsewhere {}."""
+    state = {}
+    for name, value in module.state_dict().items():
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        if keep:
+            state[name] = full.detach().cpu()
+    return state
+
+
+def gather_optimizer_state(opt: torch.optim.Optimizer, keep: bool) -> dict:
+    """opt.state_dict() as an unsharded model's optimizer gives it (integer parameter indices, full-shape moments,
+    on the CPU); a collective like gather_state_dict."""
+    state = opt.state_dict()
+    per_param = {}
+    for index, entries in state["state"].items():
+        full = {key: value.full_tensor() if isinstance(value, DTensor) else value for key, value in entries.items()}
+        if keep:
+            per_param[index] = {key: value.cpu() if torch.is_tensor(value) else value for key, value in full.items()}
+    return {"state": per_param, "param_groups": state["param_groups"]} if keep else {}
+
+
+def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
+    """The inverse, for resuming under FSDP: each full-shape moment of parameter i cut to this process's shard of
+    params[i] (the same split as the parameter's; every process holds the whole checkpoint, so nothing is sent)."""
+    per_param = {}
+    for index, entries in state["state"].items():
+        p = params[index]
+        per_param[index] = {
+            key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            if isinstance(p, DTensor) and torch.is_tensor(value) and value.shape == p.shape else value
+            for key, value in entries.items()}
+    return {"state": per_param, "param_groups": state["param_groups"]}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,6 +332,19 @@ def train(cfg: TrainLDMConfig) -> int:
         raise ValueError(f"--p-uncond must lie in [0, 1), got {cfg.p_uncond}")
     if cfg.num_tokens < 1:
         raise ValueError(f"--num-tokens must be >= 1, got {cfg.num_tokens}")
+    if cfg.channels_last and cfg.fsdp:
+        raise ValueError("--channels-last and --fsdp together are not supported: FSDP2 shards only contiguous "
+                         "parameters (torch: 'FSDP does not support non-contiguous parameters yet'); use one of the "
+                         "two")
+    if cfg.compile and cfg.fsdp:
+        raise ValueError("--compile and --fsdp together are not supported: compiling the FSDP2-sharded UNet "
+                         "recompiles per sharded module until torch._dynamo's recompile limit and runs the rest "
+                         "eagerly (and with dynamic shapes inductor fails); use one of the two")
+    if cfg.fsdp and not info.enabled:
+        raise ValueError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N (N >= 2), "
+                         "or drop --fsdp for one process")
+    if cfg.compile and (problem := compile_problem(device)) is not None:
+        raise ValueError(f"--compile: torch.compile does not work on this machine ({problem}); run without --compile")
 
     # ---- resume: what the checkpoint says must match this run --------------------------------------------------
     state = training.load_checkpoint(cfg.resume) if cfg.resume else None
@@ -252,7 +360,7 @@ def train(cfg: TrainLDMConfig) -> int:
 
     # ---- data: the training split, labelled by user ----------------------------------------------------------------
     cfg.size = size
-    root = resolve_data(cfg, info.is_main)
+    root = resolve_data(cfg, info.is_main, info.local_rank)
     split, split_origin = resolve_split(root, cfg.split or vae_run_split(cfg.vae), cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
     if split_origin == "decided now" and info.is_main:
@@ -301,20 +409,37 @@ def train(cfg: TrainLDMConfig) -> int:
             raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model (different "
                              f"{differ or 'ID embedder'}); use the same --preset/--unet-*/--cond/--num-tokens/--vae")
     model = ConditionedUNet(unet, embedder).to(device)
+    if cfg.fsdp:   # every process starts from rank 0's initial weights (DDP does this when it wraps the model)
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)                     # the 4-d (convolution) weights: NHWC
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(cfg.prediction)
     start_step, ema_updates = 0, 0
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
+    unsharded_copy = None
+    if cfg.fsdp:
+        unsharded_copy = copy.deepcopy(ema) if info.is_main else None  # rank 0: evaluation, sampling, export
+        shard(model)
+        shard(ema)                                                       # its shards match the model's
+    fused = cfg.fused_adamw and torch.device(device).type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
+    scheduler = make_scheduler(cfg.prediction)
+    if state is not None:
         ema_updates = state.get("ema_updates", state["step"])
-        opt.load_state_dict(state["opt"])
+        opt_state = shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp else state["opt"]
+        for group in opt_state["param_groups"]:
+            group["fused"] = opt.defaults["fused"]                       # this run's --fused-adamw, not the saved one
+        opt.load_state_dict(opt_state)
         training.set_rng_state(state["rng"])
         start_step = state["step"]
-    forward = DistributedDataParallel(model) if info.enabled else model
+    forward = DistributedDataParallel(model) if info.enabled and not cfg.fsdp else model
+    if cfg.compile:   # static shapes: every step has the same batch, and a dynamic-shape recompile is avoided
+        forward = torch.compile(forward, dynamic=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
@@ -325,22 +450,41 @@ def train(cfg: TrainLDMConfig) -> int:
         write_split(out / "split.json", split)
         print(f"split ({split_origin}): training on {len(split['train'])} files, {len(split['val'])} for the "
               f"held-out loss; {len(split['test'])} held-out test files never used; written to {out / 'split.json'}")
+        if info.enabled:
+            print(f"{info.world_size} processes ({'FSDP' if cfg.fsdp else 'DDP'}); global rank 0 runs on "
+                  f"{socket.gethostname()} and alone writes {out.resolve()}")
     log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
     log.truncate_after(start_step)
     guard = training.NonFiniteGuard(cfg.max_nonfinite)
     if state is not None:
         guard.total = state.get("nonfinite_total", 0)
 
+    def unsharded(module: torch.nn.Module) -> torch.nn.Module | None:
+        """``module`` (the model or the EMA) with all its weights, for evaluation, sampling and export on rank 0; None
+        on the other ranks. With --fsdp every process takes part in gathering the shards into rank 0's copy."""
+        if not cfg.fsdp:
+            return module if info.is_main else None
+        weights = gather_state_dict(module, keep=info.is_main)
+        if not info.is_main:
+            return None
+        unsharded_copy.load_state_dict(weights)
+        return unsharded_copy
+
     def save_checkpoint(step: int) -> None:
+        if cfg.fsdp:   # full state dicts, as without --fsdp; every process takes part in gathering them
+            weights = {"model": gather_state_dict(model, info.is_main), "ema": gather_state_dict(ema, info.is_main),
+                       "opt": gather_optimizer_state(opt, info.is_main)}
+        elif info.is_main:
+            weights = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
         if not info.is_main:
             return
-        if not training.all_finite(model) or not training.all_finite(ema):
+        if not all(bool(torch.isfinite(t).all()) for part in ("model", "ema") for t in weights[part].values()
+                   if t.is_floating_point()):
             raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
         training.save_checkpoint({
             "step": step, "unet_config": unet.config.to_diffusers(), "embedder_config": embedder.config(),
             "train_config": dataclasses.asdict(cfg), "class_to_idx": class_to_idx, "scaling_factor": scale,
-            "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema_updates, "opt": opt.state_dict(),
-            "rng": training.rng_state(), "nonfinite_total": guard.total,
+            **weights, "ema_updates": ema_updates, "rng": training.rng_state(), "nonfinite_total": guard.total,
         }, out / "checkpoint.pt")
 
     # The held-out loss: the validation latents (posterior means) with noise and timesteps drawn from fixed
@@ -353,7 +497,9 @@ def train(cfg: TrainLDMConfig) -> int:
         ids_val = y_val.repeat(repeats).to(device)
 
     @torch.no_grad()
-    def held_out_loss(denoiser) -> float:
+    def held_out_loss(denoiser) -> float | None:
+        if denoiser is None:                                             # not rank 0
+            return None
         denoiser.eval()
         generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(z_val))]
         losses = [diffusion_loss(denoiser, scheduler, z_val[i:i + 64].to(device), ids_val[i:i + 64],
@@ -362,8 +508,11 @@ def train(cfg: TrainLDMConfig) -> int:
         return float(sum(losses) / len(z_val))
 
     def sample_grid(step: int) -> None:
+        weights = unsharded(ema)
+        if weights is None:                                              # not rank 0
+            return
         users = list(range(num_users))
-        images = generate(ema, vae, make_sampler("ddim", scheduler), users,
+        images = generate(weights, vae, make_sampler("ddim", scheduler), users,
                           cfg.sample_per_user, (channels, side, side), scale, shift, cfg.sample_guidance,
                           cfg.sample_steps, cfg.seed, batch_size=cfg.sample_per_user, device=device, progress=False)
         training.image_grid([images[u] for u in users]).save(out / "samples" / f"step_{step:06d}.png")
@@ -385,11 +534,13 @@ def train(cfg: TrainLDMConfig) -> int:
         # what one process with the N-fold batch would.
         generators = sample_generators(cfg.seed, idx, step)
         z = draw_latents(mean, std, generators, cfg.posterior, scale, shift).to(device)
+        if cfg.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)        # (B, Cz, h, w), stored NHWC
         ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generators)
         with autocast:
             loss = diffusion_loss(forward, scheduler, z, ids, generator=generators, min_snr_gamma=cfg.min_snr_gamma)
         loss.backward()
-        if guard.check(loss.detach(), model.parameters()):
+        if guard.check(loss.detach(), model.parameters(), info if cfg.fsdp else None):   # FSDP: shards differ
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
@@ -407,19 +558,20 @@ def train(cfg: TrainLDMConfig) -> int:
             log.write({"step": done, "loss": float(mean_loss), "images_per_s": images_seen / max(seconds, 1e-9),
                        "skipped_steps": guard.total})
             timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
-        if info.is_main and val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            last_eval = {"ema_val_loss": held_out_loss(ema), "raw_val_loss": held_out_loss(model)}
+        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            last_eval = {"ema_val_loss": held_out_loss(unsharded(ema)), "raw_val_loss": held_out_loss(unsharded(model))}
             log.write({"step": done, "eval": True, **last_eval})
-        if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
+        if done % cfg.sample_every == 0 or done == cfg.steps:
             sample_grid(done)
-            training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+            if info.is_main:
+                training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             save_checkpoint(done)
 
     # ---- export: a diffusers-layout pipeline of the EMA weights ------------------------------------------------------
+    exported = unsharded(ema if cfg.export == "ema" else model)
     if info.is_main:
         vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
-        exported = ema if cfg.export == "ema" else model
         components = {"vae": vae, "unet": exported.unet, "scheduler": scheduler, "embedder": exported.embedder}
         tmp = out / f".pipeline.tmp-{os.getpid()}"
         save_pipeline(tmp, components, pipeline_class="LDMPipeline")
@@ -433,8 +585,7 @@ def train(cfg: TrainLDMConfig) -> int:
                   f"{last_eval['raw_val_loss']:.4f}")
         print(f"  checkpoint  {out / 'checkpoint.pt'}\n  pipeline    {out / 'pipeline'}\n  log         "
               f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
-    if info.enabled:
-        torch.distributed.destroy_process_group()
+    training.teardown_distributed(info)
     return 0
 
 

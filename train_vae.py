@@ -383,8 +383,7 @@ def train(cfg: TrainVAEConfig) -> int:
         print(f"  latent scaling factor {stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})")
         print(f"  checkpoint  {out / 'checkpoint.pt'}\n  model       {out / 'model'}\n  log         "
               f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
-    if info.enabled:
-        torch.distributed.destroy_process_group()
+    training.teardown_distributed(info)
     return 0
 
 

@@ -13,12 +13,15 @@ import json
 import math
 import os
 import random
+import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from PIL import Image, ImageDraw
 
 from ldm.data import check_split, make_split, read_split
@@ -45,7 +48,9 @@ class Distributed:
 
 
 def setup_distributed(device: str) -> Distributed:
-    """Join the process group when launched by torchrun (``RANK`` is set): nccl on CUDA, gloo on CPU."""
+    """Join the process group when launched by torchrun (``RANK`` is set): nccl on CUDA, gloo on CPU. ``rank`` is the
+    global rank (0 .. world_size - 1 over all machines; rank 0 alone writes files), ``local_rank`` the rank on this
+    machine (which GPU this process uses)."""
     if "RANK" not in os.environ:
         return Distributed()
     backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -54,6 +59,19 @@ def setup_distributed(device: str) -> Distributed:
     if device.startswith("cuda"):
         torch.cuda.set_device(info.local_rank)
     return info
+
+
+def teardown_distributed(info: Distributed) -> None:
+    """Leave the process group at the end of a run: a barrier, then destroy_process_group.
+
+    The barrier is not decoration. Without it, a process that has nothing left to do after its last all-reduce (every
+    rank but 0) can destroy the gloo group while gloo's worker thread is still releasing that all-reduce's tensor:
+    the worker waits for the GIL to drop the tensor's Python object, the main thread holds the GIL while joining the
+    worker, and the process never exits (seen with gloo on CPU in about one run of six). While the barrier is waited
+    for, the GIL is free and the worker finishes."""
+    if info.enabled:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
@@ -123,12 +141,20 @@ class NonFiniteGuard:
         self.consecutive = 0
         self.total = 0
 
-    def check(self, loss: torch.Tensor, parameters) -> bool:
-        """True if this step is finite (and may be applied); False if it must be skipped."""
+    def check(self, loss: torch.Tensor, parameters, info: Distributed | None = None) -> bool:
+        """True if this step is finite (and may be applied); False if it must be skipped.
+
+        With FSDP each process holds a different shard of the gradients (and its own loss): pass ``info`` and the
+        verdict is agreed over all processes (one all-reduce), so every process skips the same steps."""
         finite = bool(torch.isfinite(loss).all())
         if finite:
             grads = [p.grad for p in parameters if p.grad is not None]
+            grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]   # this process's shard
             finite = all(bool(torch.isfinite(g).all()) for g in grads)
+        if info is not None and info.enabled:
+            flag = torch.tensor([1 if finite else 0], device=loss.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
         if finite:
             self.consecutive = 0
             return True
@@ -348,20 +374,44 @@ def sample_generators(seed: int, indices: list[int], micro_step: int) -> list[to
     return [torch.Generator().manual_seed((seed * 1_000_003 + micro_step) * 1_000_033 + i) for i in indices]
 
 
-def resolve_data(cfg, is_main: bool) -> Path:
+def resolve_data(cfg, is_main: bool, local_rank: int | None = None) -> Path:
     """The data folder of a training config (fields data, out, size, sim_users, sim_per_user, seed, progress);
-    for ``--data microdoppler``, simulate it once next to the run folder and reuse it afterwards."""
+    for ``--data microdoppler``, simulate it once next to the run folder and reuse it afterwards.
+
+    Several processes: global rank 0 simulates while the others wait; then, on every machine that does not see
+    that folder (one whose file system is not shared with rank 0's), the process of local rank 0 simulates the
+    same data again (the simulator is seeded, so the files are identical) while that machine's others wait.
+    ``local_rank`` defaults to the LOCAL_RANK torchrun sets. A --data DIR is read as it is, so on machines without
+    a shared file system it must exist at the same path on each."""
     if cfg.data != "microdoppler":
         return Path(cfg.data)
-    from ldm.microdoppler import write_dataset
     folder = Path(cfg.out).resolve().parent / f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
-    if is_main and not (folder / "metadata.json").is_file():
-        tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-        write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
-        os.replace(tmp, folder)
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if is_main:
+        _simulate_once(cfg, folder)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+        if local_rank == 0 and not is_main:                   # the first process of another machine
+            _simulate_once(cfg, folder)
+        torch.distributed.barrier()
     return folder
+
+
+def _simulate_once(cfg, folder: Path) -> None:
+    """Write the simulated dataset into ``folder`` unless it is there; a temporary folder renamed into place, so
+    that a run killed half-way leaves nothing, and a second writer that loses the race discards its copy."""
+    from ldm.microdoppler import write_dataset
+    if (folder / "metadata.json").is_file():
+        return
+    tmp = folder.with_name(folder.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
+    write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "metadata.json").is_file():
+            raise
+        shutil.rmtree(tmp)                                    # another machine on this file system wrote it first
 
 
 def resolve_split(root: Path, given: str | None, resume: str | None, new: dict) -> tuple[dict, str]:

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["vae_encode", "vae_decode", "vq_encode_decode", "unet_forward_b1", "unet_forward_b8", "unet_train_step",
-        "vae_train_step", "ddim_sampling"]
+        "vae_train_step", "ddim_sampling", "denoiser_train_step"]
 ROW_KEYS = {"name", "ldm_ms", "diffusers_ms", "ratio", "ldm_tflops", "ldm_peak_mb", "diffusers_peak_mb"}
 
 
@@ -39,6 +39,8 @@ def test_bench_runs_on_cpu_and_writes_every_row(tmp_path):
     assert abs(flops["unet_forward_b8"] / flops["unet_forward_b1"] - 8) < 1e-6
     # a training step (4 x 32x32 latents, forward and backward) costs more than a forward of 8 x 16x16 latents
     assert flops["unet_train_step"] > 2 * flops["unet_forward_b8"] > 0
+    # train_ldm's step: the same UNet and latents with 4 ID tokens instead of 8 context tokens: slightly fewer FLOPs
+    assert 0.9 * flops["unet_train_step"] < flops["denoiser_train_step"] < flops["unet_train_step"]
 
 
 def test_bench_help_lists_every_option(capsys):
