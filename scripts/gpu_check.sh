@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
-# Steps to run: tests bf16 compile fp32 (the default), channels_last and full; a subset when device time is short
+# Steps to run: tests bf16 compile fp32 (the default), channels_last, workload and full; a subset when time is short
 STEPS="${STEPS:-tests bf16 compile fp32}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
@@ -62,6 +62,16 @@ want bf16 && bench bf16 120 --dtype bf16
 want compile && bench bf16_compile 240 --dtype bf16 --compile --channels-last --rows unet_forward_b8
 want fp32 && bench fp32 200 --dtype fp32 --repeats 3   # fp32 is slow: 3 repeats keep the script under 8 minutes
 want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last   # not in the default STEPS
+# the user's own workload (not in the default STEPS): train_vae's and train_ldm's steps at the microdoppler presets
+# (256x256x1, batch 16), eager and compiled on both sides, and DPM-Solver++ 20 steps + CUDA graph vs DDIM 50
+if want workload; then
+    for mode in eager compile; do
+        timeout 240 "$PY" bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
+            --rows vae_train_step denoiser_train_step dpm20_sampling_graph $([ $mode = compile ] && echo --compile) \
+            --out "$OUT/bench_workload_$mode.json" --markdown 2>&1 | tee "$OUT/bench_workload_$mode.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench workload $mode failed or timed out"; status=1; }
+    done
+fi
 
 
 # ---- 4. the full-size run ------------------------------------------------------------------------------------------
