@@ -91,9 +91,9 @@ class Sizes:
     ae_batch: int         # ... batch
     latent: int           # UNet forward and sampling: latent side
     context_tokens: int   # S, the number of context tokens
-    train_latent: int     # UNet training step: latent side (32 in the issue)
+    train_latent: int     # UNet training step: latent side (32: 256x256 images at f = 8)
     unet_train_batch: int
-    vae_train_image: int  # VAE training step: image side (256 in the issue)
+    vae_train_image: int  # VAE training step: image side (256, the spectrograms' size)
     vae_train_batch: int
     sample_batch: int     # images per sampling run (the UNet sees twice as many: guidance)
     denoiser_batch: int   # train_ldm.py's step (UNet + user-ID embedder, latents train_latent): batch

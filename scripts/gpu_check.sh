@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for ldm, prepared to run in one go on a CUDA machine (issue 10). About 6-8 minutes on one H100/H200.
+# GPU checks for ldm, prepared to run in one go on a CUDA machine. About 6-8 minutes on one H100/H200.
 #
 #   1. installs the carried diffusers wheel if diffusers is missing (the device image has torch but no diffusers),
 #   2. tests: the gpu-marked tests: full SD VAE, UNet and VQ in fp32 with TF32 off within 1e-4 of diffusers, the
