@@ -38,7 +38,6 @@ from pathlib import Path
 
 import torch
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -280,42 +279,6 @@ def shard(model: ConditionedUNet) -> None:
     fully_shard(model)
 
 
-def gather_state_dict(module: torch.nn.Module, keep: bool) -> dict:
-    """The unsharded module's state dict, on the CPU: each FSDP shard is all-gathered (a collective: every process
-    calls this at the same point); only where ``keep`` (rank 0) are the full tensors kept, elsewhere {}."""
-    state = {}
-    for name, value in module.state_dict().items():
-        full = value.full_tensor() if isinstance(value, DTensor) else value
-        if keep:
-            state[name] = full.detach().cpu()
-    return state
-
-
-def gather_optimizer_state(opt: torch.optim.Optimizer, keep: bool) -> dict:
-    """opt.state_dict() as an unsharded model's optimizer gives it (integer parameter indices, full-shape moments,
-    on the CPU); a collective like gather_state_dict."""
-    state = opt.state_dict()
-    per_param = {}
-    for index, entries in state["state"].items():
-        full = {key: value.full_tensor() if isinstance(value, DTensor) else value for key, value in entries.items()}
-        if keep:
-            per_param[index] = {key: value.cpu() if torch.is_tensor(value) else value for key, value in full.items()}
-    return {"state": per_param, "param_groups": state["param_groups"]} if keep else {}
-
-
-def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
-    """The inverse, for resuming under FSDP: each full-shape moment of parameter i cut to this process's shard of
-    params[i] (the same split as the parameter's; every process holds the whole checkpoint, so nothing is sent)."""
-    per_param = {}
-    for index, entries in state["state"].items():
-        p = params[index]
-        per_param[index] = {
-            key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-            if isinstance(p, DTensor) and torch.is_tensor(value) and value.shape == p.shape else value
-            for key, value in entries.items()}
-    return {"state": per_param, "param_groups": state["param_groups"]}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
@@ -431,7 +394,8 @@ def train(cfg: TrainLDMConfig) -> int:
     scheduler = make_scheduler(cfg.prediction)
     if state is not None:
         ema_updates = state.get("ema_updates", state["step"])
-        opt_state = shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp else state["opt"]
+        opt_state = (training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp
+                     else state["opt"])
         for group in opt_state["param_groups"]:
             group["fused"] = opt.defaults["fused"]                       # this run's --fused-adamw, not the saved one
         opt.load_state_dict(opt_state)
@@ -464,7 +428,7 @@ def train(cfg: TrainLDMConfig) -> int:
         on the other ranks. With --fsdp every process takes part in gathering the shards into rank 0's copy."""
         if not cfg.fsdp:
             return module if info.is_main else None
-        weights = gather_state_dict(module, keep=info.is_main)
+        weights = training.gather_state_dict(module, keep=info.is_main)
         if not info.is_main:
             return None
         unsharded_copy.load_state_dict(weights)
@@ -472,8 +436,9 @@ def train(cfg: TrainLDMConfig) -> int:
 
     def save_checkpoint(step: int) -> None:
         if cfg.fsdp:   # full state dicts, as without --fsdp; every process takes part in gathering them
-            weights = {"model": gather_state_dict(model, info.is_main), "ema": gather_state_dict(ema, info.is_main),
-                       "opt": gather_optimizer_state(opt, info.is_main)}
+            weights = {"model": training.gather_state_dict(model, info.is_main),
+                       "ema": training.gather_state_dict(ema, info.is_main),
+                       "opt": training.gather_optimizer_state(opt, info.is_main)}
         elif info.is_main:
             weights = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
         if not info.is_main:

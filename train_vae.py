@@ -73,7 +73,8 @@ class TrainVAEConfig:
     resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
     rec_loss: str = option("l1", "reconstruction error per pixel, summed per image", choices=("l1", "l2"))
     kl_weight: float = option(1e-6, "weight of the per-image KL sum (the LDM configs' kl_weight)")
-    lpips: str | None = option(None, "LPIPS(net='vgg') weights file; enables the perceptual loss (nothing is downloaded)")
+    lpips: str | None = option(None, "LPIPS(net='vgg') weights file; enables the perceptual loss (nothing is "
+                                     "downloaded)")
     perceptual_weight: float = option(1.0, "LPIPS weight, added per pixel as in the LDM code (needs --lpips)")
     disc_weight: float = option(0.5, "PatchGAN generator-loss weight (0 disables the discriminator)")
     disc_start: int = option(2000, "first step at which the discriminator trains and its loss is used")

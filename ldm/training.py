@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
 from ldm.data import check_split, make_split, read_split
@@ -81,6 +81,47 @@ def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
         dist.all_reduce(value)
         value /= info.world_size
     return value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sharded weights (train_ldm.py --fsdp): full state dicts in and out, so checkpoints look as without sharding
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def gather_state_dict(module: torch.nn.Module, keep: bool) -> dict:
+    """The unsharded module's state dict, on the CPU: each FSDP shard is all-gathered (a collective: every process
+    calls this at the same point); only where ``keep`` (rank 0) are the full tensors kept, elsewhere {}."""
+    state = {}
+    for name, value in module.state_dict().items():
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        if keep:
+            state[name] = full.detach().cpu()
+    return state
+
+
+def gather_optimizer_state(opt: torch.optim.Optimizer, keep: bool) -> dict:
+    """opt.state_dict() as an unsharded model's optimizer gives it (integer parameter indices, full-shape moments,
+    on the CPU); a collective like gather_state_dict."""
+    state = opt.state_dict()
+    per_param = {}
+    for index, entries in state["state"].items():
+        full = {key: value.full_tensor() if isinstance(value, DTensor) else value for key, value in entries.items()}
+        if keep:
+            per_param[index] = {key: value.cpu() if torch.is_tensor(value) else value for key, value in full.items()}
+    return {"state": per_param, "param_groups": state["param_groups"]} if keep else {}
+
+
+def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
+    """The inverse, for resuming under FSDP: each full-shape moment of parameter i cut to this process's shard of
+    params[i] (the same split as the parameter's; every process holds the whole checkpoint, so nothing is sent)."""
+    per_param = {}
+    for index, entries in state["state"].items():
+        p = params[index]
+        per_param[index] = {
+            key: distribute_tensor(value.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+            if isinstance(p, DTensor) and torch.is_tensor(value) and value.shape == p.shape else value
+            for key, value in entries.items()}
+    return {"state": per_param, "param_groups": state["param_groups"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,7 +426,8 @@ def resolve_data(cfg, is_main: bool, local_rank: int | None = None) -> Path:
     a shared file system it must exist at the same path on each."""
     if cfg.data != "microdoppler":
         return Path(cfg.data)
-    folder = Path(cfg.out).resolve().parent / f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
+    name = f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
+    folder = Path(cfg.out).resolve().parent / name
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if is_main:

@@ -122,7 +122,8 @@ def write_report(out: Path, profile: str, evaluation: dict, augmentation: dict, 
                         with_ci(r["gain_over_classic"], r["gain_over_classic_ci"], True))
         lines.append(f"| {r['shots']} | {r['variant']} | {with_ci(r['accuracy'], r['accuracy_ci'], False)} | "
                      f"{gain} | {over_classic} | {r['kept']:.0f} |")
-    lines += ["", f"VAE reconstructions of the held-out val files: EMA weights (exported) PSNR {vae_eval['ema']['psnr']:.2f} dB, "
+    lines += ["", "VAE reconstructions of the held-out val files: EMA weights (exported) PSNR "
+              f"{vae_eval['ema']['psnr']:.2f} dB, "
               f"raw weights {vae_eval['raw']['psnr']:.2f} dB.", "",
               "## Per person", "", "| person | identity accuracy (generated) | real test accuracy | TSTR |",
               "|---|---|---|---|"]
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                           cfg["guidance"])
     o = evaluation["overall"]
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min")
-    print(f"  report       {report}\n  sample grid  {out / 'samples_grid.png'}\n  augmentation {out / 'augmentation.png'}")
+    print(f"  report       {report}\n  sample grid  {out / 'samples_grid.png'}\n"
+          f"  augmentation {out / 'augmentation.png'}")
     print(f"  identity accuracy on generated samples {_value(o['trts_accuracy'])} (real held-out "
           f"{_value(o['real_test_accuracy'])}, chance {1 / len(evaluation['class_to_idx']):.1%})")
     return 0
