@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw
 from ldm import training
 from ldm.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
                          physics_filter, physics_ranges)
-from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
-from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, spectrogram_axes,
-                         train_classifier)
+from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split, relative_names
+from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, simulator_metadata,
+                         spectrogram_axes, train_classifier)
 from ldm.training import option
 
 FORMAT = "ldm-augmentation-1"
@@ -218,10 +218,7 @@ def run(cfg: AugmentConfig) -> dict:
         raise ValueError("--generated is the --real folder: the synthetic samples would include the real test files")
     split = read_split(cfg.split)
     check_split(split, cfg.real, "--real")
-    meta_path = Path(cfg.real) / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if meta is not None and "people" not in meta:
-        meta = None                                                    # some other tool's metadata.json
+    meta = simulator_metadata(cfg.real)
     axes = spectrogram_axes(meta, cfg.size, cfg.size, cfg.v_max, cfg.duration)
     filters = parse_filters(cfg.filters)
     if "physics" in filters and cfg.filters != "auto" and axes is None:
@@ -239,7 +236,7 @@ def run(cfg: AugmentConfig) -> dict:
                 class_to_idx=class_to_idx, cache=True)
     pool = SpectrogramFolder(cfg.real, subset=split["train"], **load)
     x_pool, y_pool = pool.tensors()
-    pool_names = [p.relative_to(Path(cfg.real)).as_posix() for p in pool.files]
+    pool_names = relative_names(cfg.real, pool.files)
     x_test, y_test = SpectrogramFolder(cfg.real, subset=split["test"], **load).tensors()
     x_val = y_val = None
     if split["val"]:

@@ -36,9 +36,9 @@ import torch
 
 from ldm.data import SpectrogramFolder, check_split, files_digest, read_split, relative_names, split_indices
 from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
-                         condition_control_ratio, frechet_distance, load_classifier, memorisation_ratios,
+                         condition_control_ratio, frechet_distance, json_safe, load_classifier, memorisation_ratios,
                          memorisation_summary, mmd2_unbiased, nearest_neighbour_distances, pca_basis,
-                         json_safe, percentile_interval, predict, save_classifier, spectrogram_axes,
+                         percentile_interval, predict, save_classifier, simulator_metadata, spectrogram_axes,
                          train_classifier, wilson_interval)
 
 NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
@@ -173,7 +173,7 @@ def print_table(report: dict) -> None:
         print(f"  {'Frechet distance' if name == 'fd' else 'KID':<17}{_fig(d[name], digits):>24}   real-vs-real floor "
               f"{_fig(d[name + '_floor'], digits):>24}   difference {_fig(d[name + '_minus_floor'], digits)}")
     m = report["memorisation"]
-    print(f"memorisation (distance to the nearest generator-training sample / real test samples' median):")
+    print("memorisation (distance to the nearest generator-training sample / real test samples' median):")
     for space in ("features", "pixels"):
         r, q = m[space], m[space]["generated_ratio_quantiles"]
         print(f"  {space:<9} ratio p05 {q['p05']:.2f}, p50 {q['p50']:.2f}, p95 {q['p95']:.2f}; "
@@ -280,10 +280,7 @@ def physics_table(x_test: torch.Tensor, y_test: np.ndarray, x_gen: torch.Tensor,
 # The evaluation
 # ----------------------------------------------------------------------------------------------------------------
 def evaluate(args: argparse.Namespace) -> dict:
-    meta_path = Path(args.real) / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    if meta is not None and "people" not in meta:
-        meta = None                                                    # some other tool's metadata.json
+    meta = simulator_metadata(args.real)
     # Option checks first, before any slow work.
     if args.split is None and args.real_test is None:
         raise ValueError(NO_TEST_SET)

@@ -29,7 +29,6 @@ image of the unfiltered run), and print how many each user kept, so OUT is an au
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from ldm.conditioning import SAMPLERS, ConditionedUNet, UserIDEmbedder, generate
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pipeline
-from ldm.metrics import batch_physics_features, load_classifier, predict, spectrogram_axes
+from ldm.metrics import batch_physics_features, load_classifier, predict, simulator_metadata, spectrogram_axes
 from ldm.training import option
 from ldm.vae import AutoencoderKL
 
@@ -181,9 +180,7 @@ def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int
     check_split(split, cfg.real, "--real")
     if split["class_to_idx"] != class_to_idx:
         raise ValueError(f"--real {cfg.real} has users {split['class_to_idx']}, the pipeline {class_to_idx}")
-    meta_path = Path(cfg.real) / "metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
-    meta = meta if meta is not None and "people" in meta else None    # only the simulator's metadata.json
+    meta = simulator_metadata(cfg.real)
     axes = spectrogram_axes(meta, side, side, cfg.v_max, cfg.duration)
     if axes is None:
         raise ValueError("--filter physics needs --v-max and --duration (or the simulator's metadata.json in --real)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -520,6 +521,14 @@ def physics_features(db: np.ndarray, velocities: np.ndarray, frame_rate_hz: floa
     return {"torso_velocity_mps": torso, "upper_envelope_mps": float(np.percentile(top, 95)),
             "lower_envelope_mps": float(np.percentile(bottom, 5)), "bandwidth_mps": float(np.mean(top - bottom)),
             "cadence_steps_per_s": cadence}
+
+
+def simulator_metadata(folder) -> dict | None:
+    """The metadata.json that ldm.microdoppler writes into a data folder (it lists the "people"), or None when the
+    folder has none or some other tool's."""
+    path = Path(folder) / "metadata.json"
+    meta = json.loads(path.read_text()) if path.is_file() else None
+    return meta if isinstance(meta, dict) and "people" in meta else None
 
 
 def spectrogram_axes(meta: dict | None, height: int, width: int, v_max: float | None = None,
