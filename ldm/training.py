@@ -472,6 +472,28 @@ def resolve_split(root: Path, given: str | None, resume: str | None, new: dict) 
     return split, "decided now"
 
 
+def resolve_device(name: str, flag: str = "--device") -> torch.device:
+    """The device named by a --device option: cpu, cuda, cuda:N, mps, or auto (cuda when available, else cpu).
+    ValueError naming the option when the name is not a device or that device is not on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{flag} {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {name}: this machine has no CUDA device (torch {torch.__version__}); "
+                             f"use --device cpu") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{flag} {name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{flag} {name!r}: ldm runs on cpu, cuda or mps")
+    return device
+
+
 def check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -487,24 +509,58 @@ def check_writable(folder: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def option(default, help: str, choices=None):
-    """A config field with its --help text (and allowed values)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices=None, *, at_least=None, above=None, at_most=None, below=None):
+    """A config field with its --help text, its allowed values, and its range.
+
+    ``at_least``/``at_most`` are inclusive bounds, ``above``/``below`` exclusive ones; parse_config refuses a value
+    outside them (and a NaN or infinite float) before anything runs, naming the flag. The range is shown in --help.
+    """
+    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
+                                                        "bounds": {k: v for k, v in bounds.items() if v is not None}})
+
+
+_BOUND_TEXT = {"at_least": ">= {}", "above": "> {}", "at_most": "<= {}", "below": "< {}"}
+_BOUND_OK = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
+             "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}
+
+
+def check_range(name: str, value, bounds: dict) -> str | None:
+    """Why ``value`` is outside ``bounds`` (option()'s keywords) as one phrase, or None when it is inside.
+    A float must also be finite."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    failed = [_BOUND_TEXT[k].format(b) for k, b in bounds.items() if not _BOUND_OK[k](value, b)]
+    if failed:
+        wanted = " and ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items())
+        return f"{name} must be {wanted}, got {value}"
+    return None
 
 
 def parse_config(cls, argv: list[str] | None, description: str):
     """Turn the fields of dataclass ``cls`` into ``--kebab-case`` flags (booleans as --flag / --no-flag); every
-    flag's --help shows its default. Fields are annotated ``int``, ``float``, ``str`` or ``bool``, optionally
-    ``| None``."""
+    flag's --help shows its default and range. Fields are annotated ``int``, ``float``, ``str`` or ``bool``,
+    optionally ``| None``. A value outside its option() range is refused here, with exit status 2."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flags = {}
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
+        flag = flags[f.name] = "--" + f.name.replace("_", "-")
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         base = annotation.split("|")[0].strip()
+        help_text = f.metadata["help"]
+        bounds = f.metadata.get("bounds") or {}
+        if bounds:
+            help_text += " [" + ", ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items()) + "]"
         if base == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f.metadata["help"])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(base, str), default=f.default,
-                                help=f.metadata["help"], choices=f.metadata.get("choices"))
-    return cls(**vars(parser.parse_args(argv)))
+                                help=help_text, choices=f.metadata.get("choices"))
+    args = parser.parse_args(argv)
+    for f in dataclasses.fields(cls):
+        problem = check_range(flags[f.name], getattr(args, f.name), f.metadata.get("bounds") or {})
+        if problem:
+            parser.error(problem)
+    return cls(**vars(args))
