@@ -25,12 +25,16 @@ diffusers eager: the UNet forward at batch 8 and the sampling run. Inference row
 torch.autocast(--dtype) (plain float32 when --dtype fp32). Sizes depend on --config and the device (SIZES below);
 the tiny config shrinks every size so the whole run takes seconds on a CPU.
 
-This is a benchmark, not a test: it asserts nothing about speed. It does check that both models agree on every row's
-first output (a sanity check that the two sides compute the same thing), and records the largest relative difference.
+--ldm-path picks the ldm side: the plain model code (the default, the reference path) or the same models after
+ldm.fast.optimize (fused q/k/v projections, in-place ops, channels-last pass-through). Run it once per path to
+compare them; the README gives both.
+
+This is a benchmark, not a test: it asserts nothing about speed. Every row records the largest relative difference
+between the two sides' first outputs (max_rel_diff; training rows: the first loss), a check that both compute the
+same thing, and flags a row whose difference exceeds AGREEMENT (per dtype) with a printed warning and a note.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -39,6 +43,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +56,14 @@ from diffusers import DDPMScheduler as RefDDPMScheduler
 from diffusers import UNet2DConditionModel as RefUNet
 from diffusers import VQModel as RefVQModel
 
+from ldm import fast
 from ldm.conditioning import SCHEDULE_KEYS, ConditionedUNet, UserIDEmbedder
 from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
+from ldm.io import write_json
 from ldm.samplers import DPMSolverMultistepScheduler
 from ldm.sampling import sample
+from ldm.training import check_writable, option, parse_config, resolve_device
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
@@ -73,6 +81,9 @@ SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=
 TRAIN_SCHEDULER = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                        clip_sample=False, prediction_type="epsilon", steps_offset=1)
 USERS, ID_TOKENS = 8, 4
+# the largest max_rel_diff a row may show before it is flagged: float32 agrees to rounding; bf16/fp16 carry about
+# 3 significant digits, and a sampling run compounds 50 steps of them
+AGREEMENT = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.1}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,12 +215,15 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_pair(ref_cls, ours_cls, ours_config, device, seed: int = 0):
-    """A diffusers model with seeded random weights and the ldm model holding the same weights (strict load)."""
+def build_pair(ref_cls, ours_cls, ours_config, device, path: str, seed: int = 0):
+    """A diffusers model with seeded random weights and the ldm model holding the same weights (strict load), on
+    ldm's plain or fast path."""
     torch.manual_seed(seed)
     ref = ref_cls(**ours_config.to_diffusers())
     ours = ours_cls(ours_config)
     ours.load_state_dict(ref.state_dict(), strict=True)
+    if path == "fast":
+        fast.optimize(ours)
     return ours.to(device), ref.to(device)
 
 
@@ -256,7 +270,7 @@ def autoencoder_rows(args, sizes, device, dtype, notes) -> dict:
     g = torch.Generator().manual_seed(1)
     rows = {}
 
-    ours, ref = build_pair(RefAutoencoderKL, AutoencoderKL, VAEConfig.preset(sizes.vae), device)
+    ours, ref = build_pair(RefAutoencoderKL, AutoencoderKL, VAEConfig.preset(sizes.vae), device, args.ldm_path)
     ours_tr, ref_tr = copy.deepcopy(ours), copy.deepcopy(ref)   # float32 copies for the training step
     ours_inf = to_memory_format(ours.eval().to(dtype), args.channels_last)
     ref_inf = to_memory_format(ref.eval().to(dtype), args.channels_last)
@@ -290,7 +304,7 @@ def autoencoder_rows(args, sizes, device, dtype, notes) -> dict:
     rows["vae_train_step"] = (train_step(ours_tr, ours_vae_loss, args, device, notes, True),
                               train_step(ref_tr, ref_vae_loss, args, device, notes, False), f"{tuple(xt.shape)}")
 
-    vq_ours, vq_ref = build_pair(RefVQModel, VQModel, VQConfig.preset(sizes.vq), device)
+    vq_ours, vq_ref = build_pair(RefVQModel, VQModel, VQConfig.preset(sizes.vq), device, args.ldm_path)
     vq_ours = to_memory_format(vq_ours.eval().to(dtype), args.channels_last)
     vq_ref = to_memory_format(vq_ref.eval().to(dtype), args.channels_last)
     c_vq = vq_ours.config.in_channels
@@ -305,7 +319,7 @@ def autoencoder_rows(args, sizes, device, dtype, notes) -> dict:
 def unet_rows(args, sizes, device, dtype, notes) -> dict:
     g = torch.Generator().manual_seed(2)
     rows = {}
-    ours, ref = build_pair(RefUNet, UNet2DConditionModel, UNetConfig.preset(sizes.unet), device)
+    ours, ref = build_pair(RefUNet, UNet2DConditionModel, UNetConfig.preset(sizes.unet), device, args.ldm_path)
     ours_tr, ref_tr = copy.deepcopy(ours), copy.deepcopy(ref)   # float32 copies for the training step
     cfg = ours.config
     ours_inf = to_memory_format(ours.eval().to(dtype), args.channels_last)
@@ -449,7 +463,7 @@ def denoiser_rows(args, sizes, device, dtype, notes) -> dict:
     ID dropout (a few small CPU draws per image), adding the noise (one elementwise op) and the EMA update."""
     g = torch.Generator().manual_seed(4)
     config = dataclasses.replace(UNetConfig.preset(sizes.unet), num_class_embeds=USERS + 1)
-    ours_unet, ref_unet = build_pair(RefUNet, UNet2DConditionModel, config, device)
+    ours_unet, ref_unet = build_pair(RefUNet, UNet2DConditionModel, config, device, args.ldm_path)
     torch.manual_seed(1)
     embedder = UserIDEmbedder(USERS, config.cross_attention_dim, ID_TOKENS, "both").to(device)
     ours = to_memory_format(ConditionedUNet(ours_unet, embedder), args.channels_last)
@@ -538,7 +552,8 @@ def run(args) -> dict:
     sizes = sizes_for(args.config, device)
     notes: list[str] = []
     result = {"machine": machine(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
-              "device": device.type, "dtype": args.dtype, "config": args.config, "compile": args.compile,
+              "device": device.type, "dtype": args.dtype, "config": args.config, "ldm_path": args.ldm_path,
+              "compile": args.compile,
               "channels_last": args.channels_last, "repeats": args.repeats, "warmup": args.warmup,
               "sampling_steps": args.steps, "timing": "CUDA events" if device.type == "cuda" else "perf_counter",
               "peak_memory": "CUDA max_memory_allocated during a call minus allocated before it"
@@ -578,17 +593,16 @@ def run(args) -> dict:
             }
             result["rows"].append(row)
             print_row(row, header=len(result["rows"]) == 1)
+            if not diff <= AGREEMENT[args.dtype]:
+                notes.append(f"{name}: ldm and diffusers differ by {diff:.2e} (relative), above {args.dtype}'s "
+                             f"{AGREEMENT[args.dtype]:.0e}")
+                print(f"warning: {notes[-1]}", flush=True)
             if args.out:   # rewritten after every row, so a run cut short still leaves the rows it finished
                 write_json(result, args.out)
         del rows
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return result
-
-
-def write_json(result: dict, path: str):
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
 
 
 def print_row(row: dict, header: bool = False):
@@ -618,36 +632,44 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both models run")
-    p.add_argument("--dtype", default="fp32", choices=list(DTYPES),
-                   help="inference rows: weights and inputs in this dtype; training rows: float32 weights under "
-                        "torch.autocast(this dtype)")
-    p.add_argument("--config", default="tiny", choices=list(SIZES),
-                   help="model presets and sizes: tiny (seconds on a CPU), microdoppler (the project's 256x256 "
-                        "spectrogram models), sd (Stable Diffusion 1.5 at 512x512); CPU runs use batch 1-2 for the "
-                        "last two")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile both sides (ldm with fullgraph=True; diffusers too, falling back to "
-                        "fullgraph=False on a graph break, recorded in the JSON notes)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="both sides: models and 4-d inputs in torch.channels_last memory format")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per side and row (interleaved)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per side and row before timing")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps in the sampling row (fewer for quick CPU runs)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch.set_num_threads (0: leave torch's default); 1 gives the steadiest CPU numbers on a "
-                        "machine shared with other jobs")
-    p.add_argument("--rows", nargs="*", choices=ROW_NAMES, default=None, help="only these rows (default: all)")
-    p.add_argument("--out", default="bench.json", help="where the JSON results go ('' for none)")
-    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown (for the README)")
-    args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.steps < 1:
-        p.error("--repeats and --steps must be >= 1, --warmup >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device is available")
+@dataclass
+class BenchConfig:
+    device: str = option("cpu", "where both models run", choices=["cpu", "cuda"])
+    dtype: str = option("fp32", "inference rows: weights and inputs in this dtype; training rows: float32 weights "
+                        "under torch.autocast(this dtype)", choices=list(DTYPES))
+    config: str = option("tiny", "model presets and sizes: tiny (seconds on a CPU), microdoppler (the project's "
+                         "256x256 spectrogram models), sd (Stable Diffusion 1.5 at 512x512); CPU runs use batch 1-2 "
+                         "for the last two", choices=list(SIZES))
+    ldm_path: str = option("plain", "which ldm runs: plain (the model code as written) or fast (after "
+                           "ldm.fast.optimize: fused q/k/v projections, in-place ops, channels-last pass-through)",
+                           choices=["plain", "fast"])
+    compile: bool = option(False, "torch.compile both sides (ldm with fullgraph=True; diffusers too, falling back to "
+                           "fullgraph=False on a graph break, recorded in the JSON notes)")
+    channels_last: bool = option(False, "both sides: models and 4-d inputs in torch.channels_last memory format")
+    repeats: int = option(5, "timed calls per side and row (interleaved)", at_least=1)
+    warmup: int = option(1, "untimed calls per side and row before timing", at_least=0)
+    steps: int = option(50, "DDIM steps in the sampling row (fewer for quick CPU runs)", at_least=1)
+    threads: int = option(0, "torch.set_num_threads (0: leave torch's default); 1 gives the steadiest CPU numbers on a "
+                          "machine shared with other jobs", at_least=0)
+    rows: str = option("all", f"a comma list of rows to run, or all: {', '.join(ROW_NAMES)}")
+    out: str = option("bench.json", "where the JSON results go ('' for none); rewritten after every row")
+    markdown: bool = option(False, "also print the table as Markdown (for the README)")
+
+
+def parse_args(argv=None) -> BenchConfig:
+    """The options, checked before any model is built: ranges, the rows, the device, a writable --out."""
+    args = parse_config(BenchConfig, argv, __doc__.split("\n\n")[0])
+    args.rows = None if args.rows == "all" else [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(args.rows or []) - set(ROW_NAMES))
+    if unknown or args.rows == []:
+        raise SystemExit(f"error: --rows {','.join(unknown) or '(empty)'}: not a row; expected a comma list of "
+                         f"{', '.join(ROW_NAMES)}, or all")
+    try:
+        resolve_device(args.device)
+        if args.out:
+            check_writable(Path(args.out).resolve().parent, flag="--out")
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     return args
 
 
@@ -659,7 +681,7 @@ def main(argv=None) -> dict:
     if args.markdown:
         print()
         print(f"{result['machine']}; torch {result['torch']}, diffusers {result['diffusers']}; {args.config}, "
-              f"{args.dtype}{', compiled' if args.compile else ''}{', channels-last' if args.channels_last else ''}; "
+              f"ldm {args.ldm_path} path, {args.dtype}{', compiled' if args.compile else ''}{', channels-last' if args.channels_last else ''}; "
               f"median of {args.repeats}")
         print(markdown_table(result))
     if args.out:

@@ -41,24 +41,6 @@ class SpatialNorm(nn.Module):
         return self.norm_layer(f) * self.conv_y(zq) + self.conv_b(zq)
 
 
-def add_(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """``fresh + other``, written into ``fresh`` when that gives the same tensor: fresh must be a new activation that
-    no backward reads (a Linear/conv/dropout output), and the dtypes and shapes must agree (else the out-of-place
-    sum, which promotes and broadcasts). Float addition is commutative, so the values equal ``other + fresh``."""
-    if fresh.dtype != other.dtype or fresh.shape != other.shape:
-        return fresh + other
-    return fresh.add_(other)
-
-
-def silu_(x: torch.Tensor) -> torch.Tensor:
-    """SiLU of a freshly computed tensor nobody else reads, in place when no gradient flows through it.
-
-    Same values as ``F.silu(x)``; in inference it saves one allocation the size of x (which on the CPU means fresh,
-    page-faulting memory for large feature maps), in training it is the out-of-place op autograd needs.
-    """
-    return F.silu(x, inplace=not x.requires_grad)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Residual block
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,19 +100,16 @@ class ResnetBlock2D(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor, temb_act: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None,
                 zq: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, Cin, H, W); temb_act: SiLU(time embedding), (B, T), or None; zq: (B, Cz, h, w) for spatial norms.
-        Returns (B, Cout, H, W).
-
-        diffusers applies the SiLU inside every resnet; it is the same (B, T) tensor for all of them, so the UNet
-        computes it once per forward and passes it in (same values, 22 fewer kernels in SD 1.5)."""
+        """x: (B, Cin, H, W); temb: time embedding (B, T) or None; zq: (B, Cz, h, w) for spatial norms.
+        Returns (B, Cout, H, W)."""
         h = self.norm1(x, zq) if self.spatial else self.norm1(x)
-        h = self.conv1(silu_(h))                                         # (B, Cin, H, W) -> (B, Cout, H, W)
+        h = self.conv1(F.silu(h))                                        # (B, Cin, H, W) -> (B, Cout, H, W)
 
         scale_shift = None
-        if self.time_emb_proj is not None and temb_act is not None:
-            emb = self.time_emb_proj(temb_act)[:, :, None, None]         # (B, T) -> (B, Cout or 2*Cout, 1, 1)
+        if self.time_emb_proj is not None and temb is not None:
+            emb = self.time_emb_proj(F.silu(temb))[:, :, None, None]     # (B, T) -> (B, Cout or 2*Cout, 1, 1)
             if self.time_embedding_norm == "scale_shift":
                 scale_shift = emb.chunk(2, dim=1)
             else:
@@ -143,14 +122,11 @@ class ResnetBlock2D(nn.Module):
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h)
-        h = self.conv2(self.dropout(silu_(h)))
+        h = self.conv2(self.dropout(F.silu(h)))
 
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)                                    # (B, Cin, H, W) -> (B, Cout, H, W)
-        # h is a fresh conv output, so the skip is added in place; the division is skipped at 1.0 (every Stable
-        # Diffusion config), which saves a full pass over the tensor.
-        h = add_(h, x)
-        return h if self.output_scale_factor == 1.0 else h / self.output_scale_factor
+        return (x + h) / self.output_scale_factor
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +182,6 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or query_dim, inner_dim, bias=bias)
         # diffusers keeps the output projection in a list with a dropout, so its key is `to_out.0`.
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim, bias=out_bias), nn.Dropout(dropout)])
-        self._fused = FusedWeightCache()
 
     def forward(
         self,
@@ -232,69 +207,24 @@ class Attention(nn.Module):
             x = rearrange(x, "b c h w -> b (h w) c")                     # (B, C, H, W) -> (B, L, C)
         if self.group_norm is not None:
             x = self.group_norm(x.transpose(1, 2)).transpose(1, 2)        # normalise over channels, keep (B, L, C)
-        if context is None:
-            q, k, v = self._fused_linear(x, self.to_q, self.to_k, self.to_v)          # 3 x (B, L, nh*hd)
-        else:
-            q = self.to_q(x)                                                          # (B, L, nh*hd)
-            k, v = self._fused_linear(context, self.to_k, self.to_v)                  # 2 x (B, S, nh*hd)
-        # The split into heads is written with view/transpose rather than einops: the UNet runs it 4 x 32 times per
-        # forward, and on a GPU, where the host only queues kernels, einops' parsing cost showed in the timings.
-        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # (B, nh, L or S, hd)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                 # (B, nh, L, hd)
-        out = out.transpose(1, 2).flatten(2)                                          # -> (B, L, nh*hd)
-        out = self.to_out[0](out)                                                     # -> (B, L, C)
-        if self.training:
-            out = self.to_out[1](out)                                                 # dropout
+        context = x if context is None else context
+
+        q = self.to_q(x)                                                  # (B, L, C) -> (B, L, nh*hd)
+        k = self.to_k(context)                                            # (B, S, D) -> (B, S, nh*hd)
+        v = self.to_v(context)                                            # (B, S, D) -> (B, S, nh*hd)
+        q, k, v = (rearrange(t, "b l (nh hd) -> b nh l hd", nh=self.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)     # (B, nh, L, hd)
+        out = rearrange(out, "b nh l hd -> b l (nh hd)")                  # -> (B, L, nh*hd)
+        out = self.to_out[0](out)                                         # -> (B, L, C)
+        out = self.to_out[1](out)                                         # dropout
 
         if image_shape is not None:
             b, c, h, w = image_shape
             # transpose + reshape (not einops) to get diffusers' exact strides: the next conv picks its kernel by them
-            out = out.transpose(1, 2).reshape(b, c, h, w)                # (B, L, C) -> (B, C, H, W)
+            out = out.transpose(1, 2).reshape(b, c, h, w)                 # (B, L, C) -> (B, C, H, W)
         if self.residual:
-            out = add_(out, residual)                                    # out: (a view of) to_out's fresh output
-        return out if self.rescale_output_factor == 1.0 else out / self.rescale_output_factor
-
-    def _fused_linear(self, x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
-        """linears[0](x), linears[1](x), ... as ONE matmul with the weights stacked (the parameters, and so the state
-        dict, stay diffusers' separate Linears). Each output element is the same dot product as before, so the values
-        are the same; one pass over x instead of two or three is faster. x: (B, L, C) -> n x (B, L, out)."""
-        weight, bias = self._fused.get(linears)                                       # (n*out, C), (n*out,)
-        return F.linear(x, weight, bias).chunk(len(linears), dim=-1)
-
-
-class FusedWeightCache:
-    """The concatenated weights (and biases) of several Linears, rebuilt only when one of them has changed.
-
-    Stacking costs a copy of the weights and a kernel launch per call. Without autograd (inference, sampling) the
-    stacked tensors are kept and reused until a weight is replaced or modified: ``.to()`` gives it a new storage, an
-    optimizer step or ``load_state_dict`` bumps its version counter; both are part of the cache key. With autograd,
-    while torch.compile traces (which fuses the copy itself) and while a CUDA graph is captured, the weights are
-    stacked afresh on every call: a graph then re-stacks them at every replay (a few microseconds of GPU time), so
-    its replays follow in-place weight changes as they would without the cache.
-    The cache holds one extra copy of the fused weights (in SD 1.5, 56M values: 6.6% of the UNet's parameters).
-    """
-
-    def __init__(self):
-        self.key, self.tensors = None, None
-
-    def get(self, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
-        params = [p for m in linears for p in (m.weight, m.bias) if p is not None]
-        if (torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(p.requires_grad for p in params))
-                or (params[0].is_cuda and torch.cuda.is_current_stream_capturing())):
-            return _stack(linears)
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-        if key != self.key:
-            self.tensors, self.key = None, None   # drop the old copy before making the new one
-            with torch.no_grad(), torch.inference_mode(False):   # a normal tensor, usable outside inference_mode too
-                self.tensors = _stack(linears)
-            self.key = key
-        return self.tensors
-
-
-def _stack(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
-    weight = torch.cat([m.weight for m in linears])
-    bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
-    return weight, bias
+            out = out + residual
+        return out / self.rescale_output_factor
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,14 +306,14 @@ class MidBlock2D(nn.Module):
         self.attentions = nn.ModuleList([attention() for _ in range(num_layers)])
         self.resnets = nn.ModuleList([resnet() for _ in range(num_layers + 1)])
 
-    def forward(self, x: torch.Tensor, temb_act: torch.Tensor | None = None,
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None,
                 zq: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, C, H, W) -> (B, C, H, W); temb_act: SiLU(time embedding) as ResnetBlock2D takes it, or None."""
-        x = self.resnets[0](x, temb_act, zq)
+        """x: (B, C, H, W) -> (B, C, H, W); temb: the time embedding (B, T) or None."""
+        x = self.resnets[0](x, temb, zq)
         for attn, resnet in zip(self.attentions, self.resnets[1:]):
             if attn is not None:
                 x = attn(x, zq=zq)
-            x = resnet(x, temb_act, zq)
+            x = resnet(x, temb, zq)
         return x
 
 
@@ -411,35 +341,15 @@ def timestep_embedding(
         dim: output width; odd widths get one zero column.
     Returns: (B, dim) float32.
     """
-    freqs = _frequencies(dim // 2, float(freq_shift), float(max_period), timesteps.device)   # (half,)
+    half = dim // 2
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    freqs = torch.exp(exponent / (half - freq_shift))                    # (half,)
     angles = timesteps[:, None].float() * freqs[None, :]                 # (B, 1) * (1, half) -> (B, half)
     sin, cos = torch.sin(angles), torch.cos(angles)
     emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)   # (B, 2*half)
     if dim % 2 == 1:
         emb = F.pad(emb, (0, 1))
     return emb
-
-
-_FREQUENCIES: dict = {}
-
-
-def _frequencies(half: int, freq_shift: float, max_period: float, device: torch.device) -> torch.Tensor:
-    """The (half,) frequencies of timestep_embedding, computed once per device and reused (they never change; this
-    saves four kernel launches per UNet call, and a CUDA-graph capture never has to allocate them).
-
-    They are computed ON the device that uses them, as diffusers does on every call: a CPU exp and a GPU exp can
-    differ in the last bit. Inside torch.compile they are simply recomputed (and folded into the graph)."""
-    def compute():
-        exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=device)
-        return torch.exp(exponent / (half - freq_shift))
-
-    if torch.compiler.is_compiling():
-        return compute()
-    key = (half, freq_shift, max_period, device)
-    if key not in _FREQUENCIES:
-        with torch.no_grad(), torch.inference_mode(False):   # a normal tensor, usable outside inference_mode too
-            _FREQUENCIES[key] = compute()
-    return _FREQUENCIES[key]
 
 
 class TimestepEmbedding(nn.Module):
@@ -468,9 +378,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)                      # (B, L, C) -> 2 x (B, L, inner)
-        if value.requires_grad:
-            return value * F.gelu(gate)                                  # exact (erf) GELU, as diffusers
-        return F.gelu(gate).mul_(value)   # inference: the same product, without a second (B, L, inner) tensor
+        return value * F.gelu(gate)                                      # exact (erf) GELU, as diffusers
 
 
 class FeedForward(nn.Module):

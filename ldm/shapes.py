@@ -39,13 +39,10 @@ MACs equal torch.utils.flop_counter.FlopCounterMode's FLOPs / 2 for the VAE and 
 for the VQModel, FlopCounterMode does not count the cdist. A run takes about 2 s on a CPU, most of it importing
 torch and, on the first GroupNorm of meta tensors (which torch runs as a Python decomposition), torch._dynamo.
 
-Two details of the models meet the tracer. Attention computes to_q/to_k/to_v as ONE stacked matmul
-(``Attention._fused_linear``), which never calls those Linears, so their hooks would not fire: during a trace each
-Attention instance gets a ``_fused_linear`` that calls the Linears one after the other (the same dot products, as
-its docstring says), and the override is removed afterwards. And the dropout after an attention's output projection
-(``to_out.1``) runs in training mode only, so it has no row (the trace runs in eval mode, as the models are used at
-inference; the training flags are restored afterwards). Everything else (the class-label range check, the cached
-timestep frequencies, the VQ argmin) runs on meta tensors as it is.
+The trace follows the plain model code. A model optimized with ``ldm.fast.optimize`` (whose attention computes
+to_q/to_k/to_v as one stacked matmul, so those Linears' hooks would never fire) is traced on its plain classes and
+optimized again afterwards. The trace runs in eval mode, as the models are used at inference (the training flags are
+restored afterwards). Everything else (the class-label range check, the VQ argmin) runs on meta tensors as it is.
 """
 from __future__ import annotations
 
@@ -60,6 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ldm import fast
 from ldm.layers import Attention
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
@@ -207,22 +205,22 @@ def trace(model: nn.Module, *args, **kwargs) -> list[Row]:
             stack[-1].macs += row.macs
 
     training = {module: module.training for module in model.modules()}
-    attentions = [m for m in model.modules() if isinstance(m, Attention) and hasattr(type(m), "_fused_linear")]
+    optimized = fast.is_optimized(model)
     handles = []
     try:
         for module in names:
             handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
             handles.append(module.register_forward_hook(after, with_kwargs=True))
-        for attention in attentions:           # see the module docstring: make to_q/to_k/to_v visible to hooks
-            attention._fused_linear = _separate_linears
+        if optimized:                          # see the module docstring: make to_q/to_k/to_v visible to hooks
+            fast.restore(model)
         model.eval()
         with torch.no_grad():
             model(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-        for attention in attentions:
-            attention.__dict__.pop("_fused_linear", None)
+        if optimized:
+            fast.optimize(model)
         for module, flag in training.items():
             module.training = flag
 
@@ -234,11 +232,6 @@ def trace(model: nn.Module, *args, **kwargs) -> list[Row]:
             rows.append(Row(name, type(module).__name__, depths[parent] + 1, own_params=own,
                             params=sum(p.numel() for p in module.parameters()), called=False))
     return rows
-
-
-def _separate_linears(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """Attention._fused_linear's result (linears[0](x), linears[1](x), ...) computed by calling each Linear."""
-    return tuple(linear(x) for linear in linears)
 
 
 def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict:

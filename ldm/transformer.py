@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldm.layers import Attention, FeedForward, add_
+from ldm.layers import Attention, FeedForward
 
 # Both norms below are hard-coded in diffusers and do NOT follow the UNet's norm_eps (1e-5 for its resnets):
 TRANSFORMER_GROUPNORM_EPS = 1e-6   # Transformer2D.norm, before proj_in
@@ -58,10 +58,9 @@ class BasicTransformerBlock(nn.Module):
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, C); context: (B, S, D); masks: additive biases broadcastable to (B, nh, L, L) and
         (B, nh, L, S). Returns (B, L, C)."""
-        # each sublayer's output is a fresh tensor, so its residual is added in place (add_: same values as "+ x")
-        x = add_(self.attn1(self.norm1(x), context if self.only_cross_attention else None, self_mask), x)
-        x = add_(self.attn2(self.norm2(x), context, context_mask), x)        # (B, L, C), keys from (B, S, D)
-        return add_(self.ff(self.norm3(x)), x)
+        x = self.attn1(self.norm1(x), context if self.only_cross_attention else None, self_mask) + x
+        x = self.attn2(self.norm2(x), context, context_mask) + x            # (B, L, C), keys from (B, S, D)
+        return self.ff(self.norm3(x)) + x
 
 
 class Transformer2D(nn.Module):
@@ -107,9 +106,6 @@ class Transformer2D(nn.Module):
         """
         b, c, h, w = x.shape
         residual = x
-        # A channels-last input ((B, H, W, C) in memory) stays channels-last: then the reshapes to and from tokens
-        # below are free views, and the convolutions after this block keep their channels-last kernels.
-        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
         x = self.norm(x)
         if self.use_linear_projection:
             x = x.permute(0, 2, 3, 1).reshape(b, h * w, c)                 # (B, C, H, W) -> (B, L, C)
@@ -126,13 +122,8 @@ class Transformer2D(nn.Module):
 
         if self.use_linear_projection:
             x = self.proj_out(x)
-            x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=layout)   # -> (B, C, H, W)
+            x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()   # -> (B, C, H, W)
         else:
-            x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=layout)   # -> (B, C, H, W)
+            x = x.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()   # -> (B, C, H, W)
             x = self.proj_out(x)
-        return add_(x, residual)                                           # x: proj_out's fresh output
-
-
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """True if x (B, C, H, W) is stored as (B, H, W, C) and not ALSO plainly contiguous (C = 1 or H = W = 1)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x + residual

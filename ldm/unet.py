@@ -12,7 +12,7 @@ timestep (B,), class_labels (B,) and context (B, 4, 768) (the 4 user-ID tokens t
 `python -m ldm.shapes --model unet --preset microdoppler` prints every module's shapes):
 
     stage                                           output shape        skip stack
-    timestep_embedding(t, 128) -> time_embedding    temb (B, 512)       (+ class_embedding(labels)), then SiLU
+    timestep_embedding(t, 128) -> time_embedding    temb (B, 512)       (+ class_embedding(labels))
     conv_in                                         (B, 128, 32, 32)    push s0
     down_blocks.0  2 x (resnet, attention L=1024)   (B, 128, 32, 32)    push s1, s2
                    downsampler (stride-2 conv)      (B, 128, 16, 16)    push s3
@@ -46,11 +46,12 @@ import numbers
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
 from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices, checkpointed,
-                        silu_, timestep_embedding)
+                        timestep_embedding)
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,17 +159,7 @@ class UNetConfig:
             raise ValueError(f"unknown UNet preset {name!r}; expected one of {sorted(UNET_PRESETS)}")
         return dataclasses.replace(UNET_PRESETS[name])
 
-    # ---- diffusers config.json translation ----------------------------------------------------------------------
-    #
-    # Where our names differ from diffusers':
-    #   attention_head_dim   -> num_heads. diffusers' UNet2DConditionModel passes its `attention_head_dim` on as the
-    #                           NUMBER OF HEADS of every cross-attention block (a naming slip kept for compatibility,
-    #                           diffusers issue #2011): SD 1.5's 8 means 8 heads of 40..160 channels, SD 2's
-    #                           [5, 10, 20, 20] means heads of 64 channels. Its `num_attention_heads` must stay unset.
-    #   down_block_types     -> down_attention: "CrossAttnDownBlock2D" is True, "DownBlock2D" False, per level.
-    #   up_block_types       -> up_attention, re-indexed by level: up block i runs at level n-1-i.
-    #   mid_block_type       -> mid_block: "UNetMidBlock2DCrossAttn" -> "cross_attention", "UNetMidBlock2D" (which
-    #                           the UNet builds with a single resnet) -> "resnet", None -> None.
+    # ---- diffusers config.json (the translation is at the end of this file) ----------------------------------------
 
     @classmethod
     def from_diffusers(cls, mapping: dict) -> "UNetConfig":
@@ -178,110 +169,12 @@ class UNetConfig:
         with "_" are informational and ignored. A key that would change the computation but is not supported
         raises ValueError naming it.
         """
-        values = dict(_DIFFUSERS_UNET_DEFAULTS)
-        for key, value in mapping.items():
-            if key.startswith("_"):
-                continue
-            if key not in values:
-                raise ValueError(f"diffusers UNet2DConditionModel config key {key!r} is not supported by ldm.unet")
-            values[key] = value
-        for key, default in _DIFFUSERS_UNSUPPORTED.items():
-            if values.pop(key) != default:
-                raise ValueError(f"diffusers config {key}={mapping[key]!r} is not supported by ldm.unet "
-                                 f"(only {default!r})")
-        for key in _DIFFUSERS_NO_EFFECT:
-            values.pop(key)
-        if values.pop("act_fn") not in ("silu", "swish"):
-            raise ValueError(f"diffusers config act_fn={mapping['act_fn']!r} is not supported: ldm.unet uses 'silu'")
-        if values.pop("num_attention_heads") is not None:
-            raise ValueError("diffusers config num_attention_heads must be unset: diffusers refuses it and reads "
-                             "attention_head_dim as the number of heads")
-        for key in ("cross_attention_dim", "only_cross_attention"):   # per-level lists only when all equal
-            value = values[key]
-            if isinstance(value, (list, tuple)):
-                if len(set(value)) != 1:
-                    raise ValueError(f"diffusers config {key}={list(value)} is not supported: ldm.unet uses one "
-                                     f"value for every level")
-                values[key] = value[0]
-        layers = values["transformer_layers_per_block"]
-        if isinstance(layers, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in layers):
-            raise ValueError("diffusers config transformer_layers_per_block with a list per resnet is not supported")
-        if values["norm_num_groups"] is None:
-            raise ValueError("diffusers config norm_num_groups=None (no output norm) is not supported by ldm.unet")
-
-        n = len(values["block_out_channels"])
-        down_types = list(values.pop("down_block_types"))
-        up_types = list(values.pop("up_block_types"))
-        if len(down_types) != n or len(up_types) != n:
-            raise ValueError(f"diffusers config down_block_types/up_block_types need {n} entries each (one per "
-                             f"block_out_channels level), got {down_types} and {up_types}")
-        values["down_attention"] = tuple(_block_has_attention("down_block_types", t, _DOWN_BLOCKS) for t in down_types)
-        values["up_attention"] = tuple(_block_has_attention("up_block_types", t, _UP_BLOCKS)
-                                       for t in reversed(up_types))
-        mid_type = values.pop("mid_block_type")
-        if mid_type not in _MID_BLOCKS:
-            raise ValueError(f"diffusers config mid_block_type={mid_type!r} is not supported: expected one of "
-                             f"{sorted(_MID_BLOCKS, key=str)}")
-        values["mid_block"] = _MID_BLOCKS[mid_type]
-        values["num_heads"] = values.pop("attention_head_dim")   # see the comment above
-        return cls(**values)
+        return _from_diffusers(cls, mapping)
 
     def to_diffusers(self) -> dict:
         """The diffusers ``UNet2DConditionModel`` config mapping (without ``_class_name`` / ``_diffusers_version``)."""
-        values = dataclasses.asdict(self)
-        n = len(self.block_out_channels)
-        values["block_out_channels"] = list(self.block_out_channels)
-        values["down_block_types"] = [_DOWN_BLOCKS[a] for a in self.down_attention]
-        values["up_block_types"] = [_UP_BLOCKS[a] for a in reversed(self.up_attention)]
-        values["mid_block_type"] = {v: k for k, v in _MID_BLOCKS.items()}[values.pop("mid_block")]
-        values["attention_head_dim"] = values.pop("num_heads")   # see the comment above
-        for key in ("layers_per_block", "attention_head_dim", "transformer_layers_per_block"):
-            entries = list(values[key])
-            values[key] = entries[0] if entries == entries[:1] * n else entries   # one int when all levels agree
-        del values["down_attention"], values["up_attention"]
-        values["act_fn"] = "silu"
-        return values
+        return _to_diffusers(self)
 
-
-def _block_has_attention(key: str, block_type: str, known: dict) -> bool:
-    has_attention = {name: attention for attention, name in known.items()}
-    if block_type not in has_attention:
-        raise ValueError(f"diffusers config {key} entry {block_type!r} is not supported: expected one of "
-                         f"{sorted(has_attention)}")
-    return has_attention[block_type]
-
-
-_DOWN_BLOCKS = {True: "CrossAttnDownBlock2D", False: "DownBlock2D"}
-_UP_BLOCKS = {True: "CrossAttnUpBlock2D", False: "UpBlock2D"}
-_MID_BLOCKS = {"UNetMidBlock2DCrossAttn": "cross_attention", "UNetMidBlock2D": "resnet", None: None}
-
-# Keys we translate or take over, with UNet2DConditionModel.__init__'s defaults in diffusers 0.42.
-_DIFFUSERS_UNET_DEFAULTS = {
-    "sample_size": None, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "only_cross_attention": False,
-    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1,
-    "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "attention_head_dim": 8,
-    "num_attention_heads": None, "use_linear_projection": False, "num_class_embeds": None, "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-}
-# Features of diffusers' UNet that ldm.unet does not implement: accepted only at these (default) values.
-_DIFFUSERS_UNSUPPORTED = {
-    "center_input_sample": False, "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "dual_cross_attention": False, "class_embed_type": None,
-    "addition_embed_type": None, "resnet_skip_time_act": False, "time_embedding_type": "positional",
-    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
-    "conv_in_kernel": 3, "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None,
-    "attention_type": "default", "class_embeddings_concat": False,
-}
-# Keys that only configure blocks or embeddings we do not build (SimpleCrossAttn / Resnet*sample blocks, the
-# "text"/"text_time" addition embeddings), so any value computes the same model here.
-_DIFFUSERS_NO_EFFECT = {
-    "resnet_out_scale_factor": 1.0, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
-    "addition_time_embed_dim": None, "addition_embed_type_num_heads": 64,
-}
-_DIFFUSERS_UNET_DEFAULTS.update(_DIFFUSERS_UNSUPPORTED, **_DIFFUSERS_NO_EFFECT)
 
 UNET_PRESETS = {
     # Stable Diffusion 1.x (CLIP ViT-L/14 text, 64x64x4 latents): 859.5M parameters, 8 heads at every level.
@@ -346,11 +239,11 @@ class DownBlock(nn.Module):
             self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding=config.downsample_padding)])
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb_act, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x, temb, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
         """x: (B, Cin, H, W) -> (B, C, H/2, W/2) (ceil), pushing layers_per_block (+1) skips."""
         ckpt = self.gradient_checkpointing
         for j, resnet in enumerate(self.resnets):
-            x = _run(resnet, x, temb_act, checkpoint=ckpt)                 # (B, Cin, H, W) -> (B, C, H, W)
+            x = _run(resnet, x, temb, checkpoint=ckpt)                 # (B, Cin, H, W) -> (B, C, H, W)
             if self.attentions is not None:
                 x = _run(self.attentions[j], x, context, self_mask, context_mask, checkpoint=ckpt)
             skips.append(x)
@@ -376,13 +269,13 @@ class MidBlock(nn.Module):
         self.attentions = nn.ModuleList([_transformer(config, len(config.block_out_channels) - 1)] if attention else [])
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb_act, context, self_mask, context_mask) -> torch.Tensor:
+    def forward(self, x, temb, context, self_mask, context_mask) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
         ckpt = self.gradient_checkpointing
-        x = _run(self.resnets[0], x, temb_act, checkpoint=ckpt)
+        x = _run(self.resnets[0], x, temb, checkpoint=ckpt)
         for attention, resnet in zip(self.attentions, self.resnets[1:]):
             x = _run(attention, x, context, self_mask, context_mask, checkpoint=ckpt)
-            x = _run(resnet, x, temb_act, checkpoint=ckpt)
+            x = _run(resnet, x, temb, checkpoint=ckpt)
         return x
 
 
@@ -412,12 +305,12 @@ class UpBlock(nn.Module):
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if level > 0 else None
         self.gradient_checkpointing = False
 
-    def forward(self, x, temb_act, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x, temb, context, self_mask, context_mask, skips: list[torch.Tensor]) -> torch.Tensor:
         """x: (B, Cbelow, H, W) -> (B, C, H', W') with H', W' the size of the next skip, popping layers_per_block+1."""
         ckpt = self.gradient_checkpointing
         for j, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)                         # (B, Cx + Cs, H, W): features, then skip
-            x = _run(resnet, x, temb_act, checkpoint=ckpt)                 # -> (B, C, H, W)
+            x = _run(resnet, x, temb, checkpoint=ckpt)                 # -> (B, C, H, W)
             if self.attentions is not None:
                 x = _run(self.attentions[j], x, context, self_mask, context_mask, checkpoint=ckpt)
         if self.upsamplers is not None:
@@ -492,24 +385,23 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
         temb = self._time_embedding(timestep, sample)                      # (B, T)
         if self.class_embedding is not None:
             temb = temb + self.class_embedding(class_labels).to(sample.dtype)   # + (B, T)
-        temb_act = silu_(temb)   # every resnet's time projection starts with this SiLU: computed once, here
 
         # 2. down: every level pushes its skips
         x = self.conv_in(sample)                                           # (B, Cin, H, W) -> (B, C0, H, W)
         skips = [x]
         for block in self.down_blocks:
-            x = block(x, temb_act, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
+            x = block(x, temb, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
 
         # 3. mid
         if self.mid_block is not None:
-            x = self.mid_block(x, temb_act, context, self_mask, context_mask)  # (B, Cn, h, w)
+            x = self.mid_block(x, temb, context, self_mask, context_mask)  # (B, Cn, h, w)
 
         # 4. up: every level pops its skips
         for block in self.up_blocks:
-            x = block(x, temb_act, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
+            x = block(x, temb, context, self_mask, context_mask, skips)  # -> (B, Ci, H/2^i, W/2^i)
 
         # 5. out
-        x = silu_(self.conv_norm_out(x))
+        x = F.silu(self.conv_norm_out(x))
         return self.conv_out(x)                                            # (B, C0, H, W) -> (B, Cout, H, W)
 
     def enable_gradient_checkpointing(self, enabled: bool = True):
@@ -588,3 +480,124 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
         if tuple(class_labels.shape) != (batch,):
             raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
         check_indices(class_labels, 0, cfg.num_class_embeds - 1, "class_labels")   # no GPU sync
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers config.json translation
+# ----------------------------------------------------------------------------------------------------------------
+
+# Where our names differ from diffusers':
+#   attention_head_dim   -> num_heads. diffusers' UNet2DConditionModel passes its `attention_head_dim` on as the
+#                           NUMBER OF HEADS of every cross-attention block (a naming slip kept for compatibility,
+#                           diffusers issue #2011): SD 1.5's 8 means 8 heads of 40..160 channels, SD 2's
+#                           [5, 10, 20, 20] means heads of 64 channels. Its `num_attention_heads` must stay unset.
+#   down_block_types     -> down_attention: "CrossAttnDownBlock2D" is True, "DownBlock2D" False, per level.
+#   up_block_types       -> up_attention, re-indexed by level: up block i runs at level n-1-i.
+#   mid_block_type       -> mid_block: "UNetMidBlock2DCrossAttn" -> "cross_attention", "UNetMidBlock2D" (which
+#                           the UNet builds with a single resnet) -> "resnet", None -> None.
+
+
+def _from_diffusers(cls, mapping: dict) -> "UNetConfig":
+    values = dict(_DIFFUSERS_UNET_DEFAULTS)
+    for key, value in mapping.items():
+        if key.startswith("_"):
+            continue
+        if key not in values:
+            raise ValueError(f"diffusers UNet2DConditionModel config key {key!r} is not supported by ldm.unet")
+        values[key] = value
+    for key, default in _DIFFUSERS_UNSUPPORTED.items():
+        if values.pop(key) != default:
+            raise ValueError(f"diffusers config {key}={mapping[key]!r} is not supported by ldm.unet "
+                             f"(only {default!r})")
+    for key in _DIFFUSERS_NO_EFFECT:
+        values.pop(key)
+    if values.pop("act_fn") not in ("silu", "swish"):
+        raise ValueError(f"diffusers config act_fn={mapping['act_fn']!r} is not supported: ldm.unet uses 'silu'")
+    if values.pop("num_attention_heads") is not None:
+        raise ValueError("diffusers config num_attention_heads must be unset: diffusers refuses it and reads "
+                         "attention_head_dim as the number of heads")
+    for key in ("cross_attention_dim", "only_cross_attention"):   # per-level lists only when all equal
+        value = values[key]
+        if isinstance(value, (list, tuple)):
+            if len(set(value)) != 1:
+                raise ValueError(f"diffusers config {key}={list(value)} is not supported: ldm.unet uses one "
+                                 f"value for every level")
+            values[key] = value[0]
+    layers = values["transformer_layers_per_block"]
+    if isinstance(layers, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in layers):
+        raise ValueError("diffusers config transformer_layers_per_block with a list per resnet is not supported")
+    if values["norm_num_groups"] is None:
+        raise ValueError("diffusers config norm_num_groups=None (no output norm) is not supported by ldm.unet")
+
+    n = len(values["block_out_channels"])
+    down_types = list(values.pop("down_block_types"))
+    up_types = list(values.pop("up_block_types"))
+    if len(down_types) != n or len(up_types) != n:
+        raise ValueError(f"diffusers config down_block_types/up_block_types need {n} entries each (one per "
+                         f"block_out_channels level), got {down_types} and {up_types}")
+    values["down_attention"] = tuple(_block_has_attention("down_block_types", t, _DOWN_BLOCKS) for t in down_types)
+    values["up_attention"] = tuple(_block_has_attention("up_block_types", t, _UP_BLOCKS)
+                                   for t in reversed(up_types))
+    mid_type = values.pop("mid_block_type")
+    if mid_type not in _MID_BLOCKS:
+        raise ValueError(f"diffusers config mid_block_type={mid_type!r} is not supported: expected one of "
+                         f"{sorted(_MID_BLOCKS, key=str)}")
+    values["mid_block"] = _MID_BLOCKS[mid_type]
+    values["num_heads"] = values.pop("attention_head_dim")   # see the comment above
+    return cls(**values)
+
+def _to_diffusers(self) -> dict:
+    values = dataclasses.asdict(self)
+    n = len(self.block_out_channels)
+    values["block_out_channels"] = list(self.block_out_channels)
+    values["down_block_types"] = [_DOWN_BLOCKS[a] for a in self.down_attention]
+    values["up_block_types"] = [_UP_BLOCKS[a] for a in reversed(self.up_attention)]
+    values["mid_block_type"] = {v: k for k, v in _MID_BLOCKS.items()}[values.pop("mid_block")]
+    values["attention_head_dim"] = values.pop("num_heads")   # see the comment above
+    for key in ("layers_per_block", "attention_head_dim", "transformer_layers_per_block"):
+        entries = list(values[key])
+        values[key] = entries[0] if entries == entries[:1] * n else entries   # one int when all levels agree
+    del values["down_attention"], values["up_attention"]
+    values["act_fn"] = "silu"
+    return values
+
+
+def _block_has_attention(key: str, block_type: str, known: dict) -> bool:
+    has_attention = {name: attention for attention, name in known.items()}
+    if block_type not in has_attention:
+        raise ValueError(f"diffusers config {key} entry {block_type!r} is not supported: expected one of "
+                         f"{sorted(has_attention)}")
+    return has_attention[block_type]
+
+
+_DOWN_BLOCKS = {True: "CrossAttnDownBlock2D", False: "DownBlock2D"}
+_UP_BLOCKS = {True: "CrossAttnUpBlock2D", False: "UpBlock2D"}
+_MID_BLOCKS = {"UNetMidBlock2DCrossAttn": "cross_attention", "UNetMidBlock2D": "resnet", None: None}
+
+# Keys we translate or take over, with UNet2DConditionModel.__init__'s defaults in diffusers 0.42.
+_DIFFUSERS_UNET_DEFAULTS = {
+    "sample_size": None, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "only_cross_attention": False,
+    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1,
+    "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "attention_head_dim": 8,
+    "num_attention_heads": None, "use_linear_projection": False, "num_class_embeds": None, "upcast_attention": False,
+    "resnet_time_scale_shift": "default",
+}
+# Features of diffusers' UNet that ldm.unet does not implement: accepted only at these (default) values.
+_DIFFUSERS_UNSUPPORTED = {
+    "center_input_sample": False, "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None, "dual_cross_attention": False, "class_embed_type": None,
+    "addition_embed_type": None, "resnet_skip_time_act": False, "time_embedding_type": "positional",
+    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None,
+    "attention_type": "default", "class_embeddings_concat": False,
+}
+# Keys that only configure blocks or embeddings we do not build (SimpleCrossAttn / Resnet*sample blocks, the
+# "text"/"text_time" addition embeddings), so any value computes the same model here.
+_DIFFUSERS_NO_EFFECT = {
+    "resnet_out_scale_factor": 1.0, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
+    "addition_time_embed_dim": None, "addition_embed_type_num_heads": 64,
+}
+_DIFFUSERS_UNET_DEFAULTS.update(_DIFFUSERS_UNSUPPORTED, **_DIFFUSERS_NO_EFFECT)

@@ -36,10 +36,11 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed, silu_,
+from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed,
                         randn_tensor)
 
 # The VAE normalises with GroupNorm eps 1e-6 everywhere (the UNet uses 1e-5); diffusers hard-codes it.
@@ -302,7 +303,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             x = checkpointed(block, x) if self.gradient_checkpointing else block(x)   # -> (B, Ci, H/2^i, W/2^i)
         x = checkpointed(self.mid_block, x) if self.gradient_checkpointing else self.mid_block(x)
-        x = silu_(self.conv_norm_out(x))
+        x = F.silu(self.conv_norm_out(x))
         return self.conv_out(x)                                          # (B, C, h, w) -> (B, 2*Cz, h, w)
 
 
@@ -344,7 +345,7 @@ class Decoder(nn.Module):
         for block in self.up_blocks:
             x = checkpointed(block, x, zq) if ckpt else block(x, zq)    # -> (B, Ci, 2h, 2w) per upsampling
         x = self.conv_norm_out(x) if zq is None else self.conv_norm_out(x, zq)
-        return self.conv_out(silu_(x))                                    # (B, C0, H, W) -> (B, Cout, H, W)
+        return self.conv_out(F.silu(x))                                  # (B, C0, H, W) -> (B, Cout, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last 
 if want workload; then
     for mode in eager compile; do
         timeout 240 "$PY" bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
-            --rows vae_train_step denoiser_train_step dpm20_sampling_graph $([ $mode = compile ] && echo --compile) \
+            --rows vae_train_step,denoiser_train_step,dpm20_sampling_graph $([ $mode = compile ] && echo --compile) \
             --out "$OUT/bench_workload_$mode.json" --markdown 2>&1 | tee "$OUT/bench_workload_$mode.log"
         [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench workload $mode failed or timed out"; status=1; }
     done

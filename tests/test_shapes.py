@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ldm import shapes
+from ldm import fast, shapes
 from ldm.layers import Attention
 
 KINDS = ("vae", "unet", "vq")
@@ -123,9 +123,7 @@ def test_meta_trace_has_the_shapes_of_a_real_forward(kind):
         row = meta[name]
         assert [e for e in row.inputs if isinstance(e, tuple)] == inputs, name
         assert [e for e in row.outputs if isinstance(e, tuple)] == outputs, name
-    # the trace sees the q/k/v Linears that the fused attention path computes without calling them, and nothing else
-    extra = set(meta) - set(real)
-    assert extra and all(name.rsplit(".", 1)[1] in ("to_q", "to_k", "to_v") for name in extra)
+    assert set(meta) == set(real)   # every module the plain forward calls, and nothing else
     # the same trace on the real model gives identical rows (shapes, parameters, MACs)
     assert shapes.trace(model, *args, **kwargs) == list(meta.values())
 
@@ -138,11 +136,13 @@ def test_trace_leaves_the_model_as_it_was_and_computes_the_same_output():
     model.train()
     captured = []
     handle = model.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    shapes.trace(model, *args, **kwargs)                                 # q, k, v through separate Linears
+    fast.optimize(model)
+    rows = shapes.trace(model, *args, **kwargs)                          # traced on the plain classes
     handle.remove()
     torch.testing.assert_close(captured[0], expected)
     assert all(m.training for m in model.modules())
-    assert not any("_fused_linear" in m.__dict__ for m in model.modules())
+    assert fast.is_optimized(model)
+    assert any(row.name.endswith("attn1.to_k") for row in rows)          # the Linears' hooks fired
 
 
 @pytest.mark.parametrize("kind", KINDS)

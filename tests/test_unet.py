@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel as RefUNet
 from diffusers.models.transformers.transformer_2d import Transformer2DModel as RefTransformer2D
 
 from ldm.transformer import Transformer2D
+from ldm import fast
 from ldm.unet import UNET_PRESETS, UNet2DConditionModel, UNetConfig
 from tests.helpers import assert_close, assert_same_keys, cuda_pair, perturb_, sd15_inputs
 
@@ -346,4 +347,6 @@ def test_bad_config_values_are_named(kwargs, message):
 def test_full_sd15_unet_matches_diffusers_on_gpu():
     ours, ref = cuda_pair(RefUNet, UNet2DConditionModel, UNetConfig.preset("sd15"))
     x = sd15_inputs()
-    assert_close(ours(**x), ref(**x).sample, tol=1e-4, what="SD 1.5 UNet")
+    expected = ref(**x).sample
+    assert_close(ours(**x), expected, tol=1e-4, what="SD 1.5 UNet")
+    assert_close(fast.optimize(ours)(**x), expected, tol=1e-4, what="SD 1.5 UNet, ldm.fast path")

@@ -5,6 +5,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 
+from ldm import fast
 from ldm.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 from tests.helpers import assert_close, assert_same_keys, cuda_pair, perturb_
 
@@ -229,3 +230,4 @@ def test_full_sd_vae_matches_diffusers_on_gpu():
     assert_close(ours.encode(x).mean, ref.encode(x).latent_dist.mean, tol=1e-4, what="SD encode")
     z = torch.randn(1, 4, 32, 32, device="cuda")
     assert_close(ours.decode(z), ref.decode(z).sample, tol=1e-4, what="SD decode")
+    assert_close(fast.optimize(ours).decode(z), ref.decode(z).sample, tol=1e-4, what="SD decode, ldm.fast path")
