@@ -433,6 +433,16 @@ def check_indices(indices: torch.Tensor, low: int, high: int, what: str) -> None
         torch._assert_async(~out_of_range.any(), f"{what} must lie in [{low}, {high}]")
 
 
+def check_timesteps(timesteps: torch.Tensor, what: str = "timestep") -> None:
+    """ValueError unless every timestep is finite and >= 0; like check_indices, never syncs with a GPU."""
+    bad = (timesteps < 0) | ~torch.isfinite(timesteps)
+    if timesteps.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bad.any():
+            raise ValueError(f"{what} must be finite and >= 0, got {timesteps[bad].tolist()}")
+    else:
+        torch._assert_async(~bad.any(), f"{what} must be finite and >= 0")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Randomness
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ T time-embedding width (4 * block_out_channels[0]). Module names equal diffusers
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -50,8 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices, checkpointed,
-                        timestep_embedding)
+from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices, check_timesteps,
+                        checkpointed, timestep_embedding)
+from ldm.vae import check_matches_weights
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -435,14 +437,20 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
                              f"(shape {tuple(sample.shape)})")
         if not sample.is_floating_point():
             raise ValueError(f"sample must be a floating-point tensor, got {sample.dtype}")
+        check_matches_weights(sample, self.conv_in.weight, "sample")
         batch = sample.shape[0]
 
         if isinstance(timestep, torch.Tensor):
             if timestep.ndim > 1 or timestep.numel() not in (1, batch):
                 raise ValueError(f"timestep must be a number, a 0-d tensor or a ({batch},) tensor, got "
                                  f"{tuple(timestep.shape)}")
-        elif not isinstance(timestep, numbers.Real):
+            if timestep.is_complex() or timestep.dtype == torch.bool:
+                raise ValueError(f"timestep must be an integer or float tensor, got {timestep.dtype}")
+            check_timesteps(timestep)   # no GPU sync
+        elif not isinstance(timestep, numbers.Real) or isinstance(timestep, bool):
             raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
+        elif not (math.isfinite(timestep) and timestep >= 0):
+            raise ValueError(f"timestep must be finite and >= 0, got {timestep}")
 
         if cfg.has_cross_attention and context is None:
             raise ValueError(f"encoder_hidden_states is required: this UNet cross-attends to context tokens of "
@@ -457,6 +465,7 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
             if context.shape[2] != cfg.cross_attention_dim:
                 raise ValueError(f"encoder_hidden_states has width {context.shape[2]}, the config expects "
                                  f"cross_attention_dim={cfg.cross_attention_dim}")
+            check_matches_weights(context, self.conv_in.weight, "encoder_hidden_states")
             if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
                 raise ValueError(f"encoder_attention_mask must have shape {tuple(context.shape[:2])} "
                                  f"(B, S of encoder_hidden_states), got {tuple(context_mask.shape)}")

@@ -353,7 +353,39 @@ class Decoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class AutoencoderKL(PretrainedMixin, nn.Module):
+class LatentScaling:
+    """The latent space stage 2 works in, shared by AutoencoderKL and VQModel (both have ``config.scaling_factor``).
+
+    The LDM paper (Rombach et al. 2022, section 4.3.2) rescales the first stage's latents to about unit variance
+    before diffusion: z_diffusion = (z - shift) * scaling_factor, with scaling_factor = 1 / std(z) measured on the
+    training data (train_vae.py does this) and shift 0 (``shift_factor``, used by later pipelines, is honoured).
+    Sampling ends with the inverse, z = z_diffusion / scaling_factor + shift, before ``decode``.
+    """
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the diffusion model works on."""
+        raise NotImplementedError
+
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder latents (B, Cz, h, w) -> diffusion latents (z - shift) * scaling_factor."""
+        scale, shift = self._latent_scale_and_shift()
+        return (z - shift) * scale
+
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion latents (B, Cz, h, w) -> decoder latents z / scaling_factor + shift."""
+        scale, shift = self._latent_scale_and_shift()
+        return z / scale + shift
+
+    def _latent_scale_and_shift(self) -> tuple[float, float]:
+        scale = self.config.scaling_factor
+        if scale is None or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"{type(self).__name__}.config.scaling_factor is {scale!r}: latent scaling needs a "
+                             "positive number (train_vae.py measures it as 1 / std of the training latents)")
+        return float(scale), float(getattr(self.config, "shift_factor", None) or 0.0)
+
+
+class AutoencoderKL(LatentScaling, PretrainedMixin, nn.Module):
     """The KL-regularised autoencoder of latent diffusion: ``encode`` gives a DiagonalGaussian over latents,
     ``decode`` maps latents back to images. State-dict keys equal diffusers' ``AutoencoderKL``.
 
@@ -385,9 +417,14 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
 
     # ---- public API -----------------------------------------------------------------------------------------------
 
+    @property
+    def latent_channels(self) -> int:
+        """Cz, the channels of a posterior sample."""
+        return self.config.latent_channels
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """x: (B, Cin, H, W) in [-1, 1], H and W multiples of f -> posterior over (B, Cz, H/f, W/f)."""
-        check_image_batch(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
+        check_image_batch(x, self.config.in_channels, "x", self.config.downsample_factor, self.encoder.conv_in.weight)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_i) for x_i in x.split(1)])
         else:
@@ -396,7 +433,7 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z: (B, Cz, h, w) latents (already divided by scaling_factor) -> image (B, Cout, h*f, w*f), about [-1, 1]."""
-        check_image_batch(z, self.config.latent_channels, "z")
+        check_image_batch(z, self.config.latent_channels, "z", weight=self.decoder.conv_in.weight)
         if self.use_slicing and z.shape[0] > 1:
             return torch.cat([self._decode(z_i) for z_i in z.split(1)])
         return self._decode(z)
@@ -473,8 +510,10 @@ class AutoencoderKL(PretrainedMixin, nn.Module):
         return torch.cat(out_rows, dim=2)
 
 
-def check_image_batch(x: torch.Tensor, channels: int, name: str, multiple: int = 1) -> None:
-    """A clear ValueError unless x is a floating (B, channels, H, W) tensor with H and W multiples of ``multiple``."""
+def check_image_batch(x: torch.Tensor, channels: int, name: str, multiple: int = 1,
+                      weight: torch.Tensor | None = None) -> None:
+    """A clear ValueError unless x is a floating (B, channels, H, W) tensor with H and W multiples of ``multiple``
+    (and, given the ``weight`` it meets first, of that weight's dtype and device, unless autocast is on)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -487,6 +526,17 @@ def check_image_batch(x: torch.Tensor, channels: int, name: str, multiple: int =
     if x.shape[2] % multiple or x.shape[3] % multiple:
         raise ValueError(f"{name} height and width {tuple(x.shape[2:])} must be multiples of the downsampling "
                          f"factor {multiple} (2**(len(block_out_channels)-1))")
+    if weight is not None:
+        check_matches_weights(x, weight, name)
+
+
+def check_matches_weights(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
+    """ValueError unless x has the dtype and device of the model weight it meets first (autocast casts for itself)."""
+    if x.device != weight.device and not weight.is_meta:
+        raise ValueError(f"{name} is on {x.device}, the model on {weight.device}; move one with .to()")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"{name} is {x.dtype}, the model's weights are {weight.dtype}; convert the input with "
+                         f".to({weight.dtype}) or the model with .to({x.dtype})")
 
 
 def _blend_(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int):

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.vae import Decoder, Encoder, autoencoder_values_from_diffusers, check_image_batch
+from ldm.vae import Decoder, Encoder, LatentScaling, autoencoder_values_from_diffusers, check_image_batch
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -387,7 +387,7 @@ def _randint(high: int, size: int, generator: torch.Generator | None, device: to
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class VQModel(PretrainedMixin, nn.Module):
+class VQModel(LatentScaling, PretrainedMixin, nn.Module):
     """Vector-quantised autoencoder: ``encode`` gives continuous latents h, ``quantize`` snaps them to the
     codebook, ``decode`` maps (quantized) latents back to images. State-dict keys equal diffusers' ``VQModel``;
     ``from_pretrained`` / ``save_pretrained`` read and write diffusers model folders (see ldm.io)."""
@@ -410,9 +410,14 @@ class VQModel(PretrainedMixin, nn.Module):
                                config.layers_per_block, config.norm_num_groups, config.mid_block_add_attention,
                                norm_type=config.norm_type)
 
+    @property
+    def latent_channels(self) -> int:
+        """D, the channels of the latents h that encode returns and decode quantizes (diffusion works on them)."""
+        return self.config.embed_dim
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, Cin, H, W) in [-1, 1], H and W multiples of f -> pre-quantization latents h (B, D, H/f, W/f)."""
-        check_image_batch(x, self.config.in_channels, "x", multiple=self.config.downsample_factor)
+        check_image_batch(x, self.config.in_channels, "x", self.config.downsample_factor, self.encoder.conv_in.weight)
         h = self.encoder(x)                                              # (B, Cin, H, W) -> (B, Cz, h, w)
         return self.quant_conv(h)                                        # -> (B, D, h, w)
 
@@ -426,7 +431,7 @@ class VQModel(PretrainedMixin, nn.Module):
         """
         if force_not_quantize and self.config.lookup_from_codebook:
             return self._decode_codes(self.quantize.get_codebook_entry(h, shape))
-        check_image_batch(h, self.config.embed_dim, "latents h")
+        check_image_batch(h, self.config.embed_dim, "latents h", weight=self.post_quant_conv.weight)
         if not force_not_quantize:
             h, _, _ = self.quantize(h)                                   # (B, D, h, w), on the codebook
         return self._decode_codes(h)

@@ -350,3 +350,28 @@ def test_full_sd15_unet_matches_diffusers_on_gpu():
     expected = ref(**x).sample
     assert_close(ours(**x), expected, tol=1e-4, what="SD 1.5 UNet")
     assert_close(fast.optimize(ours)(**x), expected, tol=1e-4, what="SD 1.5 UNet, ldm.fast path")
+
+
+@pytest.mark.parametrize("timestep, message", [
+    (torch.tensor([float("nan"), 3.0]), r"timestep must be finite and >= 0, got \[nan\]"),
+    (torch.tensor([-1, 5]), r"timestep must be finite and >= 0, got \[-1\]"),
+    (float("inf"), "timestep must be finite and >= 0, got inf"),
+    (True, "timestep must be a number or a tensor, got bool"),
+])
+def test_nonsense_timesteps_are_refused_naming_the_value(timestep, message):
+    unet = UNet2DConditionModel(UNetConfig.preset("tiny")).eval()
+    x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 3, 32)
+    with pytest.raises(ValueError, match=message):
+        unet(x, timestep, context)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_inputs_of_another_dtype_than_the_weights_are_refused_with_the_fix(dtype):
+    unet = UNet2DConditionModel(UNetConfig.preset("tiny")).eval()
+    x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 3, 32)
+    with pytest.raises(ValueError, match=rf"sample is {dtype}, the model's weights are torch.float32; convert"):
+        unet(x.to(dtype), 10, context)
+    with pytest.raises(ValueError, match=rf"encoder_hidden_states is {dtype}, the model's weights are torch.float32"):
+        unet(x, 10, context.to(dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):   # autocast casts for itself: allowed
+        unet(x.to(torch.bfloat16), 10, context)

@@ -1,4 +1,5 @@
 """AutoencoderKL parity with diffusers 0.42 (the reference), and the posterior against closed forms."""
+import dataclasses
 import math
 
 import pytest
@@ -231,3 +232,24 @@ def test_full_sd_vae_matches_diffusers_on_gpu():
     z = torch.randn(1, 4, 32, 32, device="cuda")
     assert_close(ours.decode(z), ref.decode(z).sample, tol=1e-4, what="SD decode")
     assert_close(fast.optimize(ours).decode(z), ref.decode(z).sample, tol=1e-4, what="SD decode, ldm.fast path")
+
+
+def test_latent_scaling_is_the_ldm_papers_and_refuses_a_missing_factor():
+    """scale_latents = (z - shift) * scaling_factor (LDM paper, section 4.3.2), unscale_latents its inverse."""
+    vae = AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), scaling_factor=0.5, shift_factor=0.25))
+    z = torch.randn(2, vae.latent_channels, 4, 4)
+    assert vae.latent_channels == vae.config.latent_channels
+    assert torch.equal(vae.scale_latents(z), (z - 0.25) * 0.5)
+    torch.testing.assert_close(vae.unscale_latents(vae.scale_latents(z)), z)
+    for bad in (None, 0.0, float("nan")):
+        vae.config = dataclasses.replace(vae.config, scaling_factor=bad)
+        with pytest.raises(ValueError, match=r"config.scaling_factor is .*: latent scaling needs a positive number"):
+            vae.scale_latents(z)
+
+
+def test_float64_images_into_a_float32_vae_are_refused_with_the_fix():
+    vae = AutoencoderKL(VAEConfig.preset("tiny")).eval()
+    with pytest.raises(ValueError, match=r"x is torch.float64, the model's weights are torch.float32; convert"):
+        vae.encode(torch.rand(1, 3, 32, 32, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"z is torch.float16, the model's weights are torch.float32"):
+        vae.decode(torch.rand(1, 4, 8, 8, dtype=torch.float16))

@@ -425,3 +425,12 @@ def test_config_round_trips_through_diffusers():
     cfg = VQConfig.preset("tiny")
     assert VQConfig.from_diffusers(dict(RefVQModel(**cfg.to_diffusers()).config)) == cfg
     assert VQConfig.from_diffusers({}) == VQConfig.from_diffusers(dict(RefVQModel().config))    # same defaults
+
+
+def test_vq_latent_space_is_the_code_width_with_the_configs_scaling():
+    vq = VQModel(dataclasses.replace(VQConfig.preset("tiny"), scaling_factor=2.0)).eval()
+    h = torch.randn(1, vq.latent_channels, 4, 4)
+    assert vq.latent_channels == vq.config.embed_dim
+    assert torch.equal(vq.scale_latents(h), h * 2.0) and torch.equal(vq.unscale_latents(h), h / 2.0)
+    with pytest.raises(ValueError, match=r"latents h is torch.float64, the model's weights are torch.float32"):
+        vq.decode(h.double())

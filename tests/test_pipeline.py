@@ -1,0 +1,95 @@
+"""ldm.pipeline: a saved pipeline folder runs in diffusers' own components (the README's loop) and gives the images
+Pipeline.generate gives; user names and IDs; the checks at loading."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL as RefAutoencoderKL
+from diffusers import DDIMScheduler as RefDDIMScheduler
+from diffusers import UNet2DConditionModel as RefUNet
+from safetensors.torch import load_file
+
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder
+from ldm.ddpm import DDPMScheduler
+from ldm.pipeline import PIPELINE_CLASS, Pipeline, resolve_users
+from ldm.unet import UNet2DConditionModel, UNetConfig
+from ldm.vae import AutoencoderKL, VAEConfig
+from tests.helpers import perturb_
+
+USERS = {"alice": 0, "bob": 1, "carol": 2}
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                clip_sample=False, steps_offset=1)
+
+
+def tiny_pipeline(route: str = "both", sample_size=(8, 4), scaling_factor=0.5) -> Pipeline:
+    torch.manual_seed(0)
+    vae = AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1,
+                                            scaling_factor=scaling_factor, shift_factor=0.1))
+    classes = None if route == "cross" else len(USERS) + 1
+    unet = UNet2DConditionModel(dataclasses.replace(UNetConfig.preset("tiny"), sample_size=sample_size,
+                                                    num_class_embeds=classes))
+    perturb_(unet), perturb_(vae)
+    embedder = UserIDEmbedder(len(USERS), 32, 4, route, USERS)
+    return Pipeline(ConditionedUNet(unet, embedder).eval(), vae.eval(), DDPMScheduler(**SCHEDULE))
+
+
+@pytest.mark.parametrize("route", ["both", "cross"])
+def test_a_saved_pipeline_runs_in_diffusers_components_as_the_readme_shows(tmp_path, route):
+    pipe = tiny_pipeline(route)
+    pipe.save_pretrained(tmp_path / "pipeline")
+    index = json.loads((tmp_path / "pipeline" / "model_index.json").read_text())
+    assert index["_class_name"] == PIPELINE_CLASS != "LDMPipeline"   # not a diffusers pipeline's name
+    images = pipe.generate([1], num=2, steps=4, guidance=3.0, sampler="ddim", seed=7, progress=False)[1]
+
+    # the README's loop, with diffusers' classes only
+    folder, user, w, n = tmp_path / "pipeline", 1, 3.0, 2
+    unet = RefUNet.from_pretrained(folder, subfolder="unet").eval()
+    vae = RefAutoencoderKL.from_pretrained(folder, subfolder="vae").eval()
+    scheduler = RefDDIMScheduler.from_pretrained(folder, subfolder="scheduler", set_alpha_to_one=False)
+    table = load_file(folder / "embedder" / "model.safetensors")["embedding"]     # (U + 1, S, D); row U: null
+    null = table.shape[0] - 1
+    ids = torch.tensor([null] * n + [user] * n)                                    # [uncond; cond]
+    labels = ids if unet.config.num_class_embeds else None                         # route "both": also the label
+    scheduler.set_timesteps(4)
+    generator = torch.Generator().manual_seed((7 * 1_000_003 + user) * 10_007 + 0)  # Pipeline.generate's seeding
+    z = torch.randn(n, 4, 8, 4, generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps = unet(torch.cat([z, z]), t, encoder_hidden_states=table[ids], class_labels=labels).sample
+            eps_uncond, eps_cond = eps.chunk(2)
+            z = scheduler.step(eps_uncond + w * (eps_cond - eps_uncond), t, z).prev_sample
+        x = vae.decode(z / vae.config.scaling_factor + vae.config.shift_factor).sample
+    torch.testing.assert_close(images, x.clamp(-1, 1), rtol=1e-5, atol=1e-5)
+
+    loaded = Pipeline.from_pretrained(folder)
+    assert loaded.users == ["alice", "bob", "carol"] and loaded.latent_shape == (4, 8, 4)
+    assert torch.equal(loaded.generate([1], num=2, steps=4, guidance=3.0, seed=7, progress=False)[1], images)
+
+
+def test_user_names_ids_and_the_ambiguous_numeric_names():
+    assert resolve_users("all", USERS) == [0, 1, 2]
+    assert resolve_users("bob, 2,alice", USERS) == [0, 1, 2]
+    numeric = {"1": 0, "10": 1, "2": 2}                                # folders 1, 10, 2 sorted as strings
+    assert resolve_users("2", numeric) == [2]                          # name and ID agree: fine
+    with pytest.raises(ValueError, match=r"user '1' is ambiguous: the user named '1' has ID 0, and ID 1 is user '10'; "
+                                         r"write name:1 or id:1"):
+        resolve_users("1", numeric)
+    assert resolve_users("name:1", numeric) == [0] and resolve_users("id:1", numeric) == [1]
+    with pytest.raises(ValueError, match=r"unknown user 'dave'; valid users are 'all' or one of: 0=alice, 1=bob"):
+        resolve_users("dave", USERS)
+    with pytest.raises(ValueError, match="unknown user 'id:3'"):
+        resolve_users("id:3", USERS)
+
+
+def test_pipeline_checks_its_parts_when_built_and_loaded(tmp_path):
+    with pytest.raises(ValueError, match=r"config.scaling_factor is None: latent scaling needs a positive number"):
+        tiny_pipeline(scaling_factor=None)
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match="the UNet takes 4 latent channels, the autoencoder gives 8"):
+        Pipeline(pipe.denoiser, AutoencoderKL(dataclasses.replace(pipe.vae.config, latent_channels=8)),
+                 pipe.scheduler)
+    with pytest.raises(FileNotFoundError, match="not a pipeline folder"):
+        Pipeline.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="eta=0.5 is DDIM's; the euler sampler has no eta"):
+        pipe.generate([0], num=1, steps=2, sampler="euler", eta=0.5, progress=False)
