@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# GPU checks for ldm, prepared to run in one go on a CUDA machine. About 6-8 minutes on one H100/H200.
+# GPU checks for ldm, prepared to run in one go on a CUDA machine. About 7 minutes on one H200 with the default steps.
 #
 #   1. installs the carried diffusers wheel if diffusers is missing (the device image has torch but no diffusers),
 #   2. tests: the gpu-marked tests: full SD VAE, UNet and VQ in fp32 with TF32 off within 1e-4 of diffusers, the
 #      SD 1.5 UNet in bf16 (bound in tests/test_gpu_speed.py), channels-last, no host sync, tiled 2048x2048 decode,
 #      CUDA-graph sampling equal to eager sampling,
-#   3. bf16, compile, fp32: bench.py --device cuda --config sd in bf16 (with the CUDA-graph rows), bf16 + compile +
-#      channels-last (UNet forward batch 8 only, the row the compile target is about) and fp32;
+#   3. bf16, bf16_fast, compile, fp32: bench.py --device cuda --config sd in bf16 (with the CUDA-graph rows) on ldm's
+#      plain path and on its ldm.fast path, bf16 + compile + channels-last (UNet forward batch 8 only, the row the
+#      compile target is about) and fp32;
 #      channels_last (only when named in STEPS): bf16 with channels-last on both sides, every row,
 #   4. full (only when named in STEPS, alone: it needs a whole device call): make demo's GPU profile (128x128, the
 #      microdoppler presets) end to end, report in $OUT/demo_cuda/report.md; never run yet, its length is unknown,
@@ -23,8 +24,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 status=0
-# Steps to run: tests bf16 compile fp32 (the default), channels_last, workload and full; a subset when time is short
-STEPS="${STEPS:-tests bf16 compile fp32}"
+# Steps to run: tests bf16 bf16_fast (the default), compile, fp32, channels_last, workload, workload_compile and full;
+# a subset when time is short
+STEPS="${STEPS:-tests bf16 bf16_fast}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # ---- 1. environment ------------------------------------------------------------------------------------------------
@@ -59,19 +61,22 @@ bench() {   # bench NAME SECONDS ARGS...
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name failed or timed out"; status=1; }
 }
 want bf16 && bench bf16 120 --dtype bf16
+want bf16_fast && bench bf16_fast 120 --dtype bf16 --ldm-path fast
 want compile && bench bf16_compile 240 --dtype bf16 --compile --channels-last --rows unet_forward_b8
 want fp32 && bench fp32 200 --dtype fp32 --repeats 3   # fp32 is slow: 3 repeats keep the script under 8 minutes
 want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last   # not in the default STEPS
 # the user's own workload (not in the default STEPS): train_vae's and train_ldm's steps at the microdoppler presets
-# (256x256x1, batch 16), eager and compiled on both sides, and DPM-Solver++ 20 steps + CUDA graph vs DDIM 50
-if want workload; then
-    for mode in eager compile; do
-        timeout 240 "$PY" bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
-            --rows vae_train_step,denoiser_train_step,dpm20_sampling_graph $([ $mode = compile ] && echo --compile) \
-            --out "$OUT/bench_workload_$mode.json" --markdown 2>&1 | tee "$OUT/bench_workload_$mode.log"
-        [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench workload $mode failed or timed out"; status=1; }
-    done
-fi
+# (256x256x1, batch 16) on ldm's fast path, and DPM-Solver++ 20 steps + CUDA graph; 'workload' runs them eager,
+# 'workload_compile' compiled on both sides
+for mode in eager compile; do
+    step=workload; [ $mode = compile ] && step=workload_compile
+    want $step || continue
+    timeout 200 "$PY" bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
+        --ldm-path fast --rows vae_train_step,denoiser_train_step,dpm20_sampling_graph \
+        $([ $mode = compile ] && echo --compile) --out "$OUT/bench_workload_$mode.json" --markdown 2>&1 \
+        | tee "$OUT/bench_workload_$mode.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $step failed or timed out"; status=1; }
+done
 
 
 # ---- 4. the full-size run ------------------------------------------------------------------------------------------
