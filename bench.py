@@ -84,6 +84,8 @@ USERS, ID_TOKENS = 8, 4
 # the largest max_rel_diff a row may show before it is flagged: float32 agrees to rounding; bf16/fp16 carry about
 # 3 significant digits, and a sampling run compounds 50 steps of them
 AGREEMENT = {"fp32": 1e-4, "bf16": 0.1, "fp16": 0.1}
+# rows whose two sides compute different things on purpose (DPM-Solver++ 20 steps against DDIM 50 steps)
+DIFFERENT_OUTPUTS = ("dpm20_sampling_graph",)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -593,7 +595,7 @@ def run(args) -> dict:
             }
             result["rows"].append(row)
             print_row(row, header=len(result["rows"]) == 1)
-            if not diff <= AGREEMENT[args.dtype]:
+            if name not in DIFFERENT_OUTPUTS and not diff <= AGREEMENT[args.dtype]:
                 notes.append(f"{name}: ldm and diffusers differ by {diff:.2e} (relative), above {args.dtype}'s "
                              f"{AGREEMENT[args.dtype]:.0e}")
                 print(f"warning: {notes[-1]}", flush=True)

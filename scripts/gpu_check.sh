@@ -60,8 +60,8 @@ bench() {   # bench NAME SECONDS ARGS...
         --markdown "$@" 2>&1 | tee "$OUT/bench_$name.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name failed or timed out"; status=1; }
 }
-want bf16 && bench bf16 120 --dtype bf16
-want bf16_fast && bench bf16_fast 120 --dtype bf16 --ldm-path fast
+want bf16 && bench bf16 160 --dtype bf16
+want bf16_fast && bench bf16_fast 160 --dtype bf16 --ldm-path fast
 want compile && bench bf16_compile 240 --dtype bf16 --compile --channels-last --rows unet_forward_b8
 want fp32 && bench fp32 200 --dtype fp32 --repeats 3   # fp32 is slow: 3 repeats keep the script under 8 minutes
 want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last   # not in the default STEPS
