@@ -51,9 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices, check_timesteps,
-                        checkpointed, timestep_embedding)
-from ldm.vae import check_matches_weights
+from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices,
+                        check_matches_weights, check_timesteps, checkpointed, timestep_embedding)
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------

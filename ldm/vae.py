@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, checkpointed,
-                        randn_tensor)
+from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, check_image_batch,
+                        checkpointed, randn_tensor)
 
 # The VAE normalises with GroupNorm eps 1e-6 everywhere (the UNet uses 1e-5); diffusers hard-codes it.
 VAE_NORM_EPS = 1e-6
@@ -508,35 +508,6 @@ class AutoencoderKL(LatentScaling, PretrainedMixin, nn.Module):
                     _blend_(row[j - 1], tile, blend, dim=3)
             out_rows.append(torch.cat([tile[:, :, :keep, :keep] for tile in row], dim=3))
         return torch.cat(out_rows, dim=2)
-
-
-def check_image_batch(x: torch.Tensor, channels: int, name: str, multiple: int = 1,
-                      weight: torch.Tensor | None = None) -> None:
-    """A clear ValueError unless x is a floating (B, channels, H, W) tensor with H and W multiples of ``multiple``
-    (and, given the ``weight`` it meets first, of that weight's dtype and device, unless autocast is on)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{name} must have 4 dims (B, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[1] != channels:
-        raise ValueError(f"{name} has {x.shape[1]} channels, the config expects {channels} "
-                         f"(shape {tuple(x.shape)})")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.shape[2] % multiple or x.shape[3] % multiple:
-        raise ValueError(f"{name} height and width {tuple(x.shape[2:])} must be multiples of the downsampling "
-                         f"factor {multiple} (2**(len(block_out_channels)-1))")
-    if weight is not None:
-        check_matches_weights(x, weight, name)
-
-
-def check_matches_weights(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
-    """ValueError unless x has the dtype and device of the model weight it meets first (autocast casts for itself)."""
-    if x.device != weight.device and not weight.is_meta:
-        raise ValueError(f"{name} is on {x.device}, the model on {weight.device}; move one with .to()")
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise ValueError(f"{name} is {x.dtype}, the model's weights are {weight.dtype}; convert the input with "
-                         f".to({weight.dtype}) or the model with .to({x.dtype})")
 
 
 def _blend_(a: torch.Tensor, b: torch.Tensor, extent: int, dim: int):

@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from ldm.io import PretrainedMixin
-from ldm.vae import Decoder, Encoder, LatentScaling, autoencoder_values_from_diffusers, check_image_batch
+from ldm.layers import check_image_batch
+from ldm.vae import Decoder, Encoder, LatentScaling, autoencoder_values_from_diffusers
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
