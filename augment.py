@@ -12,8 +12,9 @@ identity classifier (ldm.metrics.train_classifier) is trained on
     classic+...        classic augmentation with the same three synthetic sets added
 and tested on the split's real "test" files, the same for every classifier. Within a (k, seed) every variant shares
 the real shots and the classifier's initialisation, so gains are paired per seed. Synthetic data earns its place
-only by beating "classic". Writes OUT (JSON), OUT with .png (accuracy against k, 95% bands) and prints a table.
-Bad input exits with status 2 and one line.
+only by beating "classic". Writes OUT with .png (accuracy against k, 95% bands) and then OUT (JSON, recording every
+option as resolved), each atomically, and prints a table. Every option is checked and the output folder tested for
+writing before any work; bad input exits with status 2 and one line.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from PIL import Image, ImageDraw
 from ldm import training
 from ldm.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
                          physics_filter, physics_ranges)
-from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split, relative_names
+from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, check_split, parse_size, read_split, relative_names
+from ldm.io import atomic_write
 from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, simulator_metadata,
                          spectrogram_axes, train_classifier)
 from ldm.training import option
@@ -46,33 +48,42 @@ class AugmentConfig:
                                      "from its train part, accuracy from its test part")
     generated: str | None = option(None, "synthetic samples: DIR/<requested user>/<files>, user names as in --real")
     shots: str = option("4,8,16", "real training samples per person, a comma list (each >= 2)")
-    seeds: int = option(5, "repeats per shot count; repeat r uses seed SEED + r (its shots and classifier init)")
-    seed: int = option(0, "first seed")
+    seeds: int = option(5, "repeats per shot count; repeat r uses seed SEED + r (its shots and classifier init)",
+                        at_least=1)
+    seed: int = option(0, "first seed", at_least=0, below=2**62)
     out: str = option("augmentation.json", "JSON results; the plot goes next to it with .png")
-    size: int = option(32, "images are resized to size x size for the classifier and the physics features")
+    size: str = option("32", "the classifier's input (and the physics features'): N (N x N) or HxW (height x "
+                             "width), each side >= 16")
+    resize: str = option("resize", "how files reach --size (ldm/data.py): stretch, crop, or pad keeping the aspect "
+                                   "ratio", choices=RESIZE_POLICIES)
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
+    colormap: str = option("none", "jet: PNG/JPEG files are jet-coloured renderings, mapped back to levels",
+                           choices=("none", "jet"))
     npy_scale: str = option("db", "what .npy values are (ldm/data.py)", choices=NPY_SCALES)
     dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's "
-                                               "metadata.json value, else 50)")
-    epochs: int = option(30, "classifier training epochs")
-    min_steps: int = option(240, "classifier optimizer steps at least (few-shot sets are small)")
-    batch_size: int = option(32, "classifier batch size")
-    lr: float = option(2e-3, "classifier learning rate (AdamW, cosine decay)")
+                                               "metadata.json value, else 50)", above=0)
+    epochs: int = option(30, "classifier training epochs", at_least=0)
+    min_steps: int = option(240, "classifier optimizer steps at least (few-shot sets are small)", at_least=0)
+    batch_size: int = option(32, "classifier batch size", at_least=2)
+    lr: float = option(2e-3, "classifier learning rate (AdamW, cosine decay)", above=0)
     margin_quantile: float = option(0.1, "margin filter: the threshold is this quantile of the margins real val "
-                                         "samples get for their true person (at least 0)")
+                                         "samples get for their true person (at least 0)", at_least=0, at_most=1)
     filters: str = option("auto", "synthetic-sample filters to compare: a comma list of margin, physics; none; or "
                                   "auto = margin, and physics when the velocity/time axes are known (the "
                                   "simulator's metadata.json in --real, or --v-max/--duration)")
     physics_tolerance: float = option(1.0, "physics filter: each person's real range is widened by this many "
-                                           "pooled within-person standard deviations on both sides")
-    v_max: float | None = option(None, "velocity span of the image rows is [-v_max, v_max] m/s")
-    duration: float | None = option(None, "seconds spanned by the image columns")
-    threshold_db: float = option(-25.0, "physics: body pixels are within this many dB of the image max")
-    time_scale: float = option(0.02, "classic augmentation: time scaling up to +-this (relative)")
-    doppler_shift: float = option(0.0025, "classic augmentation: Doppler shift up to +-this fraction of the height")
-    doppler_scale: float = option(0.02, "classic augmentation: Doppler scaling up to +-this (relative)")
-    gain_db: float = option(3.0, "classic augmentation: amplitude jitter up to +-this many dB")
-    threads: int = option(1, "torch CPU threads (small classifiers train fastest on one)")
+                                           "pooled within-person standard deviations on both sides", at_least=0)
+    v_max: float | None = option(None, "velocity span of the image rows is [-v_max, v_max] m/s", above=0)
+    duration: float | None = option(None, "seconds spanned by the image columns", above=0)
+    threshold_db: float = option(-25.0, "physics: body pixels are within this many dB of the image max", below=0)
+    time_scale: float = option(0.02, "classic augmentation: time scaling up to +-this (relative)", at_least=0,
+                               below=0.5)
+    doppler_shift: float = option(0.0025, "classic augmentation: Doppler shift up to +-this fraction of the height",
+                                  at_least=0, below=0.5)
+    doppler_scale: float = option(0.02, "classic augmentation: Doppler scaling up to +-this (relative)", at_least=0,
+                                  below=0.5)
+    gain_db: float = option(3.0, "classic augmentation: amplitude jitter up to +-this many dB", at_least=0)
+    threads: int = option(1, "torch CPU threads (small classifiers train fastest on one)", at_least=1)
     progress: bool = option(True, "show a progress bar over the runs")
 
 
@@ -189,15 +200,15 @@ def plot_accuracy(rows: list[dict], variants: list[str], chance: float, path: st
     draw.text((left, bottom + 24), "real training samples per person (k); accuracy on the real test split, "
                                    "bands: 95% CI over seeds", fill=(0, 0, 0))
     draw.text((left, 8), f"identity accuracy with and without synthetic data (chance {chance:.3f})", fill=(0, 0, 0))
-    image.save(path)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The experiment
 # ----------------------------------------------------------------------------------------------------------------
-def run(cfg: AugmentConfig) -> dict:
-    started = time.perf_counter()
-    # ---- options, checked before any slow work ---------------------------------------------------------------------
+def check_options(cfg: AugmentConfig) -> tuple[list[int], tuple[int, int], dict]:
+    """Every check that needs no training: (shots, (height, width), the split); also that OUT and its plot can be
+    written."""
     for name in ("real", "generated"):
         if getattr(cfg, name) is None:
             raise ValueError(f"--{name} is required")
@@ -206,25 +217,36 @@ def run(cfg: AugmentConfig) -> dict:
                          "and train_ldm.py write one in their run folder), so that no real test file was ever "
                          "seen by the generator or used as a shot")
     shots = parse_shots(cfg.shots)
-    if cfg.seeds < 1 or cfg.size < 16 or cfg.epochs < 0 or cfg.batch_size < 2 or cfg.threads < 1:
-        raise ValueError(f"need --seeds >= 1, --size >= 16, --epochs >= 0, --batch-size >= 2, --threads >= 1; got "
-                         f"{cfg.seeds}, {cfg.size}, {cfg.epochs}, {cfg.batch_size}, {cfg.threads}")
-    if not 0 <= cfg.margin_quantile <= 1 or cfg.physics_tolerance < 0:
-        raise ValueError(f"need 0 <= --margin-quantile <= 1 and --physics-tolerance >= 0, got "
-                         f"{cfg.margin_quantile}, {cfg.physics_tolerance}")
+    size = parse_size(cfg.size, "--size")
+    if min(size) < 16:
+        raise ValueError(f"--size {cfg.size}: each side must be >= 16 (the classifier pools 4 times)")
     if (cfg.v_max is None) != (cfg.duration is None):
         raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
     if Path(cfg.generated).resolve() == Path(cfg.real).resolve():
         raise ValueError("--generated is the --real folder: the synthetic samples would include the real test files")
+    out = Path(cfg.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder, not a file")
+    try:
+        training.check_writable(out.parent)
+    except ValueError:
+        raise ValueError(f"--out {out}: cannot write into {out.parent}") from None
     split = read_split(cfg.split)
     check_split(split, cfg.real, "--real")
+    if not split["test"]:
+        raise ValueError(f"{cfg.split}: the split has no test files to measure accuracy on")
+    return shots, size, split
+
+
+def run(cfg: AugmentConfig) -> dict:
+    started = time.perf_counter()
+    # ---- options, checked before any slow work ---------------------------------------------------------------------
+    shots, (height, width), split = check_options(cfg)
     meta = simulator_metadata(cfg.real)
-    axes = spectrogram_axes(meta, cfg.size, cfg.size, cfg.v_max, cfg.duration)
+    axes = spectrogram_axes(meta, height, width, cfg.v_max, cfg.duration)
     filters = parse_filters(cfg.filters)
     if "physics" in filters and cfg.filters != "auto" and axes is None:
         raise ValueError("--filters physics needs --v-max and --duration (or the simulator's metadata.json in --real)")
-    if not split["test"]:
-        raise ValueError(f"{cfg.split}: the split has no test files to measure accuracy on")
     dynamic_range = cfg.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
     classic = ClassicAugment(time_scale=cfg.time_scale, doppler_shift=cfg.doppler_shift,
                              doppler_scale=cfg.doppler_scale, gain_db=cfg.gain_db, dynamic_range_db=dynamic_range)
@@ -232,7 +254,8 @@ def run(cfg: AugmentConfig) -> dict:
 
     # ---- data: the split's real parts and the synthetic samples, labelled with the split's user map --------------
     class_to_idx = split["class_to_idx"]
-    load = dict(size=cfg.size, channels=cfg.channels, npy_scale=cfg.npy_scale, dynamic_range_db=dynamic_range,
+    load = dict(size=(height, width), resize=cfg.resize, channels=cfg.channels, npy_scale=cfg.npy_scale,
+                colormap=None if cfg.colormap == "none" else cfg.colormap, dynamic_range_db=dynamic_range,
                 class_to_idx=class_to_idx, cache=True)
     pool = SpectrogramFolder(cfg.real, subset=split["train"], **load)
     x_pool, y_pool = pool.tensors()
@@ -262,8 +285,9 @@ def run(cfg: AugmentConfig) -> dict:
         pool_physics = batch_physics_features(x_pool, axes, dynamic_range, cfg.threshold_db)
         gen_physics = batch_physics_features(x_gen, axes, dynamic_range, cfg.threshold_db)
     variants = [base + (f"+{s}" if s else "") for base in ("real", "classic") for s in ("", *sets)]
-    classifier = ClassifierConfig(num_classes=num_classes, in_channels=cfg.channels, image_size=cfg.size,
-                                  epochs=cfg.epochs, min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+    classifier = ClassifierConfig(num_classes=num_classes, in_channels=cfg.channels,
+                                  image_size=height if height == width else (height, width), epochs=cfg.epochs,
+                                  min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr)
 
     # ---- loop: every (k, seed) trains every variant on the same shots from the same initialisation --------------
     from tqdm import tqdm
@@ -322,7 +346,8 @@ def run(cfg: AugmentConfig) -> dict:
                          "kept_fraction": float(np.mean([r["kept"][v] for r in own])) / len(y_gen),
                          "per_seed_accuracy": accs})
     return {
-        "format": FORMAT, "settings": asdict(cfg), "shots": shots,
+        "format": FORMAT, "settings": {**asdict(cfg), "size": [height, width], "dynamic_range": dynamic_range},
+        "shots": shots,
         "seeds": list(range(cfg.seed, cfg.seed + cfg.seeds)), "variants": variants,
         "class_to_idx": class_to_idx, "chance": 1 / num_classes,
         "counts": {"real_train_pool": len(y_pool), "real_val": 0 if y_val is None else len(y_val),
@@ -347,19 +372,20 @@ def run(cfg: AugmentConfig) -> dict:
 def main(argv: list[str] | None = None) -> int:
     cfg = training.parse_config(AugmentConfig, argv, __doc__.split("\n\n")[0])
     threads = torch.get_num_threads()                                   # run() sets --threads; restored after
+    out = Path(cfg.out)
+    png = out.with_suffix(".png")
     try:
         result = run(cfg)
-    except (ValueError, FileNotFoundError, OSError) as error:
+        result["png"] = str(png)
+        result = json_safe(result)
+        plot_accuracy(result["rows"], result["variants"], result["chance"], png)
+        text = json.dumps(result, indent=1, allow_nan=False)
+        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the results last
+    except (ValueError, OSError) as error:                              # OSError: ldm.io.WriteError, one line
         print(f"augment.py: error: {error}".replace("\n", " "), file=sys.stderr)
         return 2
     finally:
         torch.set_num_threads(threads)
-    out = Path(cfg.out)
-    png = out.with_suffix(".png")
-    result["png"] = str(png)
-    result = json_safe(result)
-    out.write_text(json.dumps(result, indent=1, allow_nan=False))
-    plot_accuracy(result["rows"], result["variants"], result["chance"], png)
     print_table(result["rows"])
     for note in result["notes"]:
         print(f"note: {note}")

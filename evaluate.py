@@ -22,24 +22,30 @@ all of --real-test (then all of --real is training data). Without either the eva
   6. for simulator data (DIR/metadata.json from ldm.microdoppler) or with --v-max/--duration: per-user physics
      (torso velocity, Doppler envelopes, bandwidth, cadence), mean and spread, real test vs generated vs truth;
   7. the report: where the test files came from (and their names), overall and per-user figures.
-Prints a table, writes the JSON report and the confusion-matrix PNG. Bad input exits with status 2 and one line.
+Prints a table, writes the confusion-matrix PNG and then the JSON report (each atomically; the report records
+every option as resolved). Every option is checked and the output folders tested for writing before any work; bad
+input exits with status 2 and one line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ldm.data import SpectrogramFolder, check_split, files_digest, read_split, relative_names, split_indices
+from ldm import training
+from ldm.data import (NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, check_split, files_digest, parse_size,
+                      read_split, relative_names, split_indices)
+from ldm.io import atomic_write
 from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
                          condition_control_ratio, frechet_distance, json_safe, load_classifier, memorisation_ratios,
                          memorisation_summary, mmd2_unbiased, nearest_neighbour_distances, pca_basis,
                          percentile_interval, predict, save_classifier, simulator_metadata, spectrogram_axes,
                          train_classifier, wilson_interval)
+from ldm.training import option
 
 NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
                "--real-test DIR (real files no generator saw); figures measured on real files a generator trained "
@@ -49,42 +55,43 @@ NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the spli
 SAME_PIXELS_RMS = 2 / 255
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--real", required=True, help="real (or simulated) data: DIR/<user>/<files>")
-    p.add_argument("--generated", required=True, help="generated samples: DIR/<requested user>/<files>")
-    p.add_argument("--split", default=None, help="split.json (or a run folder holding one) made for --real: the "
-                                                 "classifier trains on its train + val files, figures use its test")
-    p.add_argument("--real-test", default=None, help="real test folder DIR/<user>/<files> no generator saw, "
-                                                     "labelled with --real's users; all of --real is training data")
-    p.add_argument("--out", default="report.json", help="JSON report path")
-    p.add_argument("--confusion-png", default=None, help="confusion-matrix image (default: <out>_confusion.png)")
-    p.add_argument("--size", type=int, default=64, help="images are resized to size x size for the classifier")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1: grayscale (RGB -> luma), 3: RGB")
-    p.add_argument("--npy-scale", default="db", choices=("db", "magnitude", "power", "unit", "minmax"),
-                   help="what .npy values are (ldm/data.py)")
-    p.add_argument("--dynamic-range", type=float, default=None,
-                   help="dB range mapped to [-1, 1] (default: the simulator's metadata.json value, else 50)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the classifiers, the test halves and the bootstrap")
-    p.add_argument("--epochs", type=int, default=30, help="classifier training epochs")
-    p.add_argument("--min-steps", type=int, default=240, help="classifier optimizer steps at least (small data sets)")
-    p.add_argument("--batch-size", type=int, default=32, help="classifier batch size")
-    p.add_argument("--lr", type=float, default=2e-3, help="classifier learning rate (AdamW, cosine decay)")
-    p.add_argument("--classifier", default=None, help="load the real-data classifier from this .safetensors (it must "
-                                                      "record the same training files), or train it and save it "
-                                                      "there when the file does not exist")
-    p.add_argument("--pca-dims", type=int, default=16, help="Frechet distance and KID use this many principal axes "
-                                                            "of the real training features")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the distance intervals")
-    p.add_argument("--physics", default="auto", choices=("auto", "on", "off"),
-                   help="physics checks: auto = when --real holds the simulator's metadata.json or --v-max is given")
-    p.add_argument("--v-max", type=float, default=None, help="velocity span of the image rows is [-v_max, v_max] m/s")
-    p.add_argument("--duration", type=float, default=None, help="seconds spanned by the image columns")
-    p.add_argument("--threshold-db", type=float, default=-25.0, help="physics: body pixels are within this of the max")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files (their count is reported)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+@dataclass
+class EvaluateConfig:
+    real: str | None = option(None, "real (or simulated) data: DIR/<user>/<files> (required)")
+    generated: str | None = option(None, "generated samples: DIR/<requested user>/<files> (required)")
+    split: str | None = option(None, "split.json (or a run folder holding one) made for --real: the classifier "
+                                     "trains on its train + val files, figures use its test")
+    real_test: str | None = option(None, "real test folder DIR/<user>/<files> no generator saw, labelled with "
+                                         "--real's users; all of --real is training data")
+    out: str = option("report.json", "JSON report path")
+    confusion_png: str | None = option(None, "confusion-matrix image (default: <out>_confusion.png)")
+    size: str = option("64", "the classifier's input: N (N x N) or HxW (height x width), each side >= 16")
+    resize: str = option("resize", "how files reach --size (ldm/data.py): stretch, crop, or pad keeping the aspect "
+                                   "ratio", choices=RESIZE_POLICIES)
+    channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
+    colormap: str = option("none", "jet: PNG/JPEG files are jet-coloured renderings, mapped back to levels",
+                           choices=("none", "jet"))
+    npy_scale: str = option("db", "what .npy values are (ldm/data.py)", choices=NPY_SCALES)
+    dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's metadata.json "
+                                               "value, else 50)", above=0)
+    seed: int = option(0, "seeds the classifiers, the test halves and the bootstrap", at_least=0, below=2**63)
+    epochs: int = option(30, "classifier training epochs", at_least=0)
+    min_steps: int = option(240, "classifier optimizer steps at least (small data sets)", at_least=0)
+    batch_size: int = option(32, "classifier batch size", at_least=2)
+    lr: float = option(2e-3, "classifier learning rate (AdamW, cosine decay)", above=0)
+    classifier: str | None = option(None, "load the real-data classifier from this .safetensors (it must record the "
+                                          "same training files), or train it and save it there when the file does "
+                                          "not exist")
+    pca_dims: int = option(16, "Frechet distance and KID use this many principal axes of the real training "
+                               "features", at_least=1)
+    bootstrap: int = option(200, "bootstrap resamples for the distance intervals", at_least=10)
+    physics: str = option("auto", "physics checks: auto = when --real holds the simulator's metadata.json or --v-max "
+                                  "is given", choices=("auto", "on", "off"))
+    v_max: float | None = option(None, "velocity span of the image rows is [-v_max, v_max] m/s", above=0)
+    duration: float | None = option(None, "seconds spanned by the image columns", above=0)
+    threshold_db: float = option(-25.0, "physics: body pixels are within this many dB of the image max", below=0)
+    skip_bad: bool = option(False, "skip unreadable files (their count is reported)")
+    quiet: bool = option(False, "no progress bars")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -106,7 +113,7 @@ def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray
 
 
 def save_confusion_png(matrix: np.ndarray, classes: list[str], path: str) -> None:
-    """Row-normalised confusion matrix as a white-to-blue grid with counts, requested users as rows."""
+    """Row-normalised confusion matrix as a white-to-blue grid with counts, requested users as rows (atomically)."""
     from PIL import Image, ImageDraw, ImageFont
     k = len(classes)
     cell, margin = max(24, min(48, 640 // k)), 90
@@ -124,7 +131,7 @@ def save_confusion_png(matrix: np.ndarray, classes: list[str], path: str) -> Non
         draw.text((4, margin + i * cell + cell // 3), f"{i}: {classes[i][:10]}", fill="black", font=font)
         draw.text((margin + i * cell + cell // 3, margin - 14), str(i), fill="black", font=font)
     draw.text((4, 4), "rows: requested user, columns: predicted user (by ID)", fill="black", font=font)
-    img.save(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def physics_by_user(x: torch.Tensor, labels: np.ndarray, axes, dynamic_range: float, threshold_db: float) -> dict:
@@ -258,11 +265,12 @@ def physics_table(x_test: torch.Tensor, y_test: np.ndarray, x_gen: torch.Tensor,
     real_phys = physics_by_user(x_test, y_test, axes, dynamic_range, threshold_db)
     gen_phys = physics_by_user(x_gen, y_gen, axes, dynamic_range, threshold_db)
     rows, ratios = {}, {}
+    people = meta.get("people", []) if meta is not None else []       # ldm.radar's metadata has no ground truth
     for j, name in enumerate(classes):
         row = {"real_test": real_phys.get(j, {}), "generated": gen_phys.get(j, {})}
-        if meta is not None and j < len(meta["people"]) and meta["people"][j]["user"] == name:
-            row["truth"] = {"speed_mps": meta["people"][j]["speed_mps"],
-                            "cadence_steps_per_s": meta["people"][j]["cadence_steps_per_s"]}
+        if j < len(people) and people[j]["user"] == name:
+            row["truth"] = {"speed_mps": people[j]["speed_mps"],
+                            "cadence_steps_per_s": people[j]["cadence_steps_per_s"]}
         for key in row["real_test"]:
             if key in row["generated"]:                                 # a std of 0 or nan gives no ratio
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -279,32 +287,64 @@ def physics_table(x_test: torch.Tensor, y_test: np.ndarray, x_gen: torch.Tensor,
 # ----------------------------------------------------------------------------------------------------------------
 # The evaluation
 # ----------------------------------------------------------------------------------------------------------------
-def evaluate(args: argparse.Namespace) -> dict:
-    meta = simulator_metadata(args.real)
-    # Option checks first, before any slow work.
-    if args.split is None and args.real_test is None:
+def output_paths(cfg: EvaluateConfig) -> tuple[Path, Path]:
+    """The report and the confusion-matrix PNG (default: beside the report)."""
+    out = Path(cfg.out)
+    return out, Path(cfg.confusion_png or out.with_name(out.stem + "_confusion.png"))
+
+
+def check_options(cfg: EvaluateConfig) -> tuple[tuple[int, int], dict | None, dict | None]:
+    """Every check that needs no data: ((height, width), the split or None, the simulator metadata or None).
+    Also tests that the report, the PNG and a classifier to be saved can be written."""
+    for name in ("real", "generated"):
+        if getattr(cfg, name) is None:
+            raise ValueError(f"--{name} is required")
+    if cfg.split is None and cfg.real_test is None:
         raise ValueError(NO_TEST_SET)
-    if args.split is not None and args.real_test is not None:
+    if cfg.split is not None and cfg.real_test is not None:
         raise ValueError("give --split or --real-test, not both (one source of real test files)")
-    if (args.v_max is None) != (args.duration is None):
+    size = parse_size(cfg.size, "--size")
+    if min(size) < 16:
+        raise ValueError(f"--size {cfg.size}: each side must be >= 16 (the classifier pools 4 times)")
+    if (cfg.v_max is None) != (cfg.duration is None):
         raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
-    if args.physics == "on" and args.v_max is None and meta is None:
+    meta = simulator_metadata(cfg.real)
+    if cfg.physics == "on" and cfg.v_max is None and meta is None:
         raise ValueError("--physics on needs --v-max and --duration (or the simulator's metadata.json in --real)")
-    if args.size < 16 or args.epochs < 0 or args.batch_size < 2 or args.pca_dims < 1 or args.bootstrap < 10:
-        raise ValueError(f"need --size >= 16, --epochs >= 0, --batch-size >= 2, --pca-dims >= 1, --bootstrap >= 10; "
-                         f"got {args.size}, {args.epochs}, {args.batch_size}, {args.pca_dims}, {args.bootstrap}")
-    split = read_split(args.split) if args.split is not None else None
+    out, png = output_paths(cfg)
+    for flag, path in (("--out", out), ("--confusion-png", png), ("--classifier", cfg.classifier)):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path} is a folder, not a file")
+    for flag, path in (("--out", out), ("--confusion-png", png)):
+        _check_folder(flag, path)
+    if cfg.classifier is not None and not Path(cfg.classifier).exists():
+        _check_folder("--classifier", Path(cfg.classifier))         # trained, then saved there
+    split = read_split(cfg.split) if cfg.split is not None else None
     if split is not None:
-        check_split(split, args.real, what="--real")                    # the folder the split was made for
-    dynamic_range = args.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
-    load = dict(size=args.size, channels=args.channels, npy_scale=args.npy_scale, dynamic_range_db=dynamic_range,
-                skip_bad=args.skip_bad, cache=True)
+        check_split(split, cfg.real, what="--real")                      # the folder the split was made for
+    return size, split, meta
+
+
+def _check_folder(flag: str, path: Path) -> None:
+    """ValueError naming the option when nothing can be written into the folder of ``path``."""
+    try:
+        training.check_writable(path.parent)
+    except ValueError:
+        raise ValueError(f"{flag} {path}: cannot write into {path.parent}") from None
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    (height, width), split, meta = check_options(cfg)                   # before any slow work
+    dynamic_range = cfg.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
+    load = dict(size=(height, width), resize=cfg.resize, channels=cfg.channels, npy_scale=cfg.npy_scale,
+                colormap=None if cfg.colormap == "none" else cfg.colormap, dynamic_range_db=dynamic_range,
+                skip_bad=cfg.skip_bad, cache=True)
 
     # 1. Real data: the classifier's training files (fit), the generators' training files (the memorisation
     #    reference) and the test files; generated samples labelled with the real class map.
-    real = SpectrogramFolder(args.real, **load)
+    real = SpectrogramFolder(cfg.real, **load)
     if len(real.classes) < 2:
-        raise ValueError(f"{args.real} needs at least two user folders to evaluate identity")
+        raise ValueError(f"{cfg.real} needs at least two user folders to evaluate identity")
     x_real, y_real = real.tensors()
     names = relative_names(real.root, real.files)
     if split is not None:
@@ -313,19 +353,19 @@ def evaluate(args: argparse.Namespace) -> dict:
         ref = torch.tensor([part[n] == "train" for n in names])
         test = torch.tensor([part[n] == "test" for n in names])
         if not test.any():
-            raise ValueError(f"the split {args.split} has no test files (made with test_fraction 0?)")
+            raise ValueError(f"the split {cfg.split} has no test files (made with test_fraction 0?)")
         x_test, y_test, test_names = x_real[test], y_real[test], [n for n, t in zip(names, test) if t]
         x_fit, y_fit, fit_names, x_ref = x_real[fit], y_real[fit], [n for n, f in zip(names, fit) if f], x_real[ref]
-        source = {"from": "--split", "path": str(args.split), "files_sha256": split["files_sha256"],
+        source = {"from": "--split", "path": str(cfg.split), "files_sha256": split["files_sha256"],
                   "seed": split.get("seed"), "test_fraction": split.get("test_fraction"),
                   "val_fraction": split.get("val_fraction"), "group_regex": split.get("group_regex"),
                   "classifier_trained_on": "split train + val", "generators_trained_on": "split train"}
     else:
-        test_set = SpectrogramFolder(args.real_test, class_to_idx=real.class_to_idx, **load)
+        test_set = SpectrogramFolder(cfg.real_test, class_to_idx=real.class_to_idx, **load)
         x_test, y_test = test_set.tensors()
         test_names = relative_names(test_set.root, test_set.files)
         x_fit, y_fit, fit_names, x_ref = x_real, y_real, names, x_real
-        source = {"from": "--real-test", "path": str(args.real_test), "classifier_trained_on": "all of --real",
+        source = {"from": "--real-test", "path": str(cfg.real_test), "classifier_trained_on": "all of --real",
                   "generators_trained_on": "all of --real (assumed)"}
     # A test file with the pixels of a training file (a duplicate, or a .png next to its .npy) is not held out.
     same = nearest_neighbour_distances(x_test, x_fit) < SAME_PIXELS_RMS * x_test[0].numel() ** 0.5
@@ -337,36 +377,40 @@ def evaluate(args: argparse.Namespace) -> dict:
         test_names = [n for n in test_names if n not in dropped]
         if len(test_names) == 0:
             raise ValueError("every real test file has the pixels of a training file: nothing is held out")
-    gen = SpectrogramFolder(args.generated, class_to_idx=real.class_to_idx, **load)
+    gen = SpectrogramFolder(cfg.generated, class_to_idx=real.class_to_idx, **load)
     x_gen, y_gen = gen.tensors()
     k, classes = len(real.classes), real.classes
-    cfg = ClassifierConfig(num_classes=k, in_channels=args.channels, image_size=args.size, epochs=args.epochs,
-                           min_steps=args.min_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    recipe = ClassifierConfig(num_classes=k, in_channels=cfg.channels,
+                              image_size=height if height == width else (height, width), epochs=cfg.epochs,
+                              min_steps=cfg.min_steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed)
 
     # 2. The evaluation classifier, trained on the real training files only. A saved one is reused only if it
     #    records exactly these training files, so it cannot have trained on this evaluation's test files.
     trained_on = {"fit_files_sha256": files_digest(fit_names), "num_fit_files": len(fit_names),
                   "split_files_sha256": split["files_sha256"] if split is not None else None}
-    if args.classifier and Path(args.classifier).is_file():
-        model, saved_map = load_classifier(args.classifier)
-        saved_on = classifier_trained_on(args.classifier)
+    if cfg.classifier and Path(cfg.classifier).is_file():
+        try:
+            model, saved_map = load_classifier(cfg.classifier)
+            saved_on = classifier_trained_on(cfg.classifier)
+        except ValueError as error:
+            raise ValueError(f"--classifier {error}") from None
         if saved_on is None:
-            raise ValueError(f"{args.classifier} does not record which files it was trained on; delete it so it is "
+            raise ValueError(f"{cfg.classifier} does not record which files it was trained on; delete it so it is "
                              "retrained on this split's training files")
         if saved_on.get("fit_files_sha256") != trained_on["fit_files_sha256"]:
-            raise ValueError(f"{args.classifier} was trained on other files ({saved_on.get('num_fit_files')} of them) "
+            raise ValueError(f"{cfg.classifier} was trained on other files ({saved_on.get('num_fit_files')} of them) "
                              f"than this evaluation's {len(fit_names)} real training files (another split?), so it "
                              "may have seen the test files; delete it or pass another --classifier path")
         if saved_map != real.class_to_idx:
-            raise ValueError(f"{args.classifier} was trained on users {sorted(saved_map)}, "
+            raise ValueError(f"{cfg.classifier} was trained on users {sorted(saved_map)}, "
                              f"not {sorted(real.class_to_idx)}")
-        if model.cfg.in_channels != args.channels:
-            raise ValueError(f"{args.classifier} takes {model.cfg.in_channels} channel(s), "
-                             f"not --channels {args.channels}")
+        if model.cfg.in_channels != cfg.channels:
+            raise ValueError(f"{cfg.classifier} takes {model.cfg.in_channels} channel(s), "
+                             f"not --channels {cfg.channels}")
     else:
-        model = train_classifier(x_fit, y_fit, cfg, progress=not args.quiet)
-        if args.classifier:
-            save_classifier(model, args.classifier, real.class_to_idx, trained_on=trained_on)
+        model = train_classifier(x_fit, y_fit, recipe, progress=not cfg.quiet)
+        if cfg.classifier:
+            save_classifier(model, cfg.classifier, real.class_to_idx, trained_on=trained_on)
 
     # 3. Accuracies: real test, train-on-real-test-on-generated (TRTS), train-on-generated-test-on-real (TSTR, only
     #    the users that were generated).
@@ -377,7 +421,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     confidence = p_gen[torch.arange(len(yg)), y_gen].numpy()          # probability of the requested user
     ccr = condition_control_ratio(pred_gen, yg, k)
     matrix = confusion_matrix(pred_gen, yg, k)
-    tstr_model = train_classifier(x_gen, y_gen, cfg, progress=not args.quiet)
+    tstr_model = train_classifier(x_gen, y_gen, recipe, progress=not cfg.quiet)
     covered = np.isin(yt, np.unique(yg))
     tstr_pred = np.full(len(yt), -1)
     tstr_pred[covered] = predict(tstr_model, x_test[torch.from_numpy(covered)])[0].argmax(1).numpy()
@@ -385,14 +429,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     # 4. Frechet distance and KID in a --pca-dims projection of the penultimate features (axes and one scale from
     #    the real training features): generated vs real test half B, next to the floor real test half A vs B.
     f_fit = predict(model, x_fit)[1]
-    mean, axes = pca_basis(f_fit, args.pca_dims)
+    mean, axes = pca_basis(f_fit, cfg.pca_dims)
     scale = ((f_fit.double() - mean) @ axes.T).pow(2).mean().sqrt().clamp_min(1e-12)
     z_test, z_gen = (f_test.double() - mean) @ axes.T / scale, (f_gen.double() - mean) @ axes.T / scale   # (., dims)
     distances = {
         "features": f"EvalCNN penultimate features ({model.cfg.feature_dim}-d, real-trained), projected on the "
                     f"{axes.shape[0]} leading principal axes of the real training features, divided by their RMS",
         "dims": axes.shape[0],
-        **distances_with_floor(z_test, y_test, test_names, z_gen, y_gen, args.bootstrap, args.seed)}
+        **distances_with_floor(z_test, y_test, test_names, z_gen, y_gen, cfg.bootstrap, cfg.seed)}
 
     # 5. Memorisation: each sample's distance to its nearest generator-training sample, relative to the median such
     #    distance of real test samples; the share of generated samples closer than 95% of real test samples are.
@@ -402,14 +446,14 @@ def evaluate(args: argparse.Namespace) -> dict:
     for space, (q_gen, q_test, q_ref) in (("features", (f_gen, f_test, f_ref)), ("pixels", (x_gen, x_test, x_ref))):
         gen_ratios, test_ratios = memorisation_ratios(q_gen, q_test, q_ref)
         memorisation[space] = memorisation_summary(gen_ratios, test_ratios,
-                                                   generator=torch.Generator().manual_seed(args.seed))
+                                                   generator=torch.Generator().manual_seed(cfg.seed))
         close[space] = gen_ratios < memorisation[space]["threshold_ratio"]
 
     # 6. Physics checks: mean and spread per user, real test vs generated (vs the simulator's truth).
-    axes_md = spectrogram_axes(meta, x_real.shape[-2], x_real.shape[-1], args.v_max, args.duration)
+    axes_md = spectrogram_axes(meta, x_real.shape[-2], x_real.shape[-1], cfg.v_max, cfg.duration)
     physics = None
-    if args.physics != "off" and axes_md is not None:
-        physics = physics_table(x_test, yt, x_gen, yg, classes, axes_md, meta, dynamic_range, args.threshold_db)
+    if cfg.physics != "off" and axes_md is not None:
+        physics = physics_table(x_test, yt, x_gen, yg, classes, axes_md, meta, dynamic_range, cfg.threshold_db)
 
     # 7. The report: where the test files came from, overall and per-user figures.
     per_user = {}
@@ -423,12 +467,13 @@ def evaluate(args: argparse.Namespace) -> dict:
             "ccr": ccr.get(j), "generated": int(own.sum()),
             "fraction_close_to_train": {s: float(c[own].mean()) for s, c in close.items()} if own.any() else None}
     report = {
-        "real": str(args.real), "generated": str(args.generated), "class_to_idx": real.class_to_idx,
+        "options": {**asdict(cfg), "size": [height, width], "dynamic_range": dynamic_range},
+        "real": str(cfg.real), "generated": str(cfg.generated), "class_to_idx": real.class_to_idx,
         "split": source, "real_test_files": test_names, "real_test_dropped_as_duplicates": dropped,
         "counts": {"real_classifier_train": len(fit_names), "real_generator_train": len(x_ref),
                    "real_test": len(test_names), "generated": len(yg),
                    "skipped_real": len(real.skipped), "skipped_generated": len(gen.skipped)},
-        "classifier": {**vars(model.cfg), "loaded_from": args.classifier, "trained_on": trained_on},
+        "classifier": {**vars(model.cfg), "loaded_from": cfg.classifier, "trained_on": trained_on},
         "overall": {"real_test_accuracy": accuracy(pred_test == yt), "trts_accuracy": accuracy(pred_gen == yg),
                     "tstr_accuracy": accuracy(tstr_pred[covered] == yt[covered]),
                     "mean_confidence": float(confidence.mean()),
@@ -444,18 +489,18 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    cfg = training.parse_config(EvaluateConfig, argv, __doc__.split("\n\n")[0])
+    out, png = output_paths(cfg)
     try:
-        report = evaluate(args)
-    except (ValueError, FileNotFoundError, OSError) as err:
+        report = evaluate(cfg)
+        report["confusion_png"] = str(png)
+        report = json_safe(report)
+        save_confusion_png(np.array(report["confusion_matrix"]["counts"]), list(report["per_user"]), str(png))
+        text = json.dumps(report, indent=1, allow_nan=False)
+        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the report last
+    except (ValueError, OSError) as err:                                # OSError: ldm.io.WriteError, one line
         print(f"evaluate.py: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    out = Path(args.out)
-    png = args.confusion_png or str(out.with_name(out.stem + "_confusion.png"))
-    report["confusion_png"] = png
-    report = json_safe(report)
-    out.write_text(json.dumps(report, indent=1, allow_nan=False))
-    save_confusion_png(np.array(report["confusion_matrix"]["counts"]), list(report["per_user"]), png)
     print_table(report)
     print(f"\nwrote {out} and {png}")
     return 0

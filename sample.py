@@ -11,11 +11,15 @@ dpm++2m (DPM-Solver++(2M), Lu et al. 2022; good samples in 15-20 steps), euler (
 (Euler ancestral: stochastic, like DDPM); each computes what its diffusers scheduler computes, bit for bit.
 
 Writes OUT/<user name>/<i>.png (8-bit, [-1, 1] -> [0, 255]; and <i>.npy, float32 (C, H, W) in [0, 1], with
---save-npy: read it back with npy_scale "unit") and, next to OUT, OUT_grid.png with one row per user (outside OUT, so
-that OUT stays a pure ROOT/<user>/files folder that evaluate.py reads). Classifier-free guidance
-(Ho & Salimans 2022) mixes the prediction for the user with the one for the null ID: scale 1 is the conditional model
-alone, larger values push samples harder towards the user. Every user's images come from generators seeded by
-(--seed, user ID, batch), so `--user 3` and `--user all` give user 3 the same images.
+--save-npy: read it back with npy_scale "unit") and, next to OUT, OUT_grid.png with one row per user and OUT.json,
+the record of the run (every option as resolved, the users and how many images each got); both outside OUT, so that
+OUT stays a pure ROOT/<user>/files folder that evaluate.py reads. Every option is checked, and the output folder
+tested for writing, before the model runs; the images are written into a hidden folder beside OUT and moved into
+place only when all of them are written (OUT.json comes last), so a failed run leaves no partial OUT.
+
+Classifier-free guidance (Ho & Salimans 2022) mixes the prediction for the user with the one for the null ID: scale 1
+is the conditional model alone, larger values push samples harder towards the user. Every user's images come from
+generators seeded by (--seed, user ID, batch), so `--user 3` and `--user all` give user 3 the same images.
 
 Filters (docs/augmentation.md) write only the samples they keep, under their unfiltered names (<i> stays the i-th
 image of the unfiltered run), and print how many each user kept, so OUT is an augmented set as it stands:
@@ -29,8 +33,10 @@ image of the unfiltered run), and print how many each user kept, so OUT is an au
 """
 from __future__ import annotations
 
+import os
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +48,7 @@ from ldm.augment import class_margins, physics_filter, physics_ranges
 from ldm.conditioning import SAMPLERS, ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.ddpm import DDPMScheduler
-from ldm.io import load_pipeline
+from ldm.io import atomic_write, load_pipeline, temp_name, write_json
 from ldm.metrics import batch_physics_features, load_classifier, predict, simulator_metadata, spectrogram_axes
 from ldm.training import option
 from ldm.vae import AutoencoderKL
@@ -52,19 +58,21 @@ from ldm.vae import AutoencoderKL
 class SampleConfig:
     model: str = option("runs/ldm/pipeline", "pipeline folder written by train_ldm.py (OUT/pipeline)")
     user: str = option("all", "'all', a user name from the ID map, an ID number, or a comma list of those")
-    num: int = option(16, "images per user")
-    steps: int = option(50, "sampling steps")
-    guidance: float = option(3.0, "classifier-free guidance scale (1 = conditional model only)")
+    num: int = option(16, "images per user", at_least=1)
+    steps: int = option(50, "sampling steps (at most the pipeline's number of training timesteps)", at_least=1)
+    guidance: float = option(3.0, "classifier-free guidance scale (1 = conditional model only, 0 = unconditional)",
+                             at_least=0)
     sampler: str = option("ddim", "DDIM (deterministic with --eta 0), ancestral DDPM, DPM-Solver++(2M) (good in 15-20 "
                                   "steps), Euler, or Euler ancestral (stochastic)", choices=SAMPLERS)
-    eta: float = option(0.0, "DDIM's eta (0 = deterministic)")
-    seed: int = option(0, "seeds the starting noise (and the per-step noise of ddpm and euler_a)")
+    eta: float = option(0.0, "DDIM's eta (0 = deterministic); --sampler ddim only", at_least=0)
+    seed: int = option(0, "seeds the starting noise (and the per-step noise of ddpm and euler_a)", at_least=0,
+                       at_most=10**9)
     out: str = option("samples", "output folder: OUT/<user>/<i>.png")
     grid: str | None = option(None, "grid PNG with one row per user (default: OUT_grid.png next to OUT)")
-    batch_size: int = option(16, "images per model call (guidance doubles it)")
+    batch_size: int = option(16, "images per model call (guidance doubles it)", at_least=1)
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     save_npy: bool = option(False, "also write OUT/<user>/<i>.npy, float32 (C, H, W) in [0, 1]")
-    grid_columns: int = option(8, "images per user in the grid")
+    grid_columns: int = option(8, "images per user in the grid", at_least=1)
     progress: bool = option(True, "show progress bars")
     cuda_graph: bool = option(False, "CUDA only: replay each model call as one captured CUDA graph (same images, "
                                      "faster at small batches, where launching kernels limits the speed)")
@@ -74,17 +82,19 @@ class SampleConfig:
                          choices=("none", "margin", "physics"))
     classifier: str | None = option(None, "margin filter: classifier .safetensors (ldm.metrics.save_classifier) "
                                           "trained on real data, with the pipeline's user names")
-    margin_threshold: float = option(0.0, "margin filter: keep when p(requested) - max p(other) > this, in [-1, 1) "
-                                          "(0: the requested user is the classifier's top class)")
+    margin_threshold: float = option(0.0, "margin filter: keep when p(requested) - max p(other) > this (0: the "
+                                          "requested user is the classifier's top class)", at_least=-1, below=1)
     real: str | None = option(None, "physics filter: the real data folder DIR/<user>/<files> of the pipeline")
     split: str | None = option(None, "physics filter: its split.json (or the run folder); ranges use its train part")
     physics_tolerance: float = option(1.0, "physics filter: each user's real range is widened by this many pooled "
-                                           "within-user standard deviations on both sides")
-    v_max: float | None = option(None, "physics filter: velocity span of the image rows is [-v_max, v_max] m/s")
-    duration: float | None = option(None, "physics filter: seconds spanned by the image columns")
-    threshold_db: float = option(-25.0, "physics filter: body pixels are within this many dB of the image max")
+                                           "within-user standard deviations on both sides", at_least=0)
+    v_max: float | None = option(None, "physics filter: velocity span of the image rows is [-v_max, v_max] m/s",
+                                 above=0)
+    duration: float | None = option(None, "physics filter: seconds spanned by the image columns", above=0)
+    threshold_db: float = option(-25.0, "physics filter: body pixels are within this many dB of the image max",
+                                 below=0)
     dynamic_range: float | None = option(None, "physics filter: dB range of [-1, 1] (default: the simulator's "
-                                               "metadata.json value, else 50)")
+                                               "metadata.json value, else 50)", above=0)
     npy_scale: str = option("db", "physics filter: what .npy values in --real are (ldm/data.py)", choices=NPY_SCALES)
 
 
@@ -125,7 +135,39 @@ def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.
             np.save(folder / f"{i}.npy", ((images[i] + 1) / 2).numpy().astype(np.float32))
 
 
-def make_judge(cfg: SampleConfig, class_to_idx: dict[str, int], user_names: list[str], channels: int, side: int):
+def check_outputs(out: Path, grid: Path) -> None:
+    """Before any work: OUT (or, when it does not exist yet, the folder it will be made in) and the grid's folder
+    take a file. ValueError naming the option otherwise."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    training.check_writable(out if out.exists() else out.parent)
+    try:
+        training.check_writable(grid.parent)
+    except ValueError:
+        raise ValueError(f"--grid {grid}: cannot write into {grid.parent}") from None
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the finished OUT/<user> folders from ``staging`` into OUT: one rename when OUT does not exist yet, else
+    file by file (each rename atomic, same file system); a failure names the users moved completely."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    done = []
+    try:
+        for user in sorted(staging.iterdir()):
+            (out / user.name).mkdir(exist_ok=True)
+            for file in sorted(user.iterdir()):
+                os.replace(file, out / user.name / file.name)
+            done.append(user.name)
+    except OSError as error:
+        raise ValueError(f"--out {out}: moving the images in failed ({error.strerror}); users complete there: "
+                         f"{done or 'none'}; run again for the others") from None
+    shutil.rmtree(staging)
+
+
+def make_judge(cfg: SampleConfig, class_to_idx: dict[str, int], user_names: list[str], channels: int,
+               size: tuple[int, int]):
     """None for --filter none; else check the filter's options and return keep(images, user) -> (N,) bool."""
     if cfg.filter != "margin" and cfg.classifier is not None:
         raise ValueError(f"--classifier is used by --filter margin only, got --filter {cfg.filter}")
@@ -140,7 +182,7 @@ def make_judge(cfg: SampleConfig, class_to_idx: dict[str, int], user_names: list
                          "samples; choose a new --out")
     if cfg.filter == "margin":
         return margin_judge(cfg, class_to_idx, channels)
-    return physics_judge(cfg, class_to_idx, channels, side)
+    return physics_judge(cfg, class_to_idx, channels, size)
 
 
 def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int):
@@ -150,9 +192,10 @@ def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int)
                          "ldm.metrics.save_classifier; evaluate.py --classifier PATH writes one)")
     if not Path(cfg.classifier).is_file():
         raise FileNotFoundError(f"--classifier {cfg.classifier} does not exist")
-    if not -1 <= cfg.margin_threshold < 1:
-        raise ValueError(f"--margin-threshold must lie in [-1, 1), got {cfg.margin_threshold}")
-    classifier, classifier_map = load_classifier(cfg.classifier)
+    try:
+        classifier, classifier_map = load_classifier(cfg.classifier)
+    except ValueError as error:
+        raise ValueError(f"--classifier {error}") from None
     if classifier_map != class_to_idx:
         raise ValueError(f"--classifier {cfg.classifier} knows users {classifier_map}, the pipeline {class_to_idx}")
     if classifier.cfg.in_channels != channels:
@@ -166,26 +209,24 @@ def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int)
     return keep
 
 
-def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int, side: int):
+def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int, size: tuple[int, int]):
     """Check the physics filter's options, measure the real train files of the split once; return
-    keep(images (N, C, side, side), user) -> (N,) bool."""
+    keep(images (N, C, H, W), user) -> (N,) bool, for the generated image size (H, W)."""
     if cfg.real is None or cfg.split is None:
         raise ValueError("--filter physics needs --real DATA and --split RUN/split.json (each user's range comes "
                          "from the real train files)")
     if (cfg.v_max is None) != (cfg.duration is None):
         raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
-    if cfg.physics_tolerance < 0:
-        raise ValueError(f"--physics-tolerance must be >= 0, got {cfg.physics_tolerance}")
     split = read_split(cfg.split)
     check_split(split, cfg.real, "--real")
     if split["class_to_idx"] != class_to_idx:
         raise ValueError(f"--real {cfg.real} has users {split['class_to_idx']}, the pipeline {class_to_idx}")
     meta = simulator_metadata(cfg.real)
-    axes = spectrogram_axes(meta, side, side, cfg.v_max, cfg.duration)
+    axes = spectrogram_axes(meta, *size, cfg.v_max, cfg.duration)
     if axes is None:
         raise ValueError("--filter physics needs --v-max and --duration (or the simulator's metadata.json in --real)")
     dynamic_range = cfg.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
-    real = SpectrogramFolder(cfg.real, size=side, channels=channels, npy_scale=cfg.npy_scale,
+    real = SpectrogramFolder(cfg.real, size=size, channels=channels, npy_scale=cfg.npy_scale,
                              dynamic_range_db=dynamic_range, subset=split["train"], class_to_idx=class_to_idx)
     x_real, y_real = real.tensors()
     ranges = physics_ranges(batch_physics_features(x_real, axes, dynamic_range, cfg.threshold_db), y_real.numpy(),
@@ -199,44 +240,65 @@ def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int
 
 
 def run(cfg: SampleConfig) -> int:
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    for name in ("num", "steps", "batch_size", "grid_columns"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.cuda_graph and not str(device).startswith("cuda"):
-        raise ValueError(f"--cuda-graph needs a CUDA device, got --device {device}")
+    device = training.resolve_device(cfg.device)
+    if cfg.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device, got --device {cfg.device}")
+    if cfg.eta != 0 and cfg.sampler != "ddim":
+        raise ValueError(f"--eta is DDIM's (--sampler ddim); --sampler {cfg.sampler} takes no eta, got --eta {cfg.eta}")
+    out = Path(cfg.out)
+    target = out.resolve()                                              # --out . has a name this way
+    grid = Path(cfg.grid) if cfg.grid else target.with_name(target.name + "_grid.png")
+    record = target.with_name(target.name + ".json")
+    check_outputs(out, grid)
     model, vae, scheduler, scale, shift = load_model(cfg.model, device)
+    if cfg.steps > scheduler.config.num_train_timesteps:
+        raise ValueError(f"--steps must be <= {scheduler.config.num_train_timesteps}, the pipeline's training "
+                         f"timesteps; got {cfg.steps}")
     class_to_idx = model.embedder.class_to_idx
     users = resolve_users(cfg.user, class_to_idx)                        # an unknown user fails before any writing
     names = {i: name for name, i in class_to_idx.items()}
     scheduler = make_sampler(cfg.sampler, scheduler)
-    side = model.unet.config.sample_size                                # train_ldm.py stores the latent side here
-    if not isinstance(side, int):
-        side = vae.config.sample_size // vae.config.downsample_factor
-    latent_shape = (model.unet.config.in_channels, side, side)
-    out = Path(cfg.out)
+    latent = model.unet.config.sample_size                              # train_ldm.py stores the latent size here:
+    if isinstance(latent, int):                                         # N (N x N) or (h, w)
+        latent = (latent, latent)
+    elif latent is None:
+        latent = (vae.config.sample_size // vae.config.downsample_factor,) * 2
+    latent_shape = (model.unet.config.in_channels, *latent)
     judge = make_judge(cfg, class_to_idx, [names[u] for u in users], vae.config.out_channels,
-                       side * vae.config.downsample_factor)             # filters are checked before generating
+                       tuple(n * vae.config.downsample_factor for n in latent))   # checked before generating
 
-    images = generate(model, vae, scheduler, users, cfg.num, latent_shape, scale, shift, cfg.guidance, cfg.steps,
-                      cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta, cfg.cuda_graph)
-    kept = {}
-    for user in users:
-        keep = None if judge is None else judge(images[user], user)
-        save_images(images[user], out / names[user], cfg.save_npy, keep)
-        kept[user] = images[user] if keep is None else images[user][keep]
-    grid = Path(cfg.grid) if cfg.grid else out.resolve().with_name(out.resolve().name + "_grid.png")
-    rows = [kept[u][:cfg.grid_columns] for u in users if len(kept[u])]
-    if rows:
-        training.image_grid(rows).save(grid)
+    staging = temp_name(target)                                         # hidden until every image is written
+    staging.mkdir(parents=True)
+    try:
+        images = generate(model, vae, scheduler, users, cfg.num, latent_shape, scale, shift, cfg.guidance, cfg.steps,
+                          cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta, cfg.cuda_graph)
+        kept = {}
+        for user in users:
+            keep = None if judge is None else judge(images[user], user)
+            save_images(images[user], staging / names[user], cfg.save_npy, keep)
+            kept[user] = images[user] if keep is None else images[user][keep]
+        rows = [kept[u][:cfg.grid_columns] for u in users if len(kept[u])]
+        if rows:
+            atomic_write(grid, lambda tmp: training.image_grid(rows).save(tmp, format="PNG"))
+        publish(staging, out)
+    except OSError as error:                                            # disk full, ...: OUT is untouched
+        raise ValueError(f"--out {out}: writing the images failed ({error.strerror or error}); nothing was written "
+                         "there") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    write_json({"format": "ldm-samples-1", "options": {**asdict(cfg), "device": str(device)}, "out": str(out),
+                "grid": str(grid) if rows else None, "users": {names[u]: u for u in users},
+                "images": {names[u]: len(kept[u]) for u in users}}, record)
     if judge is None:
-        print(f"wrote {cfg.num} image(s) for each of {len(users)} user(s) to {out}/<user>/ and the grid {grid}")
+        print(f"wrote {cfg.num} image(s) for each of {len(users)} user(s) to {out}/<user>/, the grid {grid} and "
+              f"the record {record}")
         return 0
     for user in users:
         print(f"{names[user]}: kept {len(kept[user])} of {cfg.num}")
     total = sum(len(k) for k in kept.values())
     print(f"--filter {cfg.filter} kept {total} of {cfg.num * len(users)} image(s); wrote them to {out}/<user>/"
-          + (f" and the grid {grid}" if rows else " (no grid: nothing kept)"))
+          + (f", the grid {grid}" if rows else " (no grid: nothing kept)") + f" and the record {record}")
     return 0
 
 
@@ -244,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = training.parse_config(SampleConfig, argv, __doc__.split("\n\n")[0])
     try:
         return run(cfg)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:                               # OSError: ldm.io.WriteError, one line
         print(f"error: {error}", file=sys.stderr)
         return 2
 

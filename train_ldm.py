@@ -16,9 +16,12 @@ is replaced by the null ID, so the same network serves classifier-free guidance.
 The LDM trains on the "train" part of the VAE run's split.json (copied into --out; --split names another one), so
 neither stage ever sees the held-out "test" files that evaluate.py and augment.py measure on.
 
-The run folder (--out) holds split.json, checkpoint.pt (everything needed to resume exactly; written atomically),
-pipeline/ (a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds the ID table and
-the user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and class_to_idx.json.
+The run folder (--out) holds config.json (every option as resolved), split.json, checkpoint.pt (everything needed
+to resume exactly), pipeline/ (a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds
+the ID table and the user-name -> ID map), log.jsonl, loss.png, samples/ (EMA samples, one row per user) and
+class_to_idx.json. As in train_vae.py, it belongs to one run (--resume with the same options but those
+MAY_CHANGE_ON_RESUME lists, or --overwrite to move it aside), and a kill or a full disk keeps the last checkpoint
+and the last pipeline/ whole.
 
 Several processes (torchrun) split each global batch: process r of N trains on its batch_size images, the gradients
 are averaged (DDP, or with --fsdp reduce-scattered onto weight shards), and the run trains what one process with the
@@ -28,8 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import shutil
+import math
 import socket
 import sys
 import time
@@ -41,14 +43,14 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ldm import training
+from ldm import io, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible, generate, make_sampler
-from ldm.data import SpectrogramFolder, write_class_map, write_split
+from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json, save_pipeline
 from ldm.layers import ResnetBlock2D
 from ldm.sampling import diffusion_loss
-from ldm.training import batch_indices, check_writable, option, resolve_data, resolve_split, sample_generators
+from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
 from ldm.transformer import Transformer2D
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
@@ -58,7 +60,12 @@ from ldm.vae import AutoencoderKL
 class TrainLDMConfig:
     data: str = option("microdoppler", "image/.npy folder ROOT/<user>/files, or 'microdoppler' to simulate the "
                                        "built-in dataset (shared with train_vae.py when --out is a sibling folder)")
-    out: str = option("runs/ldm", "run folder (checkpoint.pt, pipeline/, log.jsonl, samples/, loss.png)")
+    out: str = option("runs/ldm", "run folder (config.json, checkpoint.pt, pipeline/, log.jsonl, samples/, loss.png); "
+                                  "a new run needs an empty or new folder")
+    resume: str | None = option(None, "resume from this checkpoint.pt or run folder, with the options it was "
+                                      "started with (an error names any that differ, and those that may)")
+    overwrite: bool = option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
+                                    "OUT.old-<time>, never deleted")
     vae: str = option("runs/vae", "a train_vae.py run folder (its model/) or a diffusers AutoencoderKL/VQModel folder")
     scaling_factor: str = option("config", "'config': the factor in the VAE's config.json (an error if it has none); "
                                            "'auto': 1/std of the training latents, measured now; or a number")
@@ -70,45 +77,58 @@ class TrainLDMConfig:
                                          "come from the VAE")
     unet_channels: str | None = option(None, "override the preset's block_out_channels, e.g. '32,64,128'")
     unet_attention: str | None = option(None, "override which levels have attention, e.g. '0,1,1'")
-    unet_layers: int | None = option(None, "override the preset's resnets per level")
-    unet_heads: int | None = option(None, "override the preset's attention heads (every level)")
-    context_dim: int | None = option(None, "override the preset's cross_attention_dim (width of the ID tokens)")
+    unet_layers: int | None = option(None, "override the preset's resnets per level", at_least=1, at_most=64)
+    unet_heads: int | None = option(None, "override the preset's attention heads (every level)", at_least=1)
+    context_dim: int | None = option(None, "override the preset's cross_attention_dim (width of the ID tokens)",
+                                     at_least=1)
     init_unet: str | None = option(None, "start from the weights of this diffusers UNet folder (e.g. an earlier "
                                          "pipeline/unet) instead of the preset")
     cond: str = option("both", "how the user ID reaches the UNet: cross-attention tokens, the class embedding "
                                "added to the time embedding, or both", choices=ROUTES)
-    num_tokens: int = option(4, "cross-attention tokens per user (>= 2 so the attention weights carry information)")
-    p_uncond: float = option(0.1, "probability of replacing a user ID by the null ID (classifier-free guidance)")
+    num_tokens: int = option(4, "cross-attention tokens per user (>= 2 so the attention weights carry information)",
+                             at_least=1, at_most=1024)
+    p_uncond: float = option(0.1, "probability of replacing a user ID by the null ID (classifier-free guidance)",
+                             at_least=0, below=1)
     prediction: str = option("epsilon", "what the UNet predicts", choices=("epsilon", "v_prediction"))
-    min_snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting (Hang et al. 2023; 5 in the paper)")
-    size: int | None = option(None, "image side in pixels (default: the VAE's sample_size)")
-    resize: str = option("resize", "how files of another size become size x size",
-                         choices=("resize", "center_crop", "random_crop", "none"))
-    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
-                            choices=("db", "magnitude", "power", "unit", "minmax"))
+    min_snr_gamma: float | None = option(None, "min-SNR-gamma loss weighting (Hang et al. 2023; 5 in the paper)",
+                                         above=0)
+    size: str | None = option(None, "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); "
+                                    "default: the VAE's sample_size (its [height, width] when not square)")
+    resize: str = option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and "
+                                   "padded with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
+                         choices=RESIZE_POLICIES)
+    colormap: str = option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to "
+                                   "levels", choices=("none", "jet"))
+    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
+    dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
+                                  at_most=400)
+    db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")
     split: str | None = option(None, "the split.json to use (default: the --vae run folder's, so both stages train "
                                      "on the same files and never on the held-out test files; a resumed run "
                                      "reuses its own)")
     holdout_fraction: float = option(0.25, "only when neither --split nor the VAE run has a split: fraction of each "
-                                           "user's files held out as the real test set")
+                                           "user's files held out as the real test set", at_least=0, below=1)
     val_fraction: float = option(0.1, "only for a new split: fraction of each user's files held out for the "
-                                      "held-out loss during training")
+                                      "held-out loss during training", at_least=0, below=1)
     group_regex: str | None = option(None, "only for a new split: files whose names share this regex's first group "
                                            "stay on one side")
-    steps: int = option(20000, "optimizer steps")
-    batch_size: int = option(16, "images per process per step (global batch = this x processes)")
-    lr: float = option(1e-4, "AdamW learning rate")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    seed: int = option(0, "seeds data order, initialisation, noise, timesteps, ID dropout and the simulator")
-    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
-    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)")
+    steps: int = option(20000, "optimizer steps", at_least=1)
+    batch_size: int = option(16, "images per process per step (global batch = this x processes)", at_least=1)
+    lr: float = option(1e-4, "AdamW learning rate", above=0, at_most=1)
+    weight_decay: float = option(0.0, "AdamW weight decay", at_least=0, at_most=10)
+    seed: int = option(0, "seeds data order, initialisation, noise, timesteps, ID dropout and the simulator "
+                          "(per-image generators are seeded with seed x 10^12 + ..., which must stay below 2^64)",
+                       at_least=0, at_most=10_000_000)
+    device: str = option("auto", "cpu, cuda, cuda:N, mps, or auto (cuda when available)")
+    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)", at_least=0,
+                              below=1)
     ema_warmup: bool = option(True, "warm the EMA decay up as diffusers' EMAModel and the LDM code do: "
                                     "min(ema_decay, (1 + s) / (10 + s)) at update s + 1 (ldm.training.ema_decay)")
     export: str = option("ema", "which weights pipeline/ holds: the EMA or the raw (last optimizer step) weights",
                          choices=("ema", "raw"))
-    eval_every: int = option(500, "steps between held-out losses of the EMA and the raw weights in log.jsonl")
-    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    eval_every: int = option(500, "steps between held-out losses of the EMA and the raw weights in log.jsonl",
+                             at_least=1)
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)", at_least=0)
     mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
     gradient_checkpointing: bool = option(False, "recompute UNet activations in backward to save memory")
     compile: bool = option(False, "torch.compile the denoiser's forward (and so its backward) for training: the "
@@ -130,16 +150,28 @@ class TrainLDMConfig:
                                "held-out loss, sample grids and export. Checkpoints hold full state dicts as "
                                "without --fsdp, so either kind of run resumes the other's. Not with --compile or "
                                "--channels-last")
-    log_every: int = option(10, "steps between log.jsonl records")
-    sample_every: int = option(500, "steps between EMA sample grids in samples/ (one row per user)")
-    sample_per_user: int = option(4, "images per user in each grid")
-    sample_steps: int = option(50, "DDIM steps for the grids")
-    sample_guidance: float = option(3.0, "classifier-free guidance scale for the grids")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops")
-    sim_users: int = option(8, "--data microdoppler: simulated people")
-    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person")
+    log_every: int = option(10, "steps between log.jsonl records", at_least=1)
+    sample_every: int = option(500, "steps between EMA sample grids in samples/ (one row per user)", at_least=1)
+    sample_per_user: int = option(4, "images per user in each grid", at_least=1, at_most=64)
+    sample_steps: int = option(50, "DDIM steps for the grids", at_least=1, at_most=1000)
+    sample_guidance: float = option(3.0, "classifier-free guidance scale for the grids", at_least=0, at_most=100)
+    checkpoint_every: int = option(500, "steps between checkpoints", at_least=1)
+    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops", at_least=1)
+    sim_users: int = option(8, "--data microdoppler: simulated people", at_least=1, at_most=1000)
+    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person", at_least=1, at_most=100_000)
     progress: bool = option(True, "show progress bars")
+
+
+# What train() reads from a checkpoint it resumes (save_checkpoint writes these and a few more).
+CHECKPOINT_KEYS = ("train_config", "unet_config", "embedder_config", "class_to_idx", "scaling_factor", "model",
+                   "ema", "opt", "rng")
+# Options a resumed run may change: how long and where it runs, how it computes the same numbers, what it logs and
+# keeps; every other option must be the one the checkpoint was trained with (training.check_resume). --data may name
+# the same files by another path (the split's file-list hash is checked).
+MAY_CHANGE_ON_RESUME = ("steps", "resume", "overwrite", "out", "device", "progress", "data", "log_every",
+                        "eval_every", "sample_every", "checkpoint_every", "sample_per_user", "sample_steps",
+                        "sample_guidance", "max_nonfinite", "export", "cache_latents", "compile", "channels_last",
+                        "fused_adamw", "fsdp", "gradient_checkpointing", "mixed_precision")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,10 +189,24 @@ def load_vae(path: str) -> tuple[torch.nn.Module, dict]:
         raise FileNotFoundError(f"--vae {path}: neither a train_vae.py run folder (with model/) nor a diffusers "
                                 "AutoencoderKL/VQModel folder (with config.json)")
     raw = read_json(folder / "config.json")
+    if raw.get("script") == "train_vae.py":                              # the run folder's own config.json
+        raise FileNotFoundError(f"--vae {path}: a train_vae.py run folder without model/ (the run has not finished; "
+                                "continue it with train_vae.py --resume)")
     if raw.get("_class_name") not in ("AutoencoderKL", "VQModel"):
         raise ValueError(f"--vae {path}: holds a {raw.get('_class_name')}, expected an AutoencoderKL or a VQModel")
     vae = load_pretrained(folder).eval().requires_grad_(False)
     return vae, raw
+
+
+def vae_image_size(raw_config: dict, path: str) -> tuple[int, int]:
+    """(height, width) of the images a VAE was trained on: its config.json's sample_size, an int N (N x N) or, as
+    diffusers writes a non-square size and train_vae.py follows, [height, width]."""
+    size = raw_config.get("sample_size")
+    if isinstance(size, list) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    if isinstance(size, int) and size > 0:
+        return size, size
+    raise ValueError(f"--vae {path}: its config.json has sample_size {size!r}, not an image size; pass --size")
 
 
 def vae_run_split(path: str) -> str | None:
@@ -211,9 +257,13 @@ def parse_levels(text: str, kind, name: str) -> tuple:
         raise ValueError(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
 
 
-def build_unet(cfg: TrainLDMConfig, channels: int, side: int, num_users: int) -> UNet2DConditionModel:
-    """The UNet of --preset (with the --unet-* overrides) or of --init-unet, fitted to the latents and the route."""
+def build_unet(cfg: TrainLDMConfig, channels: int, latent_size: tuple[int, int],
+               num_users: int) -> UNet2DConditionModel:
+    """The UNet of --preset (with the --unet-* overrides) or of --init-unet, fitted to the latents and the route.
+    Its sample_size is the latent size (h, w), an int when square, as diffusers writes it."""
     class_embeds = None if cfg.cond == "cross" else num_users + 1
+    h, w = latent_size
+    side = h if h == w else (h, w)
     if cfg.init_unet:
         unet = load_pretrained(cfg.init_unet)
         if not isinstance(unet, UNet2DConditionModel):
@@ -284,17 +334,18 @@ def shard(model: ConditionedUNet) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainLDMConfig) -> int:
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    info = training.setup_distributed(device)
-    if device.startswith("cuda") and info.enabled:
-        device = f"cuda:{info.local_rank}"
-    out = Path(cfg.out)
-    torch.manual_seed(cfg.seed + info.rank)
-    if not 0.0 <= cfg.p_uncond < 1.0:
-        raise ValueError(f"--p-uncond must lie in [0, 1), got {cfg.p_uncond}")
-    if cfg.num_tokens < 1:
-        raise ValueError(f"--num-tokens must be >= 1, got {cfg.num_tokens}")
+def check_options(cfg: TrainLDMConfig) -> None:
+    """What parse_config's per-option ranges cannot see: options that must fit together or are read as text, all
+    checked before anything is loaded."""
+    if cfg.holdout_fraction + cfg.val_fraction >= 1:
+        raise ValueError(f"--holdout-fraction {cfg.holdout_fraction} + --val-fraction {cfg.val_fraction} must be < 1 "
+                         "(files are left for training)")
+    training.check_regex(cfg.group_regex, "--group-regex")
+    training.db_reference(cfg.db_reference)
+    parse_scaling_factor(cfg.scaling_factor)
+    for text, kind, name in ((cfg.unet_channels, int, "unet-channels"), (cfg.unet_attention, bool, "unet-attention")):
+        if text is not None:
+            parse_levels(text, kind, name)
     if cfg.channels_last and cfg.fsdp:
         raise ValueError("--channels-last and --fsdp together are not supported: FSDP2 shards only contiguous "
                          "parameters (torch: 'FSDP does not support non-contiguous parameters yet'); use one of the "
@@ -303,34 +354,67 @@ def train(cfg: TrainLDMConfig) -> int:
         raise ValueError("--compile and --fsdp together are not supported: compiling the FSDP2-sharded UNet "
                          "recompiles per sharded module until torch._dynamo's recompile limit and runs the rest "
                          "eagerly (and with dynamic shapes inductor fails); use one of the two")
+
+
+def parse_scaling_factor(text: str) -> str | float:
+    """--scaling-factor: 'config', 'auto', or a finite positive number."""
+    if text in ("config", "auto"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--scaling-factor must be 'config', 'auto' or a finite number > 0, got {text!r}")
+    return value
+
+
+def train(cfg: TrainLDMConfig) -> int:
+    # ---- every option checked before anything is loaded or written ---------------------------------------------------
+    device = str(training.resolve_device(cfg.device))
+    check_options(cfg)
+    training.check_data_option(cfg.data)
+    out = Path(cfg.out)
+    training.check_writable(out)
+    training.check_run_folder(out, cfg.resume, cfg.overwrite)
+    state = training.load_checkpoint(cfg.resume, "train_ldm.py", CHECKPOINT_KEYS) if cfg.resume else None
+    info = training.setup_distributed(device)
+    if device.startswith("cuda") and info.enabled:
+        device = f"cuda:{info.local_rank}"
+    torch.manual_seed(cfg.seed + info.rank)
     if cfg.fsdp and not info.enabled:
         raise ValueError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N (N >= 2), "
                          "or drop --fsdp for one process")
     if cfg.compile and (problem := compile_problem(device)) is not None:
         raise ValueError(f"--compile: torch.compile does not work on this machine ({problem}); run without --compile")
 
-    # ---- resume: what the checkpoint says must match this run --------------------------------------------------
-    state = training.load_checkpoint(cfg.resume) if cfg.resume else None
-
     # ---- the frozen autoencoder and its latent scale ---------------------------------------------------------------
     vae, vae_raw_config = load_vae(cfg.vae)
     vae.to(device)
     channels, factor = latent_channels(vae), vae.config.downsample_factor
-    size = cfg.size or vae.config.sample_size
-    if size % factor:
-        raise ValueError(f"--size {size} is not a multiple of the VAE's downsampling factor {factor}")
+    height, width = parse_size(cfg.size, "--size") if cfg.size else vae_image_size(vae_raw_config, cfg.vae)
+    if height % factor or width % factor:
+        raise ValueError(f"--size {training.size_text(height, width)}: both sides must be multiples of the VAE's "
+                         f"downsampling factor {factor}")
+    if cfg.data == "microdoppler":
+        training.check_simulator_size(height, width)
     shift = float(vae_raw_config.get("shift_factor") or 0.0)
+    cfg = dataclasses.replace(cfg, size=training.size_text(height, width))   # resolved: what config.json records
+    if state is not None:
+        training.check_resume(state, cfg.resume, dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, cfg.steps)
 
     # ---- data: the training split, labelled by user ----------------------------------------------------------------
-    cfg.size = size
     root = resolve_data(cfg, info.is_main, info.local_rank)
     split, split_origin = resolve_split(root, cfg.split or vae_run_split(cfg.vae), cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
     if split_origin == "decided now" and info.is_main:
         print(f"note: --vae {cfg.vae} comes without a split.json, so a new split was decided; if that VAE was trained "
               "on this data folder, pass its run's split with --split, or its training files may be in the test part")
-    data_options = dict(size=size, channels=vae.config.in_channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
-                        cache=True, class_to_idx=state["class_to_idx"] if state else None)
+    data_options = dict(size=(height, width), channels=vae.config.in_channels, resize=cfg.resize,
+                        npy_scale=cfg.npy_scale, dynamic_range_db=cfg.dynamic_range,
+                        db_reference=training.db_reference(cfg.db_reference),
+                        colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
+                        class_to_idx=state["class_to_idx"] if state else None)
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
     class_to_idx = train_set.class_to_idx
     num_users = len(class_to_idx)
@@ -349,17 +433,13 @@ def train(cfg: TrainLDMConfig) -> int:
         generators = [torch.Generator().manual_seed(cfg.seed * 7919 + i) for i in range(len(x_train))]
         scale = float(1.0 / draw_latents(*moments, generators, cfg.posterior, 1.0, shift).std())
     else:
-        try:
-            scale = float(cfg.scaling_factor)
-        except ValueError:
-            raise ValueError(f"--scaling-factor must be 'config', 'auto' or a number, got {cfg.scaling_factor!r}") \
-                from None
+        scale = parse_scaling_factor(cfg.scaling_factor)
     if not cfg.cache_latents:
         moments = None                                                   # measured the scale only; encode per step
 
     # ---- the denoiser: UNet + user-ID embedder ---------------------------------------------------------------------
-    side = size // factor
-    unet = build_unet(cfg, channels, side, num_users)
+    latent_h, latent_w = height // factor, width // factor
+    unet = build_unet(cfg, channels, (latent_h, latent_w), num_users)
     embedder = UserIDEmbedder(num_users, unet.config.cross_attention_dim, cfg.num_tokens, cfg.cond, class_to_idx)
     check_compatible(unet.config, embedder)
     if state is not None:
@@ -382,8 +462,9 @@ def train(cfg: TrainLDMConfig) -> int:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     start_step, ema_updates = 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        with training.checkpoint_parts(cfg.resume):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
     unsharded_copy = None
     if cfg.fsdp:
         unsharded_copy = copy.deepcopy(ema) if info.is_main else None  # rank 0: evaluation, sampling, export
@@ -393,13 +474,14 @@ def train(cfg: TrainLDMConfig) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     scheduler = make_scheduler(cfg.prediction)
     if state is not None:
-        ema_updates = state.get("ema_updates", state["step"])
-        opt_state = (training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp
-                     else state["opt"])
-        for group in opt_state["param_groups"]:
-            group["fused"] = opt.defaults["fused"]                       # this run's --fused-adamw, not the saved one
-        opt.load_state_dict(opt_state)
-        training.set_rng_state(state["rng"])
+        with training.checkpoint_parts(cfg.resume):
+            ema_updates = state.get("ema_updates", state["step"])
+            opt_state = (training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp
+                         else state["opt"])
+            for group in opt_state["param_groups"]:
+                group["fused"] = opt.defaults["fused"]                   # this run's --fused-adamw, not the saved one
+            opt.load_state_dict(opt_state)
+            training.set_rng_state(state["rng"])
         start_step = state["step"]
     forward = DistributedDataParallel(model) if info.enabled and not cfg.fsdp else model
     if cfg.compile:   # static shapes: every step has the same batch, and a dynamic-shape recompile is avoided
@@ -408,15 +490,23 @@ def train(cfg: TrainLDMConfig) -> int:
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
     if info.is_main:
-        check_writable(out)
+        cleared = training.claim_run_folder(out, cfg.overwrite)
         (out / "samples").mkdir(exist_ok=True)
+        training.write_run_config(out, "train_ldm.py", {**dataclasses.asdict(cfg), "device": device})
         write_class_map(out / "class_to_idx.json", class_to_idx)
         write_split(out / "split.json", split)
-        print(f"split ({split_origin}): training on {len(split['train'])} files, {len(split['val'])} for the "
-              f"held-out loss; {len(split['test'])} held-out test files never used; written to {out / 'split.json'}")
-        if info.enabled:
-            print(f"{info.world_size} processes ({'FSDP' if cfg.fsdp else 'DDP'}); global rank 0 runs on "
-                  f"{socket.gethostname()} and alone writes {out.resolve()}")
+        summary = [
+            f"data     {root}: {num_users} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} files; "
+            f"split ({split_origin}) {len(split['train'])} train / {len(split['val'])} held-out loss / "
+            f"{len(split['test'])} held-out test (never used)",
+            f"model    UNet {sum(p.numel() for p in unet.parameters()):,} parameters + ID table "
+            f"{sum(p.numel() for p in embedder.parameters()):,} on {channels}x{latent_h}x{latent_w} latents of "
+            f"{cfg.vae} (frozen, scaling factor {scale:.5f})",
+            f"device   {device}" + (f" x {info.world_size} processes ({'FSDP' if cfg.fsdp else 'DDP'}); global rank 0 "
+                                    f"runs on {socket.gethostname()} and alone writes" if info.enabled else ""),
+            f"run      {out.resolve()} " + (f"(resumed at step {start_step} of {cfg.steps})" if state is not None
+                                            else f"({cfg.steps} steps)"), *cleared]
+        print("\n".join(summary), flush=True)
     log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
     log.truncate_after(start_step)
     guard = training.NonFiniteGuard(cfg.max_nonfinite)
@@ -447,7 +537,8 @@ def train(cfg: TrainLDMConfig) -> int:
                    if t.is_floating_point()):
             raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
         training.save_checkpoint({
-            "step": step, "unet_config": unet.config.to_diffusers(), "embedder_config": embedder.config(),
+            "step": step, "script": "train_ldm.py", "unet_config": unet.config.to_diffusers(),
+            "embedder_config": embedder.config(),
             "train_config": dataclasses.asdict(cfg), "class_to_idx": class_to_idx, "scaling_factor": scale,
             **weights, "ema_updates": ema_updates, "rng": training.rng_state(), "nonfinite_total": guard.total,
         }, out / "checkpoint.pt")
@@ -478,9 +569,9 @@ def train(cfg: TrainLDMConfig) -> int:
             return
         users = list(range(num_users))
         images = generate(weights, vae, make_sampler("ddim", scheduler), users,
-                          cfg.sample_per_user, (channels, side, side), scale, shift, cfg.sample_guidance,
+                          cfg.sample_per_user, (channels, latent_h, latent_w), scale, shift, cfg.sample_guidance,
                           cfg.sample_steps, cfg.seed, batch_size=cfg.sample_per_user, device=device, progress=False)
-        training.image_grid([images[u] for u in users]).save(out / "samples" / f"step_{step:06d}.png")
+        io.save_image(training.image_grid([images[u] for u in users]), out / "samples" / f"step_{step:06d}.png")
 
     # ---- the loop ------------------------------------------------------------------------------------------------
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_ldm",
@@ -538,10 +629,11 @@ def train(cfg: TrainLDMConfig) -> int:
     if info.is_main:
         vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
         components = {"vae": vae, "unet": exported.unet, "scheduler": scheduler, "embedder": exported.embedder}
-        tmp = out / f".pipeline.tmp-{os.getpid()}"
-        save_pipeline(tmp, components, pipeline_class="LDMPipeline")
-        shutil.rmtree(out / "pipeline", ignore_errors=True)
-        os.replace(tmp, out / "pipeline")
+        def write_pipeline(folder: Path) -> None:
+            save_pipeline(folder, components, pipeline_class="LDMPipeline")
+            training.write_image_size(folder / "vae", height, width)
+
+        io.replace_folder(out / "pipeline", write_pipeline)       # a kill at any moment keeps the old pipeline/
         training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}; "
               f"pipeline/ holds the {'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")
@@ -556,11 +648,7 @@ def train(cfg: TrainLDMConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = training.parse_config(TrainLDMConfig, argv, __doc__.split("\n\n")[0])
-    try:
-        return train(cfg)
-    except (ValueError, FileNotFoundError, training.NonFiniteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return training.run_main(train, cfg)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,13 @@ may see; --holdout-fraction, --val-fraction, --group-regex) and writes it to spl
 evaluate.py and augment.py reuse. The weights that are evaluated and exported are an EMA whose decay warms up as
 diffusers' EMAModel does (ldm.training.ema_decay); every evaluation also reports the raw weights.
 
-The run folder (--out) holds split.json, checkpoint.pt (everything needed to resume exactly; written atomically),
-model/ (a diffusers-format folder of the --export weights, EMA by default, with the measured latent scaling factor
-in its config.json), log.jsonl, loss.png, samples/ (held-out inputs above their reconstructions) and
-class_to_idx.json.
+The run folder (--out) holds config.json (every option as resolved), split.json, checkpoint.pt (everything needed
+to resume exactly), model/ (a diffusers-format folder of the --export weights, EMA by default, with the measured
+latent scaling factor in its config.json), log.jsonl, loss.png, samples/ (held-out inputs above their
+reconstructions) and class_to_idx.json. It belongs to one run: every option is checked before anything is written,
+a folder that holds a run is continued only with --resume (with the same options but those MAY_CHANGE_ON_RESUME
+lists) or moved aside with --overwrite, and every file and folder is written beside and renamed into place, so a
+kill or a full disk keeps the last checkpoint and the last model/ whole.
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ldm import metrics, training
-from ldm.data import SpectrogramFolder, write_class_map, write_split
+from ldm import io, metrics, training
+from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                         reconstruction_loss)
-from ldm.training import batch_indices, check_writable, option, resolve_data, resolve_split, sample_generators
+from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
 
@@ -45,66 +48,99 @@ from ldm.vq import VQConfig, VQModel
 class TrainVAEConfig:
     data: str = option("microdoppler", "image/.npy folder (ROOT/<user>/files or flat), or 'microdoppler' to "
                                        "simulate the built-in 8-person dataset")
-    out: str = option("runs/vae", "run folder (checkpoint.pt, model/, log.jsonl, samples/, loss.png)")
+    out: str = option("runs/vae", "run folder (config.json, checkpoint.pt, model/, log.jsonl, samples/, loss.png); "
+                                  "a new run needs an empty or new folder")
+    resume: str | None = option(None, "resume from this checkpoint.pt or run folder, with the options it was "
+                                      "started with (an error names any that differ, and those that may)")
+    overwrite: bool = option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
+                                    "OUT.old-<time>, never deleted")
     model: str = option("kl", "autoencoder kind: KL-regularised (Stable Diffusion) or vector-quantised",
                         choices=("kl", "vq"))
     preset: str = option("microdoppler", "model preset (ldm.vae.VAE_PRESETS / ldm.vq.VQ_PRESETS); its in/out "
                                          "channels are set from --channels")
-    size: int = option(128, "image side in pixels; must be a multiple of the preset's downsampling factor")
+    size: str = option("128", "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); each side a "
+                              "multiple of the preset's downsampling factor")
     channels: int = option(1, "image channels: 1 (grayscale spectrograms) or 3 (RGB)", choices=(1, 3))
-    resize: str = option("resize", "how files of another size become size x size",
-                         choices=("resize", "center_crop", "random_crop", "none"))
-    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)",
-                            choices=("db", "magnitude", "power", "unit", "minmax"))
+    resize: str = option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and "
+                                   "padded with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
+                         choices=RESIZE_POLICIES)
+    colormap: str = option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to "
+                                   "levels", choices=("none", "jet"))
+    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
+    dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
+                                  at_most=400)
+    db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")
     split: str | None = option(None, "reuse this split.json (or run folder holding one) instead of deciding a new "
                                      "split; a resumed run reuses its own")
     holdout_fraction: float = option(0.25, "new split: fraction of each user's files held out as the real test set "
-                                           "that no generator sees (evaluate.py and augment.py measure on it)")
+                                           "that no generator sees (evaluate.py and augment.py measure on it)",
+                                     at_least=0, below=1)
     val_fraction: float = option(0.1, "new split: fraction of each user's files held out for evaluations during "
-                                      "training")
+                                      "training", at_least=0, below=1)
     group_regex: str | None = option(None, "new split: files whose names share this regex's first group (e.g. "
                                            "'(.*)_w\\d+' for windows of one recording) stay on one side")
-    steps: int = option(4000, "optimizer steps")
-    batch_size: int = option(8, "images per process per micro-step (global batch = this x processes x accumulation)")
-    grad_accum: int = option(1, "micro-steps accumulated per optimizer step")
-    lr: float = option(1e-4, "Adam learning rate for the autoencoder and the discriminator")
-    seed: int = option(0, "seeds data order, initialisation, posterior noise and the simulator")
-    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    resume: str | None = option(None, "resume from this checkpoint.pt or run folder")
+    steps: int = option(4000, "optimizer steps", at_least=1)
+    batch_size: int = option(8, "images per process per micro-step (global batch = this x processes x accumulation)",
+                             at_least=1)
+    grad_accum: int = option(1, "micro-steps accumulated per optimizer step", at_least=1)
+    lr: float = option(1e-4, "Adam learning rate for the autoencoder and the discriminator", above=0, at_most=1)
+    seed: int = option(0, "seeds data order, initialisation, posterior noise and the simulator (per-image "
+                          "generators are seeded with seed x 10^12 + ..., which must stay below 2^64)",
+                       at_least=0, at_most=10_000_000)
+    device: str = option("auto", "cpu, cuda, cuda:N, mps, or auto (cuda when available)")
     rec_loss: str = option("l1", "reconstruction error per pixel, summed per image", choices=("l1", "l2"))
-    kl_weight: float = option(1e-6, "weight of the per-image KL sum (the LDM configs' kl_weight)")
+    kl_weight: float = option(1e-6, "weight of the per-image KL sum (the LDM configs' kl_weight)", at_least=0)
     lpips: str | None = option(None, "LPIPS(net='vgg') weights file; enables the perceptual loss (nothing is "
                                      "downloaded)")
-    perceptual_weight: float = option(1.0, "LPIPS weight, added per pixel as in the LDM code (needs --lpips)")
-    disc_weight: float = option(0.5, "PatchGAN generator-loss weight (0 disables the discriminator)")
-    disc_start: int = option(2000, "first step at which the discriminator trains and its loss is used")
-    disc_layers: int = option(3, "stride-2 layers in the PatchGAN discriminator")
-    vq_codebook_size: int | None = option(None, "VQ: override the preset's number of codes")
-    vq_beta: float = option(0.25, "VQ: commitment/codebook weight beta (see ldm.vq.VectorQuantizer, legacy flag)")
-    vq_ema: float | None = option(None, "VQ: learn codes by EMA with this decay instead of the codebook loss")
-    vq_kmeans: int = option(0, "VQ: k-means iterations to initialise the codebook on the first batch (0 = off)")
+    perceptual_weight: float = option(1.0, "LPIPS weight, added per pixel as in the LDM code (needs --lpips)",
+                                      at_least=0)
+    disc_weight: float = option(0.5, "PatchGAN generator-loss weight (0 disables the discriminator)", at_least=0)
+    disc_start: int = option(2000, "first step at which the discriminator trains and its loss is used", at_least=0)
+    disc_layers: int = option(3, "stride-2 layers in the PatchGAN discriminator (the image side must be at least "
+                                 "3 x 2^layers)", at_least=1, at_most=10)
+    vq_codebook_size: int | None = option(None, "VQ: override the preset's number of codes", at_least=2)
+    vq_beta: float = option(0.25, "VQ: commitment/codebook weight beta (see ldm.vq.VectorQuantizer, legacy flag)",
+                            at_least=0)
+    vq_ema: float | None = option(None, "VQ: learn codes by EMA with this decay instead of the codebook loss",
+                                  above=0, below=1)
+    vq_kmeans: int = option(0, "VQ: k-means iterations to initialise the codebook on the first batch (0 = off)",
+                            at_least=0)
     vq_restart: bool = option(False, "VQ: move codes unused for --vq-usage-window batches onto encoder outputs")
-    vq_usage_window: int = option(100, "VQ: batches without use after which a code is dead")
-    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)")
+    vq_usage_window: int = option(100, "VQ: batches without use after which a code is dead", at_least=1)
+    ema_decay: float = option(0.999, "largest decay of the EMA of the weights (see --ema-warmup)", at_least=0,
+                              below=1)
     ema_warmup: bool = option(True, "warm the EMA decay up as diffusers' EMAModel and the LDM code do: "
                                     "min(ema_decay, (1 + s) / (10 + s)) at update s + 1 (ldm.training.ema_decay)")
     export: str = option("ema", "which weights model/ holds: the EMA or the raw (last optimizer step) weights",
                          choices=("ema", "raw"))
-    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 = off)", at_least=0)
     mixed_precision: bool = option(True, "bf16 autocast on CUDA (CPU always runs fp32)")
     compile: bool = option(False, "torch.compile the autoencoder's forward")
     gradient_checkpointing: bool = option(False, "recompute activations in backward to save memory")
-    log_every: int = option(10, "steps between log.jsonl records")
-    eval_every: int = option(500, "steps between evaluations on the held-out split (PSNR, SSIM, identity)")
-    sample_every: int = option(500, "steps between reconstruction grids in samples/")
-    checkpoint_every: int = option(500, "steps between checkpoints")
-    eval_images: int = option(256, "held-out images used per evaluation")
+    log_every: int = option(10, "steps between log.jsonl records", at_least=1)
+    eval_every: int = option(500, "steps between evaluations on the held-out split (PSNR, SSIM, identity)",
+                             at_least=1)
+    sample_every: int = option(500, "steps between reconstruction grids in samples/", at_least=1)
+    checkpoint_every: int = option(500, "steps between checkpoints", at_least=1)
+    eval_images: int = option(256, "held-out images used per evaluation", at_least=1)
     eval_classifier: bool = option(True, "train the identity classifier on the training split and report its "
                                          "accuracy on reconstructions next to originals (labelled data only)")
-    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops")
-    sim_users: int = option(8, "--data microdoppler: simulated people")
-    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person")
+    max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops", at_least=1)
+    sim_users: int = option(8, "--data microdoppler: simulated people", at_least=1, at_most=1000)
+    sim_per_user: int = option(64, "--data microdoppler: spectrograms per person", at_least=1, at_most=100_000)
     progress: bool = option(True, "show progress bars")
+
+
+SSIM_WINDOW = 11   # metrics.ssim's default window: the evaluations need images at least this large
+
+# What train() reads from a checkpoint it resumes (save_checkpoint writes these and a few more).
+CHECKPOINT_KEYS = ("train_config", "model_kind", "model_config", "class_to_idx", "model", "ema", "opt", "rng")
+# Options a resumed run may change: how long and where it runs, what it logs and keeps; every other option must be
+# the one the checkpoint was trained with (training.check_resume). --data may name the same files by another path
+# (the split's file-list hash is checked).
+MAY_CHANGE_ON_RESUME = ("steps", "resume", "overwrite", "out", "device", "progress", "data", "log_every",
+                        "eval_every", "sample_every", "checkpoint_every", "eval_images", "eval_classifier",
+                        "max_nonfinite", "export", "compile", "gradient_checkpointing", "mixed_precision")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -112,24 +148,60 @@ class TrainVAEConfig:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: TrainVAEConfig):
-    """The autoencoder of --model/--preset with --channels in and out, tiling at --size."""
+def check_options(cfg: TrainVAEConfig) -> None:
+    """What parse_config's per-option ranges cannot see: options that must fit together, and what options only used
+    late in the run need (the discriminator from --disc-start, the evaluations' SSIM), all checked before anything
+    is loaded."""
+    if cfg.holdout_fraction + cfg.val_fraction >= 1:
+        raise ValueError(f"--holdout-fraction {cfg.holdout_fraction} + --val-fraction {cfg.val_fraction} must be < 1 "
+                         "(files are left for training)")
+    training.check_regex(cfg.group_regex, "--group-regex")
+    training.db_reference(cfg.db_reference)
+    defaults = TrainVAEConfig()
     if cfg.model == "kl":
-        config = dataclasses.replace(VAEConfig.preset(cfg.preset), in_channels=cfg.channels,
-                                     out_channels=cfg.channels, sample_size=cfg.size)
-        model = AutoencoderKL(config)
-    else:
-        config = dataclasses.replace(VQConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
-                                     sample_size=cfg.size, beta=cfg.vq_beta, ema_decay=cfg.vq_ema,
-                                     kmeans_init_iters=cfg.vq_kmeans, dead_code_restart=cfg.vq_restart,
-                                     usage_window=cfg.vq_usage_window)
-        if cfg.vq_codebook_size:
-            config = dataclasses.replace(config, num_vq_embeddings=cfg.vq_codebook_size)
-        model = VQModel(config)
-    factor = config.downsample_factor
-    if cfg.size % factor:
-        raise ValueError(f"--size {cfg.size} is not a multiple of preset {cfg.preset!r}'s downsampling factor {factor}")
-    return model
+        given = [f for f in ("vq_codebook_size", "vq_ema", "vq_kmeans", "vq_restart", "vq_usage_window", "vq_beta")
+                 if getattr(cfg, f) != getattr(defaults, f)]
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to --model vq only (this run trains --model kl)")
+    if cfg.perceptual_weight != defaults.perceptual_weight and not cfg.lpips:
+        raise ValueError("--perceptual-weight needs --lpips FILE (the LPIPS weights)")
+    if cfg.lpips and not Path(cfg.lpips).is_file():
+        raise FileNotFoundError(f"--lpips {cfg.lpips}: no such file (LPIPS(net='vgg') weights; nothing is downloaded)")
+    height, width = parse_size(cfg.size, "--size")
+    factor = model_config(cfg).downsample_factor
+    if height % factor or width % factor:
+        raise ValueError(f"--size {cfg.size}: both sides must be multiples of preset {cfg.preset!r}'s downsampling "
+                         f"factor {factor}")
+    if cfg.data == "microdoppler":
+        training.check_simulator_size(height, width)
+    if min(height, width) < SSIM_WINDOW:
+        raise ValueError(f"--size {cfg.size}: the evaluations' SSIM needs both sides >= {SSIM_WINDOW} pixels")
+    if cfg.disc_weight > 0 and cfg.disc_start < cfg.steps and min(height, width) // 2 ** cfg.disc_layers < 3:
+        raise ValueError(f"--disc-layers {cfg.disc_layers}: the discriminator halves the image {cfg.disc_layers} times "
+                         f"and needs at least 3 pixels left, so both sides of --size must be >= "
+                         f"{3 * 2 ** cfg.disc_layers} (it is {cfg.size}); use fewer --disc-layers, or --disc-weight 0")
+
+
+def model_config(cfg: TrainVAEConfig) -> VAEConfig | VQConfig:
+    """The autoencoder config of --model/--preset with --channels in and out. Its sample_size (the tile side of tiled
+    encoding, diffusers' first entry of a [height, width] sample_size) is the image height."""
+    height, _ = parse_size(cfg.size, "--size")
+    if cfg.model == "kl":
+        return dataclasses.replace(VAEConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
+                                   sample_size=height)
+    config = dataclasses.replace(VQConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
+                                 sample_size=height, beta=cfg.vq_beta, ema_decay=cfg.vq_ema,
+                                 kmeans_init_iters=cfg.vq_kmeans, dead_code_restart=cfg.vq_restart,
+                                 usage_window=cfg.vq_usage_window)
+    if cfg.vq_codebook_size:
+        config = dataclasses.replace(config, num_vq_embeddings=cfg.vq_codebook_size)
+    return config
+
+
+def build_model(cfg: TrainVAEConfig):
+    """The autoencoder of model_config(cfg)."""
+    config = model_config(cfg)
+    return AutoencoderKL(config) if cfg.model == "kl" else VQModel(config)
 
 
 @torch.no_grad()
@@ -177,21 +249,30 @@ def latent_statistics(model, x: torch.Tensor, device, generator: torch.Generator
 
 
 def train(cfg: TrainVAEConfig) -> int:
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    # ---- every option checked before anything is loaded or written ---------------------------------------------------
+    device = str(training.resolve_device(cfg.device))
+    check_options(cfg)
+    height, width = parse_size(cfg.size, "--size")
+    cfg = dataclasses.replace(cfg, size=training.size_text(height, width))   # resolved: what config.json records
+    training.check_data_option(cfg.data)
+    out = Path(cfg.out)
+    training.check_writable(out)
+    training.check_run_folder(out, cfg.resume, cfg.overwrite)
+    state = training.load_checkpoint(cfg.resume, "train_vae.py", CHECKPOINT_KEYS) if cfg.resume else None
+    if state is not None:
+        training.check_resume(state, cfg.resume, dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, cfg.steps)
     info = training.setup_distributed(device)
     if device.startswith("cuda") and info.enabled:
         device = f"cuda:{info.local_rank}"
-    out = Path(cfg.out)
     torch.manual_seed(cfg.seed + info.rank)
-
-    # ---- resume: what the checkpoint says must match this run --------------------------------------------------
-    state = training.load_checkpoint(cfg.resume) if cfg.resume else None
 
     # ---- data ----------------------------------------------------------------------------------------------------
     root = resolve_data(cfg, info.is_main)
     split, split_origin = resolve_split(root, cfg.split, cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
-    data_options = dict(size=cfg.size, channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale, cache=True,
+    data_options = dict(size=(height, width), channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
+                        dynamic_range_db=cfg.dynamic_range, db_reference=training.db_reference(cfg.db_reference),
+                        colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
                         class_to_idx=state["class_to_idx"] if state else None)
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
     val_set = SpectrogramFolder(root, subset=split["val"], **data_options) if split["val"] else train_set
@@ -220,17 +301,18 @@ def train(cfg: TrainVAEConfig) -> int:
     perceptual = LPIPS.from_file(cfg.lpips).to(device) if cfg.lpips else None
     start_step, ema_updates = 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        ema_updates = state.get("ema_updates", state["step"])
-        opt.load_state_dict(state["opt"])
-        if use_disc:
-            disc.load_state_dict(state["disc"])
-            opt_disc.load_state_dict(state["opt_disc"])
-        training.set_rng_state(state["rng"])
-        if cfg.model == "vq":
-            for name, buffer in model.quantize.named_buffers():
-                buffer.copy_(state["quantizer_buffers"][name])
+        with training.checkpoint_parts(cfg.resume):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            ema_updates = state.get("ema_updates", state["step"])
+            opt.load_state_dict(state["opt"])
+            if use_disc and state.get("disc") is not None:   # else saved before it existed (a shorter --steps): new
+                disc.load_state_dict(state["disc"])
+                opt_disc.load_state_dict(state["opt_disc"])
+            training.set_rng_state(state["rng"])
+            if cfg.model == "vq":
+                for name, buffer in model.quantize.named_buffers():
+                    buffer.copy_(state["quantizer_buffers"][name])
         start_step = state["step"]
     ddp_model = DistributedDataParallel(model) if info.enabled else model
     ddp_disc = DistributedDataParallel(disc) if info.enabled and use_disc else disc
@@ -238,14 +320,25 @@ def train(cfg: TrainVAEConfig) -> int:
     last_layer = model.decoder.conv_out.weight
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
-    # ---- outputs -------------------------------------------------------------------------------------------------
+    # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
     if info.is_main:
-        check_writable(out)
+        cleared = training.claim_run_folder(out, cfg.overwrite)
         (out / "samples").mkdir(exist_ok=True)
+        training.write_run_config(out, "train_vae.py", {**dataclasses.asdict(cfg), "device": device})
         write_class_map(out / "class_to_idx.json", train_set.class_to_idx)
         write_split(out / "split.json", split)
-        print(f"split ({split_origin}): {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} "
-              f"held-out test files of {len(split['class_to_idx'])} user(s); written to {out / 'split.json'}")
+        summary = [
+            f"data     {root}: {len(split['class_to_idx'])} user(s), "
+            f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split "
+            f"({split_origin}) {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} "
+            f"held-out test",
+            f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{height}x{width} -> latents "
+            f"1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} parameters"
+            + (f"; discriminator from step {cfg.disc_start}" if use_disc else ""),
+            f"device   {device}" + (f" x {info.world_size} processes" if info.enabled else ""),
+            f"run      {out.resolve()} " + (f"(resumed at step {start_step} of {cfg.steps})" if state is not None
+                                            else f"({cfg.steps} steps)"), *cleared]
+        print("\n".join(summary), flush=True)
     log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
     log.truncate_after(start_step)
     classifier = None
@@ -264,7 +357,8 @@ def train(cfg: TrainVAEConfig) -> int:
         if not training.all_finite(model) or not training.all_finite(ema):
             raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
         training.save_checkpoint({
-            "step": step, "model_kind": cfg.model, "model_config": model.config.to_diffusers(),
+            "step": step, "script": "train_vae.py", "model_kind": cfg.model,
+            "model_config": model.config.to_diffusers(),
             "train_config": dataclasses.asdict(cfg), "class_to_idx": train_set.class_to_idx,
             "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema_updates, "opt": opt.state_dict(),
             "disc": disc.state_dict() if use_disc else None, "opt_disc": opt_disc.state_dict() if use_disc else None,
@@ -350,7 +444,7 @@ def train(cfg: TrainVAEConfig) -> int:
             timer, images_seen = time.perf_counter(), 0
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
             rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]
-            training.image_grid(rows).save(out / "samples" / f"step_{done:06d}.png")
+            io.save_image(training.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
             # both sets of weights: an EMA that lags far behind the raw weights shows here
             last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
@@ -369,7 +463,12 @@ def train(cfg: TrainVAEConfig) -> int:
         if cfg.model == "vq":   # diffusers' VQModel config has only the scaling factor
             stats = {"scaling_factor": stats["scaling_factor"]}
         exported.config = dataclasses.replace(exported.config, **stats)
-        exported.save_pretrained(out / "model")
+
+        def write_model(folder: Path) -> None:
+            exported.save_pretrained(folder)
+            training.write_image_size(folder, height, width)
+
+        io.replace_folder(out / "model", write_model)             # a kill at any moment keeps the old model/ whole
         if last_eval is None:                                            # resumed at the last step
             last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
                          "raw": evaluate(model, x_val, y_val, classifier, device)}
@@ -390,11 +489,7 @@ def train(cfg: TrainVAEConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = training.parse_config(TrainVAEConfig, argv, __doc__.split("\n\n")[0])
-    try:
-        return train(cfg)
-    except (ValueError, FileNotFoundError, training.NonFiniteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return training.run_main(train, cfg)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,17 @@ narrows the set); other files (metadata.json, .txt, ...) and hidden folders are 
 searched. A stem present in several formats (the simulator writes 0000.png and 0000.npy) is loaded once, from the
 first of .npy, .png, .jpg, .jpeg: full-precision arrays win over 8-bit images.
 
-Values (every sample ends as float32 (C, size, size) in [-1, 1])
-    PNG / JPEG   8-bit: v / 255 * 2 - 1 (16-bit PNG: v / 65535). channels=1 turns RGB into ITU-R 601 luma
-                 (colour maps are not inverted); channels=3 keeps RGB and repeats grayscale three times.
+Values (every sample ends as float32 (C, H, W) in [-1, 1])
+    PNG / JPEG   8-bit: v / 255 * 2 - 1 (16-bit PNG: v / 65535). channels=1 turns RGB into ITU-R 601 luma;
+                 channels=3 keeps RGB and repeats grayscale three times.
+        colormap="jet"   the image is a jet-coloured rendering (matplotlib's jet, the common published format):
+                         each pixel becomes the level of its nearest jet colour, (level / 255) * 2 - 1, instead of
+                         its luma (which is not monotonic in the level). Jet is defined in `JET_KNOTS`; its 256
+                         colours are `jet_lut()`. Jet is flat (pure blue) for x in [0.11, 0.125]: those levels
+                         decode to their middle (within 2 of 255 levels; all others exactly). JPEG's colour
+                         subsampling costs about 10 of 255 levels on average (quality 75): prefer PNG. A
+                         greyscale image, or one whose median pixel is farther than 0.25 (RGB in [0, 1]) from
+                         every jet colour (another colour map), is an error. .npy files ignore colormap.
     .npy         (H, W), (C, H, W) or (H, W, C) with C in {1, 3}; `npy_scale` says what the numbers are:
         "db"         dB values. ref = the image max (db_reference="max") or a fixed dB value (db_reference=float);
                      x = clip(v - ref, -dynamic_range_db, 0) / dynamic_range_db * 2 + 1
@@ -20,12 +28,26 @@ Values (every sample ends as float32 (C, size, size) in [-1, 1])
         "unit"       already in [0, 1]: v * 2 - 1
         "minmax"     per-image (v - min) / (max - min) * 2 - 1
     The simulator (ldm.microdoppler) writes dB re the image max in [-50, 0]: npy_scale="db" reproduces its PNGs.
+    Linear values read as dB are refused (they would give a black or a flat white image): under "db", a file whose
+    values are all >= 0 and whose peak is more than LINEAR_PEAK_RATIO = 4 times the 90th percentile of its values
+    above the minimum is an error suggesting npy_scale "magnitude". The brightest tenth of a spectrogram is the
+    body's return: in dB it lies within a small factor of the peak (at most 3.3 in every dB rendering of simulated
+    walks we tried: absolute dB, dB re max with a 20-100 dB floor, dB re the noise floor, 8-bit, resized), while
+    linear magnitudes put it 4.3-18 times (power 20-270 times) below the peak. The image minimum is left out because
+    clipped dB images pile up there. dB re max (all values <= 0, like the simulator's) is never refused; dB values
+    refused all the same can be read with npy_scale "minmax".
 
-Size policy (`size` None keeps native sizes, which must then all agree; otherwise `resize`):
-    "resize"       antialiased bilinear to size x size (aspect ratio not kept)
-    "center_crop"  the central size x size window;  "random_crop": a random one per access
-    "none"         files must already be size x size
-A file smaller than `size` in either dimension is an error under every policy (no upsampling).
+Size policy (`size`: an int for size x size, or (height, width); None keeps native sizes, which must then all
+agree; otherwise `resize`):
+    "resize"       antialiased bilinear to H x W (aspect ratio not kept)
+    "center_crop"  the central H x W window;  "random_crop": a random one per access
+    "pad"          keep the aspect ratio: antialiased bilinear by min(1, H / h, W / w), the largest factor that
+                   fits the h x w file inside H x W without upsampling, then centred, the rest filled with -1 (the
+                   floor of the dB range, i.e. no return; centring keeps 0 m/s at the middle row of a symmetric
+                   velocity axis)
+    "none"         files must already be H x W
+No policy upsamples: under the others a file smaller than H x W in either dimension is an error ("pad" pads it).
+`parse_size("256x128")` reads a --size option: (height 256, width 128).
 
 Every file is decoded once at construction, so a corrupt file is a ValueError naming it before training starts
 (`skip_bad=True` skips such files instead and warns with their count; `dataset.skipped` lists them).
@@ -52,7 +74,31 @@ from torch.utils.data import Dataset
 SUPPORTED_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")            # also the preference order for one stem
 UNLABELLED = "<unlabelled>"
 NPY_SCALES = ("db", "magnitude", "power", "unit", "minmax")
-RESIZE_POLICIES = ("resize", "center_crop", "random_crop", "none")
+RESIZE_POLICIES = ("resize", "center_crop", "random_crop", "pad", "none")
+COLORMAPS = (None, "jet")
+PAD_VALUE = -1.0          # what "pad" fills with: the floor of the dB range (-dynamic_range_db re the max)
+LINEAR_PEAK_RATIO = 4.0   # under npy_scale="db": peak / 90th percentile above which values look linear
+
+
+def parse_size(text: str, what: str = "size") -> tuple[int, int]:
+    """A --size value -> (height, width): "256" -> (256, 256), "256x128" -> (256, 128). ValueError naming `what`
+    (the option) and the expected form for anything else."""
+    parts = str(text).strip().lower().split("x")
+    if len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        return int(parts[0]), int(parts[-1])                           # "N" is N x N
+    raise ValueError(f"{what} {text!r}: expected N (N x N pixels) or HxW (height x width), positive integers, "
+                     "e.g. 256 or 256x128")
+
+
+def _size_pair(size) -> tuple[int, int] | None:
+    """None, an int N or a pair (H, W) -> None or (H, W); ValueError for anything else."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, (int, np.integer)) else size
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in pair)):
+        raise ValueError(f"size must be a positive int, a pair (height, width) of them, or None; got {size!r}")
+    return int(pair[0]), int(pair[1])
 
 
 def _listing(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -80,6 +126,8 @@ def scan_folder(root: str | Path, class_to_idx: dict[str, int] | None = None,
     if not suffixes or any(s not in SUPPORTED_SUFFIXES for s in suffixes):
         raise ValueError(f"suffixes must be a non-empty subset of {SUPPORTED_SUFFIXES}, got {suffixes}")
     root = Path(root)
+    if root.is_file():
+        raise ValueError(f"data folder {root} is a file, not a folder (expected ROOT/<user>/<files> or ROOT/<files>)")
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist (expected ROOT/<user>/<files> or ROOT/<files>)")
     entries = sorted(root.iterdir())
@@ -129,11 +177,62 @@ def read_class_map(path: str | Path) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------------------------
 # Reading one file -> float32 (C, H, W) in [-1, 1]
 # ----------------------------------------------------------------------------------------------------------------
-def _read_image(path: Path, channels: int) -> np.ndarray:
+# matplotlib's "jet" colour map, from its definition: each channel is piecewise linear in x in [0, 1] through
+# these (x, value) knots. Blue rises from dark blue, green then red follow, and red falls to dark red at the top.
+JET_KNOTS = {
+    "red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
+    "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
+    "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
+}
+# An image is not a jet rendering when its median pixel is farther than this from every jet colour (Euclidean, RGB
+# in [0, 1]). Measured on simulated spectrograms at 64-256 px: jet PNGs 0, jet JPEGs (quality 50-95) up to 0.16
+# (chroma subsampling smears colour edges), greyscale saved as RGB 0.42-0.50, a viridis-like map 0.30-0.39. ("hot"
+# shares jet's reds and yellows and cannot be told apart this way.)
+JET_TOLERANCE = 0.25
+
+
+def jet(x: np.ndarray) -> np.ndarray:
+    """Jet colours of levels x in [0, 1] (any shape) -> (..., 3) RGB in [0, 1]."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.stack([np.interp(x, *zip(*JET_KNOTS[c])) for c in ("red", "green", "blue")], axis=-1)
+
+
+def jet_lut(levels: int = 256) -> np.ndarray:
+    """The (levels, 3) colour table of jet in [0, 1]: entry i is jet(i / (levels - 1)), as matplotlib builds it; a
+    plot maps a level v in [0, 1] to entry min(floor(v * levels), levels - 1)."""
+    return jet(np.arange(levels) / (levels - 1))
+
+
+def _decode_jet(rgb: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 jet-coloured pixels -> (H, W) levels in [0, 1]: the index of the nearest of the 256 jet
+    colours (8-bit, as a PNG stores them) / 255; colours that 8 bits cannot tell apart decode to their mean index."""
+    table = np.round(jet_lut() * 255)                                   # (256, 3)
+    colours, group = np.unique(table, axis=0, return_inverse=True)      # (U, 3): jet's flat run repeats a colour
+    group = group.reshape(-1)
+    level = np.bincount(group, weights=np.arange(256)) / np.bincount(group) / 255       # (U,) mean index / 255
+    pixels, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)        # (P, 3) distinct colours
+    inverse = inverse.reshape(-1)
+    p, c = pixels.astype(np.float64), colours
+    squared = (p * p).sum(1)[:, None] - 2 * p @ c.T + (c * c).sum(1)[None]              # (P, U) |p - c|^2
+    nearest = squared.argmin(axis=1)
+    distance = np.sqrt(np.maximum(squared[np.arange(len(p)), nearest], 0)) / 255        # (P,) in RGB [0, 1] units
+    typical = np.median(distance[inverse])
+    if typical > JET_TOLERANCE:
+        raise ValueError(f"{path}: colormap='jet' but its median pixel is {typical:.2f} from the nearest jet colour "
+                         f"(jet images: below {JET_TOLERANCE}); greyscale saved as RGB, or another colour map?")
+    return level[nearest][inverse].reshape(rgb.shape[:2])
+
+
+def _read_image(path: Path, channels: int, colormap: str | None) -> np.ndarray:
     from PIL import Image
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):                 # 16-bit grayscale PNG
+        if colormap == "jet":
+            if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+                raise ValueError(f"{path}: colormap='jet' needs a colour image, got a greyscale one (mode {im.mode}); "
+                                 "read greyscale spectrograms without a colormap")
+            x = _decode_jet(np.asarray(im.convert("RGB")), path)[None]  # (1, H, W) in [0, 1]
+        elif im.mode in ("I;16", "I;16B", "I;16L", "I"):               # 16-bit grayscale PNG
             v = np.asarray(im, dtype=np.float64)
             if v.min() < 0 or v.max() > 65535:
                 raise ValueError(f"{path}: integer image values outside 0..65535")
@@ -149,6 +248,13 @@ def _read_image(path: Path, channels: int) -> np.ndarray:
     return (x * 2 - 1).astype(np.float32)
 
 
+def _linear_peak_ratio(v: np.ndarray) -> float:
+    """max / (90th percentile of the values above the minimum) of non-negative values: how far the peak stands
+    above the brightest tenth of the image (the module docstring explains why this tells linear from dB)."""
+    above = v[v > v.min()]
+    return float(v.max() / np.percentile(above, 90)) if above.size else 1.0
+
+
 def _npy_to_unit(v: np.ndarray, path: Path, npy_scale: str, dynamic_range_db: float,
                  db_reference: str | float) -> np.ndarray:
     """Map raw .npy values to [-1, 1] according to npy_scale (see the module docstring)."""
@@ -159,6 +265,12 @@ def _npy_to_unit(v: np.ndarray, path: Path, npy_scale: str, dynamic_range_db: fl
     v = v.astype(np.float64)
     if np.isnan(v).any():
         raise ValueError(f"{path}: contains NaN")
+    if npy_scale == "db" and np.isfinite(v).all() and v.min() >= 0:
+        ratio = _linear_peak_ratio(v)
+        if ratio > LINEAR_PEAK_RATIO:
+            raise ValueError(f"{path}: these values look linear, not dB (all >= 0, peak {ratio:.1f} x the 90th "
+                             f"percentile; dB images stay within {LINEAR_PEAK_RATIO:g} x): use --npy-scale magnitude "
+                             "(npy_scale='magnitude') for |S|, power for |S|^2, or minmax if they really are dB")
     if npy_scale in ("magnitude", "power"):
         if (v < 0).any():
             raise ValueError(f"{path}: negative values cannot be a linear {npy_scale} (use npy_scale='db'?)")
@@ -201,14 +313,16 @@ def _read_npy(path: Path, channels: int, npy_scale: str, dynamic_range_db: float
 
 
 def read_file(path: str | Path, channels: int = 1, npy_scale: str = "db", dynamic_range_db: float = 50.0,
-              db_reference: str | float = "max") -> np.ndarray:
+              db_reference: str | float = "max", colormap: str | None = None) -> np.ndarray:
     """One image or .npy file -> float32 (channels, H, W) in [-1, 1]. A file that cannot be read or decoded is a
     ValueError naming it. Options as for SpectrogramFolder."""
     path = Path(path)
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colormap must be one of {COLORMAPS}, got {colormap!r}")
     try:
         if path.suffix.lower() == ".npy":
             return _read_npy(path, channels, npy_scale, dynamic_range_db, db_reference)
-        return _read_image(path, channels)
+        return _read_image(path, channels, colormap)
     except ValueError as err:
         if str(path) in str(err):
             raise
@@ -349,12 +463,13 @@ def check_split(split: dict, root: str | Path, what: str = "--data",
 # The dataset
 # ----------------------------------------------------------------------------------------------------------------
 class SpectrogramFolder(Dataset):
-    """ROOT/<user>/<file> (or a flat ROOT/<file>) as (x, label): x float32 (channels, size, size) in [-1, 1].
+    """ROOT/<user>/<file> (or a flat ROOT/<file>) as (x, label): x float32 (channels, H, W) in [-1, 1].
 
     Args:
-        root: the folder.  size: output side in pixels, or None for native (all files must share one shape).
-        channels: 1 or 3.  resize: "resize" | "center_crop" | "random_crop" | "none" (module docstring).
+        root: the folder.  size: N for N x N, (H, W), or None for native sizes (all files must share one shape).
+        channels: 1 or 3.  resize: "resize" | "center_crop" | "random_crop" | "pad" | "none" (module docstring).
         npy_scale, dynamic_range_db, db_reference: how .npy values map to [-1, 1] (module docstring).
+        colormap: None, or "jet" for jet-coloured PNG/JPEG files, mapped back to levels (module docstring).
         subset: None (all files) or the relative file names to keep, e.g. split["train"] of a split.json;
             a name that is not in the folder is an error.
         class_to_idx: label a folder with an existing user-name -> ID map (e.g. generated samples for a model).
@@ -362,29 +477,29 @@ class SpectrogramFolder(Dataset):
         suffixes: file types to use, in order of preference for a stem present in several formats.
         cache: keep the decoded arrays in memory, already resized (decoded once at construction anyway).
         generator: torch.Generator for random crops (default: torch's global RNG).
-    Attributes: files, labels, class_to_idx, classes (names by ID), skipped [(path, reason)].
+    Attributes: files, labels, class_to_idx, classes (names by ID), size ((H, W) or None), skipped [(path, reason)].
     """
 
-    def __init__(self, root: str | Path, size: int | None = None, channels: int = 1, resize: str = "resize",
-                 npy_scale: str = "db", dynamic_range_db: float = 50.0, db_reference: str | float = "max",
-                 subset: list[str] | None = None, class_to_idx: dict[str, int] | None = None,
-                 suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES, skip_bad: bool = False, cache: bool = False,
-                 generator: torch.Generator | None = None):
+    def __init__(self, root: str | Path, size: int | tuple[int, int] | None = None, channels: int = 1,
+                 resize: str = "resize", npy_scale: str = "db", dynamic_range_db: float = 50.0,
+                 db_reference: str | float = "max", colormap: str | None = None, subset: list[str] | None = None,
+                 class_to_idx: dict[str, int] | None = None, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES,
+                 skip_bad: bool = False, cache: bool = False, generator: torch.Generator | None = None):
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
         if npy_scale not in NPY_SCALES:
             raise ValueError(f"npy_scale must be one of {NPY_SCALES}, got {npy_scale!r}")
+        if colormap not in COLORMAPS:
+            raise ValueError(f"colormap must be one of {COLORMAPS}, got {colormap!r}")
         if not (isinstance(db_reference, (int, float)) or db_reference == "max"):
             raise ValueError(f"db_reference must be 'max' or a number (dB), got {db_reference!r}")
-        if dynamic_range_db <= 0:
+        if not dynamic_range_db > 0:
             raise ValueError(f"dynamic_range_db must be > 0, got {dynamic_range_db}")
-        if size is not None and size < 1:
-            raise ValueError(f"size must be a positive int or None, got {size}")
-        self.root, self.size, self.channels, self.resize = Path(root), size, channels, resize
+        self.root, self.size, self.channels, self.resize = Path(root), _size_pair(size), channels, resize
         self.read_options = dict(channels=channels, npy_scale=npy_scale, dynamic_range_db=dynamic_range_db,
-                                 db_reference=db_reference)
+                                 db_reference=db_reference, colormap=colormap)
         self.generator = generator
         files, labels, self.class_to_idx = scan_folder(self.root, class_to_idx, suffixes)
         if subset is not None:
@@ -401,7 +516,7 @@ class SpectrogramFolder(Dataset):
 
         # Decode every file once: corrupt files and wrong sizes surface here, naming the file. With cache=True the
         # arrays are kept, already resized or cropped when the size policy is deterministic.
-        self._fitted = cache and size is not None and resize != "random_crop"
+        self._fitted = cache and self.size is not None and resize != "random_crop"
         arrays, good, self.skipped, first = {}, [], [], None
         for path, label in zip(files, labels):
             try:
@@ -412,7 +527,7 @@ class SpectrogramFolder(Dataset):
                 self.skipped.append((str(path), str(err)))
                 continue
             self._check_size(path, x.shape[1:])
-            if size is None:
+            if self.size is None:
                 first = first or (path, x.shape)
                 if x.shape != first[1]:
                     raise ValueError(f"{path} has shape {x.shape[1:]} but {first[0]} has {first[1][1:]}; "
@@ -430,13 +545,14 @@ class SpectrogramFolder(Dataset):
         self._cache = {p: arrays[p] for p in files} if cache else None
 
     def _check_size(self, path: Path, hw: tuple[int, int]) -> None:
-        if self.size is None:
+        if self.size is None or self.resize == "pad":                   # "pad" fits any size
             return
-        if self.resize == "none" and tuple(hw) != (self.size, self.size):
-            raise ValueError(f"{path} is {hw[0]}x{hw[1]} but resize='none' needs exactly {self.size}x{self.size}")
-        if min(hw) < self.size:
-            raise ValueError(f"{path} is {hw[0]}x{hw[1]}, smaller than the requested size {self.size}x{self.size} "
-                             "(no upsampling; choose a smaller size)")
+        (h, w), (height, width) = hw, self.size
+        if self.resize == "none" and (h, w) != (height, width):
+            raise ValueError(f"{path} is {h}x{w} but resize='none' needs exactly {height}x{width}")
+        if h < height or w < width:
+            raise ValueError(f"{path} is {h}x{w}, smaller than the requested size {height}x{width} (height x width; "
+                             "no upsampling: choose a smaller size, or resize='pad')")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -448,28 +564,47 @@ class SpectrogramFolder(Dataset):
             if self._fitted:
                 return x, self.labels[i]
         else:
-            x = torch.from_numpy(read_file(path, **self.read_options))   # (C, H, W) in [-1, 1]
+            x = torch.from_numpy(read_file(path, **self.read_options))   # (C, h, w) in [-1, 1]
         if self.size is not None:
             x = self._fit(x)
         return x, self.labels[i]
 
     def _fit(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the size policy: (C, H, W) -> (C, size, size)."""
-        s, (h, w) = self.size, x.shape[1:]
+        """Apply the size policy: (C, h, w) -> (C, H, W)."""
+        (height, width), (h, w) = self.size, x.shape[1:]
         if self.resize == "resize":
-            if (h, w) == (s, s):
-                return x
-            return F.interpolate(x[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)[0]
+            return x if (h, w) == (height, width) else _resample(x, height, width)
+        if self.resize == "pad":
+            return _pad_to(x, height, width)
         if self.resize == "center_crop":
-            top, left = (h - s) // 2, (w - s) // 2
+            top, left = (h - height) // 2, (w - width) // 2
         elif self.resize == "random_crop":
-            top = int(torch.randint(h - s + 1, (1,), generator=self.generator))
-            left = int(torch.randint(w - s + 1, (1,), generator=self.generator))
+            top = int(torch.randint(h - height + 1, (1,), generator=self.generator))
+            left = int(torch.randint(w - width + 1, (1,), generator=self.generator))
         else:
             top, left = 0, 0
-        return x[:, top:top + s, left:left + s]
+        return x[:, top:top + height, left:left + width]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """All samples stacked: (N, C, size, size) float32 and (N,) int64 labels."""
+        """All samples stacked: (N, C, H, W) float32 and (N,) int64 labels."""
         xs = [self[i][0] for i in range(len(self))]
         return torch.stack(xs), torch.tensor(self.labels, dtype=torch.int64)
+
+
+def _resample(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(C, h, w) -> (C, height, width), antialiased bilinear."""
+    return F.interpolate(x[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _pad_to(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(C, h, w) -> (C, height, width): scaled by s = min(1, height / h, width / w) (aspect ratio kept, never up),
+    centred, and the rest filled with PAD_VALUE (extra odd pixel at the bottom / right)."""
+    h, w = x.shape[1:]
+    s = min(1.0, height / h, width / w)
+    fit_h, fit_w = min(height, max(1, round(h * s))), min(width, max(1, round(w * s)))
+    if (fit_h, fit_w) != (h, w):
+        x = _resample(x, fit_h, fit_w)                                  # (C, fit_h, fit_w)
+    top, left = (height - fit_h) // 2, (width - fit_w) // 2
+    out = torch.full((x.shape[0], height, width), PAD_VALUE, dtype=x.dtype)
+    out[:, top:top + fit_h, left:left + fit_w] = x
+    return out

@@ -3,8 +3,9 @@
 Loading never runs code from a file: safetensors holds only tensors, and pickled formats (.bin, .ckpt, .pt)
 are read with ``torch.load(weights_only=True)``, which refuses any object other than tensors and plain
 containers. Models are built on the ``meta`` device and the loaded tensors are assigned to them, so a model
-is never held twice in memory. Every file is written to a temporary name and renamed into place, so an
-interrupted save leaves the previous file intact.
+is never held twice in memory. Files are written with ``atomic_write`` (a temporary name beside them, fsynced,
+renamed into place) and folders replaced with ``replace_folder``, so an interrupted save or a full disk leaves the
+previous file or folder intact; ``remove_stale_temps`` clears what a killed process left behind.
 
     model = load_pretrained("sd/unet")                 # a diffusers model folder -> our model, by _class_name
     model.save_pretrained("out/unet")                  # a folder diffusers' from_pretrained loads
@@ -17,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -57,8 +59,8 @@ ORIGINAL_PREFIXES = {
 ORIGINAL_TRAINING_ONLY_PREFIXES = ("loss.",)
 
 
-def _import(table: dict, name: str, source) -> type:
-    if name not in table:
+def _import(table: dict, name, source) -> type:
+    if not isinstance(name, str) or name not in table:
         raise ValueError(f"{source}: unknown _class_name {name!r}; expected one of {sorted(table)}")
     module, attribute = table[name]
     return getattr(importlib.import_module(module), attribute)
@@ -105,7 +107,7 @@ def torch_load_weights_only(path: Path, device: str | torch.device = "cpu"):
                 raise
             return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        match = re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", str(error), flags=re.IGNORECASE)
         if match:
             raise ValueError(f"{path}: refused to load: the pickle asks for the Python object {match.group(1)}, and "
                              "ldm only unpickles tensors and plain containers (weights_only=True). Convert the file "
@@ -113,12 +115,23 @@ def torch_load_weights_only(path: Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (the weights-only unpickler stopped: "
                          f"{_unpickler_reason(error)})") from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+        reason = _first_line(error) or ("the file is empty" if Path(path).stat().st_size == 0
+                                        else type(error).__name__)
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _unpickler_reason(error: Exception) -> str:
-    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(error))
-    return match.group(1).strip() if match else str(error).splitlines()[0]
+    """What torch's weights-only unpickler objected to, without its advice to load with weights_only=False (that
+    advice is how a malicious file runs its code)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
+    reason = lines[0] if lines else "not a weights-only pickle"
+    return reason.removeprefix("WeightsUnpickler error:").strip()
 
 
 def read_json(path: Path) -> dict:
@@ -133,22 +146,139 @@ def read_json(path: Path) -> dict:
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename tmp_path over ``path`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes: every file and folder ldm writes appears whole or not at all
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def temp_name(path: Path, kind: str = "tmp", pid: int | None = None) -> Path:
+    """The hidden name beside ``path`` that process ``pid`` (default: this one) writes to: ``.NAME.tmp-PID``, or
+    ``.NAME.old-PID`` for a folder moved aside by replace_folder. remove_stale_temps recognises these names."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
+
+
+class WriteError(OSError):
+    """A file or folder could not be written (disk full, read-only, ...): ``str()`` is one line naming it, and
+    ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        kept = "the previous version is kept" if path.exists() else "nothing was written"
+        super().__init__(f"{path}: could not write it ({reason}); {kept}")
+        self.reason = reason
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it and rename it over ``path``.
+
+    The rename is atomic (same folder, same file system), so readers and a crash at any moment see the old file or
+    the new one, never a part. A failed write (disk full, read-only file system, ...) raises WriteError naming
+    ``path`` in one line; the old file is kept and the temporary one removed.
+    """
+    path = Path(path)
+    tmp = temp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as error:   # torch.save reports failed writes as RuntimeError
+        raise WriteError(path, _write_failure(error, path)) from error
     finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_failure(error: Exception, path: Path) -> str:
+    """Why a write failed, and the free space left on that file system."""
+    if isinstance(error, WriteError):
+        return error.reason
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else _first_line(error)
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), None)
+    if folder is not None:
+        reason += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    return reason
+
+
+def replace_folder(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp)`` to fill a temporary folder beside ``path``, then swap it in: the old folder is renamed
+    aside (``.NAME.old-PID``), the new one renamed to ``path``, and only then the old one deleted.
+
+    A crash while the new folder is written leaves the old one untouched; a crash between the two renames leaves
+    the old one under its ``.old`` name, where remove_stale_temps (at the next start) puts it back.
+    """
+    path = Path(path)
+    tmp, old = temp_name(path), temp_name(path, "old")
+    try:
         if tmp.exists():
-            tmp.unlink()
+            shutil.rmtree(tmp)
+        write(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as error:
+        if old.exists() and not path.exists():
+            os.replace(old, path)                                        # undo the first rename
+        raise WriteError(path, _write_failure(error, path)) from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_TEMP_PATTERN = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a file or folder name is one of temp_name's (``.NAME.tmp-PID`` or ``.NAME.old-PID``)."""
+    return _TEMP_PATTERN.fullmatch(name) is not None
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
+    """Clear what killed processes left in ``folder``: temporary files and folders (``.NAME.tmp-PID``) are deleted,
+    and a folder moved aside by replace_folder (``.NAME.old-PID``) is put back when NAME is missing (the crash came
+    between the two renames), else deleted. Only names of processes that are no longer alive on this machine are
+    touched. Returns what was done, one phrase per entry."""
+    folder, done = Path(folder), []
+    if not folder.is_dir():
+        return done
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP_PATTERN.fullmatch(entry.name)
+        if not match or _pid_alive(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            os.replace(entry, target)
+            done.append(f"restored {target.name} from {entry.name}")
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        done.append(f"removed {entry.name}")
+    return done
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (signal 0 checks without sending anything)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                                              # alive, another user's
+        return True
+    return True
+
+
+def save_image(image, path: str | os.PathLike) -> None:
+    """Write a PIL image as PNG, atomically."""
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def write_json(value: dict, path: str | os.PathLike) -> None:
     """Write JSON the way diffusers does (indent 2, sorted keys, trailing newline), atomically."""
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -156,7 +286,7 @@ def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLi
     """Write tensors to a safetensors file atomically (``{"format": "pt"}`` metadata, as diffusers)."""
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     meta = {"format": "pt", **(metadata or {})}
-    _atomic_write(Path(path), lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=meta))
 
 
 def _add_variant(name: str, variant: str | None) -> str:
@@ -282,7 +412,7 @@ def save_pretrained(model: torch.nn.Module, path: str | os.PathLike, variant: st
         if safe_serialization:
             write_safetensors(tensors, file)
         else:
-            _atomic_write(file, lambda tmp: torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp))
+            atomic_write(file, lambda tmp: torch.save({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
     if len(shards) == 1:
         write(shards[0], folder / weights_name)
@@ -364,9 +494,14 @@ def load_pipeline(path: str | os.PathLike, dtype: torch.dtype | None = None,
     index = read_json(folder / PIPELINE_INDEX_NAME)
     components = {}
     for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+        if name.startswith("_") or not isinstance(entry, list):         # pipeline flags, e.g. requires_safety_checker
             continue
+        if not (len(entry) == 2 and all(v is None or isinstance(v, str) for v in entry)):
+            raise ValueError(f"{folder / PIPELINE_INDEX_NAME}: entry {name!r} is {json.dumps(entry)}; expected "
+                             '["library", "ClassName"] (or [null, null] for a missing component)')
         library, class_name = entry
+        if library is None or class_name is None:
+            continue
         if library == "diffusers" and (class_name in MODEL_CLASSES or class_name in SCHEDULER_CLASSES):
             components[name] = load_pretrained(folder / name, dtype=dtype, device=device)
         elif library == "ldm":

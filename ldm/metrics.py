@@ -79,7 +79,7 @@ class ClassifierConfig:
     train in under a minute on two CPU cores)."""
     num_classes: int
     in_channels: int = 1
-    image_size: int = 64        # inputs are resized to image_size x image_size before the network
+    image_size: int | tuple[int, int] = 64   # inputs are resized to N x N, or to (H, W), before the network
     widths: tuple[int, ...] = (8, 16, 32, 64)
     feature_dim: int = 128      # penultimate features used by Frechet distance and KID
     epochs: int = 30
@@ -90,11 +90,17 @@ class ClassifierConfig:
     seed: int = 0
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C, size, size), antialiased bilinear; a no-op at that size already."""
-    if x.shape[-2:] == (size, size):
+def _height_width(size: int | tuple[int, int]) -> tuple[int, int]:
+    """An image size N or (H, W) -> (H, W)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """(B, C, H', W') -> (B, C, H, W) for size N = (N, N) or (H, W), antialiased bilinear; a no-op at that size."""
+    size = _height_width(size)
+    if tuple(x.shape[-2:]) == size:
         return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 class EvalCNN(nn.Module):
@@ -117,7 +123,7 @@ class EvalCNN(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> (B, feature_dim) penultimate features."""
         x = _resize(x, self.cfg.image_size)
-        h = self.body(x)                                                # (B, C', s/16, s/16)
+        h = self.body(x)                                                # (B, C', H/16, W/16)
         return self.features_head(self.pool(h))                         # (B, C', 4, 1) -> (B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +163,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, cfg: ClassifierConfig, pr
         idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
         if len(idx) < 2:                                                # BatchNorm needs two samples
             continue
-        shift = int(torch.randint(cfg.image_size, (1,), generator=gen))
+        shift = int(torch.randint(x.shape[-1], (1,), generator=gen))
         batch = torch.roll(x[idx], shifts=shift, dims=-1)               # random gait phase
         if augment is not None:
             batch = augment(batch, gen)
@@ -185,35 +191,60 @@ def save_classifier(model: EvalCNN, path: str, class_to_idx: dict[str, int], *,
                     trained_on: dict | None = None) -> None:
     """Write the weights as safetensors with the config and the class-name -> ID map in its metadata, and, if
     given, `trained_on`: a JSON-able record of the training files (evaluate.py stores hashes of the file lists,
-    so a saved classifier is never reused with a split whose test files it may have trained on)."""
-    from safetensors.torch import save_file
+    so a saved classifier is never reused with a split whose test files it may have trained on). Atomic: a
+    temporary file renamed into place."""
+    from ldm.io import write_safetensors
     meta = {"config": json.dumps(asdict(model.cfg)), "class_to_idx": json.dumps(class_to_idx)}
     if trained_on is not None:
         meta["trained_on"] = json.dumps(trained_on, sort_keys=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+    write_safetensors(model.state_dict(), path, metadata=meta)
+
+
+def _classifier_metadata(path: str) -> dict[str, str]:
+    """The metadata of a classifier file; FileNotFoundError / ValueError naming it when it is missing or is not
+    a safetensors file."""
+    from safetensors import SafetensorError, safe_open
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such classifier file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
+def _metadata_json(path: str, meta: dict[str, str], key: str):
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path}: its {key!r} metadata is not JSON") from None
 
 
 def classifier_trained_on(path: str) -> dict | None:
     """The `trained_on` record save_classifier stored in the file at path, or None when it has none."""
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-    return json.loads(meta["trained_on"]) if "trained_on" in meta else None
+    meta = _classifier_metadata(path)
+    return _metadata_json(path, meta, "trained_on") if "trained_on" in meta else None
 
 
 def load_classifier(path: str) -> tuple[EvalCNN, dict[str, int]]:
-    """Inverse of save_classifier: (model in eval mode, class_to_idx)."""
-    from safetensors import safe_open
+    """Inverse of save_classifier: (model in eval mode, class_to_idx). A missing, corrupt or foreign file is a
+    FileNotFoundError / ValueError naming it."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = _classifier_metadata(path)
     if "config" not in meta or "class_to_idx" not in meta:
-        raise ValueError(f"{path} is not an evaluation classifier written by ldm.metrics.save_classifier")
-    cfg_dict = json.loads(meta["config"])
-    cfg_dict["widths"] = tuple(cfg_dict["widths"])
-    model = EvalCNN(ClassifierConfig(**cfg_dict))
-    model.load_state_dict(load_file(path), strict=True)
-    return model.eval(), json.loads(meta["class_to_idx"])
+        raise ValueError(f"{path}: not an evaluation classifier written by ldm.metrics.save_classifier")
+    cfg_dict, class_to_idx = _metadata_json(path, meta, "config"), _metadata_json(path, meta, "class_to_idx")
+    try:
+        cfg_dict["widths"] = tuple(cfg_dict["widths"])
+        if not isinstance(cfg_dict["image_size"], int):
+            cfg_dict["image_size"] = tuple(cfg_dict["image_size"])
+        model = EvalCNN(ClassifierConfig(**cfg_dict))
+        model.load_state_dict(load_file(path), strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: its weights or config are not a valid EvalCNN ({reason})") from None
+    return model.eval(), class_to_idx
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -524,11 +555,16 @@ def physics_features(db: np.ndarray, velocities: np.ndarray, frame_rate_hz: floa
 
 
 def simulator_metadata(folder) -> dict | None:
-    """The metadata.json that ldm.microdoppler writes into a data folder (it lists the "people"), or None when the
-    folder has none or some other tool's."""
+    """The metadata.json that ldm.microdoppler (which lists the "people") or ldm.radar (which gives the axes,
+    "velocity_step_mps") writes into a data folder, or None when the folder has none or some other tool's."""
     path = Path(folder) / "metadata.json"
-    meta = json.loads(path.read_text()) if path.is_file() else None
-    return meta if isinstance(meta, dict) and "people" in meta else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    return meta if isinstance(meta, dict) and ("people" in meta or "velocity_step_mps" in meta) else None
 
 
 def spectrogram_axes(meta: dict | None, height: int, width: int, v_max: float | None = None,
@@ -540,10 +576,11 @@ def spectrogram_axes(meta: dict | None, height: int, width: int, v_max: float | 
     if v_max is not None and duration is not None:
         top, bottom, seconds = v_max, -v_max, duration
     elif meta is not None and "velocity_step_mps" in meta:
-        step, native = meta["velocity_step_mps"], meta["size"]
+        step = meta["velocity_step_mps"]
+        rows, columns = meta.get("height", meta.get("size")), meta.get("width", meta.get("size"))   # radar: H x W
         top = meta["velocity_top_mps"] + step / 2                      # edge of the top row
-        bottom = top - step * native
-        seconds = native / meta["frame_rate_hz"]
+        bottom = top - step * rows
+        seconds = columns / meta["frame_rate_hz"]
     else:
         return None
     rows = top - (np.arange(height) + 0.5) * (top - bottom) / height

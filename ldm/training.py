@@ -2,19 +2,27 @@
 cannot be corrupted and resume exactly, and the logs and pictures a run leaves behind.
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` reads
-them; they are written to a temporary file in the same folder, flushed, fsynced and renamed into place, so
-killing the process at any moment leaves the previous checkpoint intact.
+them; they are written with ``ldm.io.atomic_write`` (a temporary file in the same folder, fsynced, renamed into
+place), so killing the process at any moment, or a full disk, leaves the previous checkpoint intact.
+
+A run folder belongs to one run: a new run refuses a folder that holds files unless it resumes that run (--resume)
+or moves it aside (--overwrite); a resumed run refuses options that would change what is trained.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
 import random
+import re
 import shutil
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +32,8 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
-from ldm.data import check_split, make_split, read_split
+from ldm import io
+from ldm.data import check_split, make_split, parse_size, read_split
 from ldm.io import torch_load_weights_only
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,22 +266,18 @@ def _numpy_state_from_dict(state: dict):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically: temporary file in the same folder, flush, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write ``state`` atomically (ldm.io.atomic_write): a full disk or a kill keeps the previous checkpoint."""
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    io.atomic_write(path, write)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint with ``weights_only=True``; a clear error if it is missing, corrupt or not ours."""
+def load_checkpoint(path: str | os.PathLike, script: str | None = None, keys: tuple[str, ...] = ()) -> dict:
+    """Read a checkpoint (a file, or a run folder's checkpoint.pt) with ``weights_only=True``; a one-line error if
+    it is missing, empty, corrupt, not an ldm checkpoint, (given ``script``, e.g. "train_vae.py") another script's,
+    or lacks one of ``keys``."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -281,7 +286,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     state = torch_load_weights_only(path)
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError(f"{path}: not an ldm training checkpoint (no 'step')")
+    if script is not None:
+        found = state.get("script") or ("train_ldm.py" if "unet_config" in state
+                                        else "train_vae.py" if "model_kind" in state else None)
+        if found != script:
+            raise ValueError(f"{path}: " + (f"a {found} checkpoint; resume it with {found}, not {script}" if found
+                                            else f"not a {script} checkpoint"))
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {', '.join(missing)} (not written by this version of "
+                         f"{script or 'the training scripts'})")
     return state
+
+
+def check_resume(state: dict, path, options: dict, may_change: tuple[str, ...], steps: int) -> None:
+    """Refuse to resume the checkpoint ``state`` (read from ``path``) with options that change what is trained.
+
+    ``options``: this run's resolved options (field name -> value); every one the checkpoint also recorded must
+    equal the recorded value, except those in ``may_change`` (how long to train, how often to log, where to run).
+    ``steps``: a run cannot end before the step the checkpoint is already at.
+    """
+    saved = state.get("train_config") or {}
+    differ = sorted(k for k in saved.keys() & options.keys()   # str(): --size was an int before it took "HxW"
+                    if k not in may_change and saved[k] != options[k] and str(saved[k]) != str(options[k]))
+    if differ:
+        listed = ", ".join(f"{_flag(k)} {options[k]} (the checkpoint's: {saved[k]})" for k in differ)
+        flags = [_flag(k) for k in may_change if not k.endswith("_every") and k not in ("resume", "overwrite", "out")]
+        flags += ["--*-every"] if any(k.endswith("_every") for k in may_change) else []
+        raise ValueError(f"--resume {path}: {listed}; a resumed run may change only {', '.join(flags)} (start a new "
+                         "--out to train with other settings)")
+    if state["step"] > steps:
+        raise ValueError(f"--steps {steps}: the checkpoint {path} is already at step {state['step']}; pass --steps "
+                         f"{state['step']} (to export it again) or more")
+
+
+@contextlib.contextmanager
+def checkpoint_parts(path):
+    """Around the code that loads a checkpoint's parts into the models: a part that is missing or does not fit (a
+    checkpoint edited by hand, or written by another version) becomes one ValueError naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, RuntimeError, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # torch's load_state_dict says "Error(s) in loading state_dict for X:", then one line per key
+        what = f"no {error.args[0]!r} entry" if isinstance(error, KeyError) else " ".join(lines[:2])
+        raise ValueError(f"--resume {path}: the checkpoint's contents do not fit this run ({what})") from None
+
+
+def run_main(train, cfg) -> int:
+    """Run a training script's ``train(cfg)`` the way its command line promises: a bad input, a failed write or a
+    diverged run end with one line ``error: ...`` on stderr and exit status 2, an interrupt (Ctrl-C) with exit
+    status 130; the last checkpoint is kept either way."""
+    try:
+        return train(cfg)
+    except (ValueError, OSError, NonFiniteError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,22 +365,32 @@ class JsonlLog:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as error:
+                raise io.WriteError(self.path, error.strerror or str(error)) from error
 
     def read(self) -> list[dict]:
+        """The records; a last line cut short (the process was killed while appending it) is left out."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise ValueError(f"{self.path}: line {number} is not a JSON record") from None
+        return records
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop records of steps after the checkpoint (they will be redone)."""
         if self.enabled and self.path.is_file():
             kept = [r for r in self.read() if r.get("step", 0) <= step]
             text = "".join(json.dumps(r) + "\n" for r in kept)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path)
+            io.atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -350,7 +427,7 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
     draw.text((left, 8), title, fill=(0, 0, 0))
     if not series:
         draw.text((left + 10, top + 10), "no data yet", fill=(0, 0, 0))
-        image.save(path)
+        io.save_image(image, path)
         return
     values = [v for s in series.values() for _, v in s]
     steps = [t for s in series.values() for t, _ in s]
@@ -380,7 +457,7 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
         draw.text((5, bottom - frac * (bottom - top) - 6), label, fill=(0, 0, 0))
     draw.text((left, bottom + 8), f"step {x_lo}", fill=(0, 0, 0))
     draw.text((right - 60, bottom + 8), f"step {x_hi}", fill=(0, 0, 0))
-    image.save(path)
+    io.save_image(image, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,28 +503,30 @@ def resolve_data(cfg, is_main: bool, local_rank: int | None = None) -> Path:
     a shared file system it must exist at the same path on each."""
     if cfg.data != "microdoppler":
         return Path(cfg.data)
-    name = f"microdoppler-{cfg.size}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
+    height, width = parse_size(str(cfg.size), "--size")
+    check_simulator_size(height, width)
+    name = f"microdoppler-{height}px-{cfg.sim_users}x{cfg.sim_per_user}-seed{cfg.seed}"
     folder = Path(cfg.out).resolve().parent / name
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if is_main:
-        _simulate_once(cfg, folder)
+        _simulate_once(cfg, folder, height)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         if local_rank == 0 and not is_main:                   # the first process of another machine
-            _simulate_once(cfg, folder)
+            _simulate_once(cfg, folder, height)
         torch.distributed.barrier()
     return folder
 
 
-def _simulate_once(cfg, folder: Path) -> None:
+def _simulate_once(cfg, folder: Path, side: int) -> None:
     """Write the simulated dataset into ``folder`` unless it is there; a temporary folder renamed into place, so
     that a run killed half-way leaves nothing, and a second writer that loses the race discards its copy."""
     from ldm.microdoppler import write_dataset
     if (folder / "metadata.json").is_file():
         return
     tmp = folder.with_name(folder.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
-    write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, cfg.size, cfg.seed, progress=cfg.progress)
+    write_dataset(tmp, cfg.sim_users, cfg.sim_per_user, side, cfg.seed, progress=cfg.progress)
     try:
         os.replace(tmp, folder)
     except OSError:
@@ -494,14 +573,124 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
     return device
 
 
-def check_writable(folder: Path) -> None:
+def check_regex(pattern: str | None, flag: str) -> None:
+    """A regular-expression option compiles (else one line naming the flag and the reason)."""
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(f"{flag} {pattern!r} is not a regular expression ({error})") from None
+
+
+def db_reference(text: str) -> str | float:
+    """A --db-reference value: 'max' (each image's maximum is 0 dB) or a finite number of dB."""
+    if text == "max":
+        return text
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--db-reference must be 'max' or a finite number of dB, got {text!r}")
+    return value
+
+
+def size_text(height: int, width: int) -> str:
+    """The --size text of an image size: "N" for N x N, else "HxW" (ldm.data.parse_size reads both)."""
+    return str(height) if height == width else f"{height}x{width}"
+
+
+def write_image_size(model_folder: Path, height: int, width: int) -> None:
+    """Record a non-square image size in an autoencoder folder's config.json as diffusers writes one: sample_size
+    [height, width] (diffusers tiles with the first entry, as VAEConfig's int sample_size, the tile side, does).
+    A square size stays the int save_pretrained wrote."""
+    if height != width:
+        config = io.read_json(model_folder / io.CONFIG_NAME)
+        io.write_json({**config, "sample_size": [height, width]}, model_folder / io.CONFIG_NAME)
+
+
+def check_simulator_size(height: int, width: int) -> None:
+    """--data microdoppler simulates square images of the simulator's sizes."""
+    from ldm.microdoppler import SIZES
+    if height != width or height not in SIZES:
+        raise ValueError(f"--size {size_text(height, width)}: --data microdoppler simulates square spectrograms of "
+                         f"side {', '.join(map(str, SIZES))}; pass one of those, or a folder of your own with --data")
+
+
+def check_data_option(data: str, flag: str = "--data") -> None:
+    """A --data value must be 'microdoppler' or an existing folder: a one-line error for a file or a missing path."""
+    path = Path(data)
+    if data == "microdoppler" or path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"{flag} {data} is a file; expected a folder ROOT/<user>/<files> (or a flat ROOT/<files>), "
+                         "or 'microdoppler'")
+    raise FileNotFoundError(f"{flag} {data}: no such folder (expected ROOT/<user>/<files> or a flat ROOT/<files>, "
+                            "or 'microdoppler')")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run folders: checked before anything runs, claimed just before the first write
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> None:
+    """Raise ValueError naming ``flag`` unless ``folder`` is, or can be created as, a folder this process may write
+    to. Probed in the nearest existing ancestor (a file created and removed), so nothing is left behind."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {folder}: cannot write there ({existing} is a file, not a folder)")
+    probe = existing / f".write-test-{os.getpid()}"
+    try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"--out {folder}: cannot write there ({error.strerror})") from None
+        raise ValueError(f"{flag} {folder}: cannot write there ({error.strerror})") from None
+
+
+def run_folder_entries(out: Path) -> list[str]:
+    """What ``out`` holds, without the temporary names of ldm.io (``.NAME.tmp-PID``, ``.NAME.old-PID``)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if not io.is_temp_name(p.name))
+
+
+def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
+    """A run writes into a folder of its own: ``out`` must be empty or missing, unless this run resumes the run that
+    is in it (--resume naming ``out`` or its checkpoint) or --overwrite moves it aside (claim_run_folder)."""
+    resumed = None if resume is None else (Path(resume) if Path(resume).is_dir() else Path(resume).parent)
+    if resumed is not None and resumed.resolve() == out.resolve():
+        if overwrite:
+            raise ValueError(f"--overwrite moves {out} aside, --resume {resume} continues the run in it: pass one")
+        return
+    entries = run_folder_entries(out)
+    if not entries or overwrite:
+        return
+    shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    raise ValueError(f"--out {out} already holds a run ({shown}); continue it with --resume {out}, or choose a new "
+                     f"--out (--overwrite moves the old folder aside to {out.name}.old-<time>)")
+
+
+def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
+    """Make ``out`` ready for this run (after every check passed, before the first write): with --overwrite a folder
+    holding files is renamed to OUT.old-<time> (never deleted); what dead processes left in it is cleared
+    (ldm.io.remove_stale_temps). Returns what was done, one phrase each, for the start-up summary."""
+    done = []
+    if overwrite and run_folder_entries(out):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        names = (f"{out.name}.old-{stamp}" + (f"-{n}" if n else "") for n in itertools.count())
+        aside = next(out.with_name(name) for name in names if not out.with_name(name).exists())
+        os.replace(out, aside)
+        done.append(f"moved the old run aside to {aside}")
+    out.mkdir(parents=True, exist_ok=True)
+    done += io.remove_stale_temps(out)
+    return done
+
+
+def write_run_config(out: Path, script: str, options: dict) -> None:
+    """OUT/config.json: the script and every resolved option of this run (the checkpoint keeps a copy)."""
+    io.write_json({"script": script, **options}, out / "config.json")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ def test_ideal_generator_helps_at_few_shots_and_shots_never_come_from_test(folde
     assert ideal["variants"] == ["real", "real+synthetic", "real+margin", "real+physics", "classic",
                                  "classic+synthetic", "classic+margin", "classic+physics"]
     assert len(ideal["rows"]) == 8 and len(ideal["runs"]) == 3 and ideal["notes"] == []
+    assert ideal["settings"]["size"] == [32, 32] and ideal["settings"]["dynamic_range"] == 50.0   # as resolved
     # 2 real samples per person vs 2 + 16 true samples: a clear, paired gain.
     assert rows["real+synthetic"]["gain"] > 0.1
     assert all(run["accuracy"]["real+synthetic"] > run["accuracy"]["real"] for run in ideal["runs"])   # every seed

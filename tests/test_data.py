@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from ldm import microdoppler as md
-from ldm.data import (UNLABELLED, SpectrogramFolder, check_split, make_split, read_class_map, read_file, read_split,
-                      scan_folder, split_indices, write_class_map, write_split)
+from ldm.data import (UNLABELLED, SpectrogramFolder, check_split, jet, jet_lut, make_split, parse_size, read_class_map,
+                      read_file, read_split, scan_folder, split_indices, write_class_map, write_split)
 
 
 def gray_png(path, value=128, size=(16, 16)):
@@ -247,3 +247,132 @@ def test_bad_options(tmp_path):
         split_indices([tmp_path / "a" / "000.png"], [0], 0.5, 0.6, seed=0)
     with pytest.raises(ValueError, match="none left for training"):
         make_split(tmp_path, test_fraction=0.6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Non-square sizes, the "pad" policy, jet-coloured PNGs, linear values in a dB .npy
+# ----------------------------------------------------------------------------------------------------------------
+def test_parse_size_reads_n_and_height_by_width():
+    assert parse_size("256") == (256, 256)
+    assert parse_size("256x128") == (256, 128) and parse_size(" 64X32 ") == (64, 32)
+    for bad in ("0", "256x", "x128", "1.5", "-3", "3x4x5", "", "big"):
+        with pytest.raises(ValueError, match=r"--size '.*': expected N .* or HxW \(height x width\)"):
+            parse_size(bad, "--size")
+
+
+def test_non_square_sizes_under_every_policy(tmp_path):
+    rows = np.arange(24, dtype=np.float64)[:, None] * np.ones((1, 40))   # 24 x 40, value = row index
+    (tmp_path / "u").mkdir()
+    Image.fromarray(np.uint8(rows * 10), mode="L").save(tmp_path / "u" / "a.png")
+    expected = rows * 10 / 255 * 2 - 1
+    crop = SpectrogramFolder(tmp_path, size=(16, 32), resize="center_crop")[0][0]
+    np.testing.assert_allclose(crop[0].numpy(), expected[4:20, 4:36], atol=1e-6)
+    assert SpectrogramFolder(tmp_path, size=(16, 32), resize="random_crop")[0][0].shape == (1, 16, 32)
+    resized = SpectrogramFolder(tmp_path, size=(12, 40))[0][0]         # halves rows only: a symmetric filter
+    pairs = (expected[0::2] + expected[1::2]) / 2                       # on a linear ramp gives row-pair means
+    np.testing.assert_allclose(resized[0, 1:-1].numpy(), pairs[1:-1], atol=1e-5)     # (edges are renormalised)
+    assert SpectrogramFolder(tmp_path, size=(24, 40), resize="none").size == (24, 40)
+    with pytest.raises(ValueError, match=r"a.png is 24x40, smaller than the requested size 32x32 \(height x width"):
+        SpectrogramFolder(tmp_path, size=32)
+    with pytest.raises(ValueError, match="size must be a positive int, a pair"):
+        SpectrogramFolder(tmp_path, size=(16, 0))
+
+
+def test_pad_keeps_the_aspect_ratio_and_fills_with_the_floor(tmp_path):
+    (tmp_path / "u").mkdir()
+    Image.fromarray(np.full((20, 40), 255, np.uint8), mode="L").save(tmp_path / "u" / "wide.png")
+    def image_and_padding(x, top, left, height, width):
+        inside = torch.zeros_like(x, dtype=torch.bool)
+        inside[..., top:top + height, left:left + width] = True
+        return x[inside], x[~inside]
+
+    x = SpectrogramFolder(tmp_path, size=20, resize="pad")[0][0]       # 20x40 -> 10x20, centred in 20x20
+    image, padding = image_and_padding(x, 5, 0, 10, 20)
+    assert x.shape == (1, 20, 20) and torch.allclose(image, torch.ones(200)) and torch.equal(padding, -torch.ones(200))
+    x = SpectrogramFolder(tmp_path, size=(30, 50), resize="pad", cache=True)[0][0]   # smaller: padded, not scaled
+    image, padding = image_and_padding(x, 5, 5, 20, 40)
+    assert torch.equal(image, torch.ones(800)) and torch.equal(padding, -torch.ones(30 * 50 - 800))
+    x = SpectrogramFolder(tmp_path, size=(41, 10), resize="pad")[0][0]   # 20x40 -> 5x10; 36 rows: 18 above
+    image, padding = image_and_padding(x, 18, 0, 5, 10)
+    assert torch.allclose(image, torch.ones(50)) and torch.equal(padding, -torch.ones(360))
+
+
+def test_jet_png_decodes_to_its_levels(tmp_path):
+    # Jet from its definition (piecewise linear knots): spot values, then an 8-bit ramp encoded and decoded.
+    expected = [[0, 0, 0.5],                                           # x = 0: dark blue
+                [0, 0, 1],                                             # 0.11: blue (flat until 0.125)
+                [0.025 / 0.31, 1, 1 - 0.035 / 0.31],                   # 0.375: red rising 0.35 -> 0.66, blue falling
+                [0.15 / 0.31, 1, 1 - 0.16 / 0.31],                     # 0.5
+                [1, 1 - 0.25 / 0.27, 0],                               # 0.89: green falling 0.64 -> 0.91
+                [0.5, 0, 0]]                                           # 1: dark red
+    np.testing.assert_allclose(jet([0.0, 0.11, 0.375, 0.5, 0.89, 1.0]), expected, atol=1e-12)
+    levels = np.tile(np.arange(256), (4, 1))                            # a magnitude ramp, one level per column
+    Image.fromarray(np.uint8(np.round(jet_lut()[levels] * 255))).save(tmp_path / "ramp.png")
+    decoded = (read_file(tmp_path / "ramp.png", colormap="jet")[0] + 1) / 2 * 255
+    error = np.abs(decoded - levels).max(axis=0)                       # (256,) per level
+    flat = (np.arange(256) >= 28) & (np.arange(256) <= 32)             # jet is pure blue for x in [0.11, 0.125]
+    assert error[~flat].max() <= 1e-3 and error[flat].max() <= 2 + 1e-3
+    # Luma would not even be monotonic in the level; 3 channels repeat the decoded level.
+    assert read_file(tmp_path / "ramp.png", colormap="jet", channels=3).shape == (3, 4, 256)
+    (tmp_path / "u").mkdir()
+    (tmp_path / "ramp.png").rename(tmp_path / "u" / "ramp.png")
+    x = SpectrogramFolder(tmp_path, colormap="jet")[0][0]
+    assert np.abs((x[0].numpy() + 1) / 2 * 255 - levels).max() <= 2 + 1e-3
+
+
+def test_greyscale_images_with_colormap_jet_are_refused(tmp_path):
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (4, 1))
+    Image.fromarray(ramp, mode="L").save(tmp_path / "grey.png")
+    with pytest.raises(ValueError, match=r"grey.png: colormap='jet' needs a colour image, got a greyscale one "
+                                         r"\(mode L\)"):
+        read_file(tmp_path / "grey.png", colormap="jet")
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(tmp_path / "grey_rgb.png")
+    with pytest.raises(ValueError, match=r"grey_rgb.png: colormap='jet' but its median pixel is 0.\d\d from the "
+                                         r"nearest jet colour"):
+        read_file(tmp_path / "grey_rgb.png", colormap="jet")
+    with pytest.raises(ValueError, match="colormap must be one of"):
+        read_file(tmp_path / "grey.png", colormap="viridis")
+
+
+def _walker_power(n_fft=128, frames=128, seed=0):
+    """|STFT|^2 (Doppler, time) of a toy walker: a torso at 1/8 of the PRF and two limbs swinging about it
+    sinusoidally, in complex white noise 40 dB below the torso; Hann window, frames evenly spaced."""
+    t = np.arange(4096)
+    phase = 2 * np.pi * t / 8                                            # torso Doppler: PRF / 8
+    swing = [0.3 * np.exp(1j * (phase + 40 * np.sin(2 * np.pi * t / 1024 + k * np.pi))) for k in (0, 1)]
+    noise = np.array([1, 1j]) @ np.random.default_rng(seed).standard_normal((2, len(t))) * 0.01 / np.sqrt(2)
+    signal = np.exp(1j * phase) + sum(swing) + noise
+    starts = np.round(np.linspace(0, len(t) - n_fft, frames)).astype(np.int64)
+    spectrum = np.fft.fft(signal[starts[:, None] + np.arange(n_fft)] * np.hanning(n_fft), axis=1)
+    return (np.abs(spectrum) ** 2).T
+
+
+def test_linear_values_read_as_db_are_refused_and_db_values_are_not(tmp_path):
+    md.write_dataset(tmp_path / "sim", users=2, per_user=2, size=64, progress=False)
+    assert len(SpectrogramFolder(tmp_path / "sim", suffixes=(".npy",))) == 4   # the simulator's dB re max
+    db = np.load(tmp_path / "sim" / "user_00" / "0000.npy").astype(np.float64)
+    power = _walker_power()
+    linear = {"sim_magnitude": 10 ** (db / 20), "sim_power": 10 ** (db / 10), "magnitude": np.sqrt(power),
+              "power": power}
+    for name, values in linear.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        with pytest.raises(ValueError, match=rf"{name}.npy: these values look linear, not dB .* use --npy-scale "
+                                             r"magnitude"):
+            read_file(tmp_path / f"{name}.npy")
+    for name in ("magnitude", "power"):                                  # read as what they are: as dB re max
+        np.testing.assert_allclose(read_file(tmp_path / f"sim_{name}.npy", npy_scale=name),
+                                   read_file(tmp_path / "sim" / "user_00" / "0000.npy"), atol=1e-5)
+    # dB spectrograms with values >= 0: absolute dB, dB over a floor, dB re the noise median, dB scaled to [0, 1].
+    absolute = 10 * np.log10(power * 1e10)
+    assert absolute.min() > 0
+    variants = {"absolute": absolute, "over_floor": db + 50, "noise": np.clip(absolute - np.median(absolute), 0, None),
+                "unit": (db + 50) / 50}
+    for name, values in variants.items():
+        np.save(tmp_path / f"{name}.npy", values)
+        assert read_file(tmp_path / f"{name}.npy").shape == (1, *values.shape), name
+
+
+def test_a_file_given_as_the_data_folder_says_so(tmp_path):
+    gray_png(tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"a.png is a file, not a folder"):
+        SpectrogramFolder(tmp_path / "a.png")

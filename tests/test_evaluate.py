@@ -62,6 +62,8 @@ def test_good_swapped_noise_and_copying_generators(folders, tmp_path, capsys):
     assert "TRTS" in text and "Frechet distance" in text and "real-vs-real floor" in text and "split.json" in text
     split = json.loads((folders / "split.json").read_text())
     assert good["real_test_files"] == split["test"] and len(split["test"]) == 24
+    assert good["options"]["size"] == [64, 64] and good["options"]["dynamic_range"] == 50.0   # resolved
+    assert good["options"]["bootstrap"] == 50 and good["options"]["split"] == str(folders / "split.json")
     assert good["split"]["from"] == "--split" and good["split"]["files_sha256"] == split["files_sha256"]
     assert good["counts"] == {"real_classifier_train": 48, "real_generator_train": 42, "real_test": 24,
                               "generated": 24, "skipped_real": 0, "skipped_generated": 0}
@@ -149,9 +151,10 @@ def test_refuses_a_split_of_another_folder_and_a_classifier_of_another_split(fol
 
 def test_real_test_folder(folders, tmp_path, capsys):
     args = ["--real", str(folders / "real"), "--generated", str(folders / "good"), "--quiet", "--min-steps", "40",
-            "--batch-size", "16", "--epochs", "8", "--bootstrap", "20", "--physics", "off"]
+            "--batch-size", "16", "--epochs", "8", "--bootstrap", "20", "--physics", "off", "--size", "64x32"]
     assert evaluate.main([*args, "--real-test", str(folders / "heldout"), "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["options"]["size"] == [64, 32] and report["classifier"]["image_size"] == [64, 32]   # non-square
     assert report["split"]["from"] == "--real-test" and report["counts"]["real_test"] == 24
     assert report["real_test_files"][:2] == ["user_00/0032.png", "user_00/0033.png"]
     assert report["counts"]["real_classifier_train"] == report["counts"]["real_generator_train"] == 72
@@ -192,14 +195,15 @@ def test_bad_input_exits_with_one_line(folders, tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_help_lists_every_option(capsys):
+def test_help_lists_every_option_with_its_default_and_range(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.parse_args(["--help"])
+        evaluate.main(["--help"])
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())                     # argparse wraps lines
     for option in ("--real", "--generated", "--split", "--real-test", "--out", "--confusion-png", "--size",
-                   "--channels", "--npy-scale", "--dynamic-range", "--seed", "--epochs", "--min-steps", "--batch-size",
-                   "--lr", "--classifier", "--pca-dims", "--bootstrap", "--physics", "--v-max", "--duration",
-                   "--threshold-db", "--skip-bad", "--quiet"):
+                   "--resize", "--channels", "--colormap", "--npy-scale", "--dynamic-range", "--seed", "--epochs",
+                   "--min-steps", "--batch-size", "--lr", "--classifier", "--pca-dims", "--bootstrap", "--physics",
+                   "--v-max", "--duration", "--threshold-db", "--skip-bad", "--quiet"):
         assert option in text
+    assert "(default: report.json)" in text and "[>= 10] (default: 200)" in text
     assert "--test-fraction" not in text and "--group-regex" not in text

@@ -1,6 +1,8 @@
 """Weights in and out: diffusers folders both ways, original checkpoints both ways, and loading that is safe."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -312,3 +314,46 @@ def test_scheduler_folders_and_a_whole_pipeline(tmp_path):
     with pytest.raises(ValueError, match="scheduler_config.json: unknown _class_name 'PNDMScheduler'"):
         (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "PNDMScheduler"}))
         io.load_pretrained(tmp_path / "scheduler")
+
+
+# ---- folders replaced whole, and what killed processes leave behind ---------------------------------------------
+
+
+def test_replace_folder_swaps_in_a_whole_new_folder_and_an_interrupted_write_keeps_the_old_one(tmp_path):
+    folder = tmp_path / "model"
+
+    def write_version(version: int, files: tuple[str, ...]):
+        def write(tmp: Path):
+            tmp.mkdir()
+            for name in files:
+                (tmp / name).write_text(str(version))
+        return write
+
+    io.replace_folder(folder, write_version(1, ("config.json", "weights-00001-of-00002", "weights-00002-of-00002")))
+    io.replace_folder(folder, write_version(2, ("config.json", "weights")))
+    assert sorted(os.listdir(folder)) == ["config.json", "weights"]          # no shard of version 1 left over
+    assert {(folder / n).read_text() for n in os.listdir(folder)} == {"2"}
+
+    def interrupted(tmp: Path):
+        write_version(3, ("config.json",))(tmp)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        io.replace_folder(folder, interrupted)
+    assert sorted(os.listdir(tmp_path)) == ["model"] and (folder / "config.json").read_text() == "2"
+
+
+def test_remove_stale_temps_restores_a_folder_moved_aside_and_clears_only_dead_processes_temps(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                      # a process that has exited
+    (tmp_path / f".pipeline.old-{dead}").mkdir()                         # killed between replace_folder's renames
+    (tmp_path / f".pipeline.old-{dead}" / "model_index.json").write_text("{}")
+    (tmp_path / f".pipeline.tmp-{dead}").mkdir()
+    (tmp_path / f".checkpoint.pt.tmp-{dead}").write_bytes(b"half")
+    (tmp_path / "model").mkdir()
+    (tmp_path / f".model.old-{dead}").mkdir()                            # killed after the second rename
+    (tmp_path / f".log.jsonl.tmp-{os.getpid()}").write_text("")          # a live process's: left alone
+    done = io.remove_stale_temps(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [f".log.jsonl.tmp-{os.getpid()}", "model", "pipeline"]
+    assert (tmp_path / "pipeline" / "model_index.json").read_text() == "{}"
+    assert len(done) == 4 and f"restored pipeline from .pipeline.old-{dead}" in done

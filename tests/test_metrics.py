@@ -118,6 +118,19 @@ def test_classifier_learns_is_deterministic_and_round_trips(tmp_path):
     assert math.isfinite(float(feats.sum()))
 
 
+def test_a_non_square_classifier_learns_and_round_trips(tmp_path):
+    """image_size (H, W): inputs are resized to 32 x 16 (time halved, the velocity rows that carry the class kept)."""
+    x, y = _toy_data()
+    model = train_classifier(x, y, ClassifierConfig(num_classes=3, image_size=(32, 16), min_steps=60, seed=3))
+    x_test, y_test = _toy_data(8, seed=1)
+    probs = predict(model, x_test)[0]
+    assert float((probs.argmax(1) == y_test).float().mean()) == 1.0
+    save_classifier(model, str(tmp_path / "clf.safetensors"), {"a": 0, "b": 1, "c": 2})
+    loaded, _ = load_classifier(str(tmp_path / "clf.safetensors"))
+    assert loaded.cfg.image_size == (32, 16)
+    torch.testing.assert_close(predict(loaded, x_test)[0], probs)
+
+
 def test_mean_ci_uses_the_student_t_quantile():
     """The table's t_{0.975, df} leaves 95% of torch.distributions.StudentT(df) between -t and t (numerical
     integration of its density), and the interval has the closed form mean +- t s / sqrt(n)."""

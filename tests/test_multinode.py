@@ -78,8 +78,9 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_only_rank0_writes(
     # exactly one node (the one whose process became global rank 0) wrote a run folder; the other wrote nothing
     written = [out for out, _ in nodes if out.exists()]
     assert len(written) == 1, f"run folders written: {written}"
-    assert sorted(p.name for p in written[0].iterdir()) == ["checkpoint.pt", "class_to_idx.json", "log.jsonl",
-                                                            "loss.png", "pipeline", "samples", "split.json"]
+    assert sorted(p.name for p in written[0].iterdir()) == ["checkpoint.pt", "class_to_idx.json", "config.json",
+                                                            "log.jsonl", "loss.png", "pipeline", "samples",
+                                                            "split.json"]
     assert sum("alone writes" in log for log in logs) == 1
     # each "machine" simulated the data next to its own --out (its local rank 0 saw no folder there), identically
     sims = [out.parent / SIM for out, _ in nodes]

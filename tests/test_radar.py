@@ -9,7 +9,7 @@ import pytest
 
 from ldm import radar as rd
 from ldm.data import SpectrogramFolder
-from ldm.metrics import spectrogram_axes
+from ldm.metrics import simulator_metadata, spectrogram_axes
 
 C = rd.SPEED_OF_LIGHT
 
@@ -157,10 +157,12 @@ def test_glasgow_dat_rows_windows_people_and_metadata(tmp_path, capsys):
     for npy, velocity in (("c1_P36/1P36A01R01_w1.npy", 1.5), ("c2_P36/1P36A01R2_w2.npy", -2.0)):
         found, bin_width = peak_velocity(out, npy)
         assert abs(found - velocity) <= bin_width, (npy, found)
-    # v_max_mps and duration_s are what the physics checks take as --v-max and --duration.
-    rows, frame_rate = spectrogram_axes(None, meta["height"], meta["width"], meta["v_max_mps"], meta["duration_s"])
-    np.testing.assert_allclose(rows, v, atol=1e-9)
-    assert frame_rate == pytest.approx(1 / meta["seconds_per_column"])
+    # the physics checks read the axes from metadata.json, or take v_max_mps and duration_s as --v-max, --duration
+    for axes in (spectrogram_axes(simulator_metadata(out), meta["height"], meta["width"]),
+                 spectrogram_axes(None, meta["height"], meta["width"], meta["v_max_mps"], meta["duration_s"])):
+        rows, frame_rate = axes
+        np.testing.assert_allclose(rows, v, atol=1e-9)
+        assert frame_rate == pytest.approx(1 / meta["seconds_per_column"])
     data = SpectrogramFolder(out, npy_scale="db", dynamic_range_db=meta["radar"]["dynamic_range_db"])
     x, label = data[0]
     assert data.classes == ["c1_P36", "c2_P36"] and x.shape == (1, meta["height"], 31)

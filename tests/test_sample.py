@@ -24,11 +24,12 @@ USERS = {"alice": 0, "bob": 1, "carol": 2}
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
 
 
-def build_pipeline(path, vae_latent_channels: int = 4):
+def build_pipeline(path, vae_latent_channels: int = 4, latent_size=8):
     torch.manual_seed(0)
     vae = AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1, sample_size=16,
                                             latent_channels=vae_latent_channels, scaling_factor=0.5))
-    unet = UNet2DConditionModel(dataclasses.replace(UNetConfig.preset("tiny"), sample_size=8, num_class_embeds=4))
+    unet = UNet2DConditionModel(dataclasses.replace(UNetConfig.preset("tiny"), sample_size=latent_size,
+                                                    num_class_embeds=4))
     embedder = UserIDEmbedder(3, 32, 4, "both", USERS)
     io.save_pipeline(path, {"vae": vae, "unet": unet, "scheduler": make_scheduler("epsilon"), "embedder": embedder})
     return path
@@ -82,6 +83,31 @@ def test_sampler_dpm_solver_writes_the_images_generate_makes_with_it(pipeline, t
     assert sample.main(args(pipeline, tmp_path / "ddim", "--user", "bob", "--num", "2", "--save-npy",
                             "--steps", "3")) == 0
     assert not np.array_equal(np.load(tmp_path / "ddim" / "bob" / "0.npy"), np.load(out / "bob" / "0.npy"))
+
+
+def test_the_record_holds_the_resolved_options_and_a_rerun_adds_to_out(pipeline, tmp_path):
+    out = tmp_path / "s"
+    assert sample.main(args(pipeline, out, "--user", "alice,bob", "--num", "2", "--device", "auto")) == 0
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["options"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")    # auto, resolved
+    assert (record["options"]["num"], record["options"]["steps"], record["options"]["user"]) == (2, 2, "alice,bob")
+    assert record["users"] == {"alice": 0, "bob": 1} and record["images"] == {"alice": 2, "bob": 2}
+    alice = (out / "alice" / "0.png").read_bytes()
+    # A second run into the same OUT: bob's images are replaced file by file, alice's stay, nothing else appears.
+    assert sample.main(args(pipeline, out, "--user", "bob", "--num", "3", "--seed", "7")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["alice", "bob"]
+    assert (out / "alice" / "0.png").read_bytes() == alice
+    assert sorted(p.name for p in (out / "bob").iterdir()) == ["0.png", "1.png", "2.png"]
+    assert json.loads((tmp_path / "s.json").read_text())["images"] == {"bob": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.json", "s_grid.png"]    # no temporary folder
+
+
+def test_a_non_square_pipeline_makes_images_of_its_size(tmp_path):
+    """A UNet trained on (h, w) = (8, 4) latents (train_ldm.py stores that as its sample_size): 16 x 8 images."""
+    pipeline = build_pipeline(tmp_path / "wide", latent_size=(8, 4))
+    assert sample.main(args(pipeline, tmp_path / "s", "--user", "bob", "--num", "1", "--save-npy")) == 0
+    assert np.load(tmp_path / "s" / "bob" / "0.npy").shape == (1, 16, 8)
+    assert Image.open(tmp_path / "s" / "bob" / "0.png").size == (8, 16)              # PIL: (width, height)
 
 
 def test_unknown_user_lists_the_valid_ones_and_writes_nothing(pipeline, tmp_path, capsys):

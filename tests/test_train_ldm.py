@@ -201,3 +201,37 @@ def test_the_split_is_decided_once_and_no_stage_trains_on_its_test_files(folder,
                                str(tmp_path / "leaky.json"))) == 2
     assert "both in test and in train/val" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_non_square_images_train_both_stages_and_export_what_diffusers_loads(tmp_path):
+    """40x16 files fitted into 32x16 (--resize pad keeps their aspect ratio): train_vae.py writes sample_size
+    [32, 16] as diffusers does for a non-square model, train_ldm.py takes its image size from there, and the
+    pipeline's UNet says [16, 8] (its latents); diffusers loads both models and computes what ours do."""
+    import train_vae
+    rng = np.random.default_rng(0)
+    for user in ("alice", "bob"):
+        (tmp_path / "data" / user).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray((rng.random((40, 16)) * 255).astype(np.uint8)).save(tmp_path / "data" / user / f"{i}.png")
+    vae_run, ldm_run = tmp_path / "vae", tmp_path / "ldm"
+    assert train_vae.main(["--data", str(tmp_path / "data"), "--out", str(vae_run), "--preset", "tiny", "--size",
+                           "32x16", "--resize", "pad", "--steps", "2", "--batch-size", "2", "--disc-start", "1",
+                           "--disc-layers", "2", "--val-fraction", "0.2", "--eval-images", "4", "--no-progress",
+                           "--no-eval-classifier"]) == 0
+    assert json.loads((vae_run / "model" / "config.json").read_text())["sample_size"] == [32, 16]
+    assert Image.open(vae_run / "samples" / "step_000002.png").size == (2 + 2 * 18, 2 + 2 * 34)   # 2 val images
+    assert train_ldm.main(args(tmp_path / "data", vae_run, ldm_run, "--steps", "2", "--resize", "pad")) == 0
+    assert json.loads((ldm_run / "config.json").read_text())["size"] == "32x16"
+    assert json.loads((ldm_run / "pipeline" / "unet" / "config.json").read_text())["sample_size"] == [16, 8]
+    assert json.loads((ldm_run / "pipeline" / "vae" / "config.json").read_text())["sample_size"] == [32, 16]
+    assert Image.open(ldm_run / "samples" / "step_000002.png").size == (2 + 18, 2 + 2 * 34)      # one row per user
+    parts = io.load_pipeline(ldm_run / "pipeline")
+    ref_unet = RefUNet.from_pretrained(ldm_run / "pipeline" / "unet").eval()
+    ref_vae = RefAutoencoderKL.from_pretrained(ldm_run / "pipeline" / "vae").eval()
+    x, t = torch.randn(2, 4, 16, 8), torch.tensor([3, 700])
+    context, labels = parts["embedder"](torch.tensor([0, 2])), torch.tensor([0, 2])
+    image = torch.rand(1, 1, 32, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(parts["unet"](x, t, context, labels),
+                                   ref_unet(x, t, context, class_labels=labels).sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(parts["vae"](image)[0], ref_vae(image).sample, rtol=1e-5, atol=1e-5)

@@ -168,7 +168,7 @@ def test_unknown_preset_and_bad_size(folder, tmp_path, capsys):
                         "unknown VAE preset 'huge'")
     argv = args(folder, tmp_path / "out", "--steps", "1")
     argv[argv.index("--size") + 1] = "31"
-    run_expecting_error(argv, capsys, "not a multiple")
+    run_expecting_error(argv, capsys, "must be multiples of preset")
     argv[argv.index("--size") + 1] = "64"
     run_expecting_error(argv, capsys, "smaller than the requested size")
     assert not (tmp_path / "out").exists()
@@ -183,8 +183,8 @@ def test_unwritable_output_folder(folder, tmp_path, capsys):
 def test_resume_of_another_models_checkpoint(folder, tmp_path, capsys):
     assert train_vae.main(args(folder, tmp_path / "kl", "--steps", "1", "--disc-weight", "0")) == 0
     before = (tmp_path / "kl" / "checkpoint.pt").read_bytes()
-    run_expecting_error(args(folder, tmp_path / "kl", "--steps", "2", "--model", "vq",
-                             "--resume", str(tmp_path / "kl")), capsys, "the checkpoint is for another model")
+    run_expecting_error(args(folder, tmp_path / "kl", "--steps", "2", "--model", "vq", "--disc-weight", "0",
+                             "--resume", str(tmp_path / "kl")), capsys, "--model vq (the checkpoint's: kl)")
     assert (tmp_path / "kl" / "checkpoint.pt").read_bytes() == before
 
 
