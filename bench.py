@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import platform
 import statistics
 import sys
@@ -57,10 +56,11 @@ from diffusers import UNet2DConditionModel as RefUNet
 from diffusers import VQModel as RefVQModel
 
 from ldm import fast
-from ldm.conditioning import SCHEDULE_KEYS, ConditionedUNet, UserIDEmbedder
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import write_json
+from ldm.pipeline import SCHEDULE_KEYS
 from ldm.samplers import DPMSolverMultistepScheduler
 from ldm.sampling import sample
 from ldm.training import check_writable, option, parse_config, resolve_device

@@ -5,7 +5,7 @@
     python sample.py --model runs/ldm/pipeline --user user_02,5    # names from the ID map or ID numbers
     python sample.py --model runs/ldm/pipeline --sampler dpm++2m --steps 20   # fewer steps, a higher-order solver
 
---sampler picks the reverse process, each on the pipeline's training noise schedule (ldm.conditioning.make_sampler):
+--sampler picks the reverse process, each on the pipeline's training noise schedule (ldm.pipeline.make_sampler):
 ddim (Song et al. 2021; deterministic with --eta 0), ddpm (ancestral, Ho et al. 2020; needs many steps),
 dpm++2m (DPM-Solver++(2M), Lu et al. 2022; good samples in 15-20 steps), euler (Karras et al. 2022) and euler_a
 (Euler ancestral: stochastic, like DDPM); each computes what its diffusers scheduler computes, bit for bit.
@@ -43,15 +43,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm import training
+from ldm import fast, training
 from ldm.augment import class_margins, physics_filter, physics_ranges
-from ldm.conditioning import SAMPLERS, ConditionedUNet, UserIDEmbedder, generate, make_sampler, resolve_users
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
-from ldm.ddpm import DDPMScheduler
-from ldm.io import atomic_write, load_pipeline, temp_name, write_json
+from ldm.io import atomic_write, temp_name, write_json
 from ldm.metrics import batch_physics_features, load_classifier, predict, simulator_metadata, spectrogram_axes
+from ldm.pipeline import SAMPLERS, Pipeline
 from ldm.training import option
-from ldm.vae import AutoencoderKL
 
 
 @dataclass
@@ -76,6 +74,8 @@ class SampleConfig:
     progress: bool = option(True, "show progress bars")
     cuda_graph: bool = option(False, "CUDA only: replay each model call as one captured CUDA graph (same images, "
                                      "faster at small batches, where launching kernels limits the speed)")
+    fast: bool = option(True, "run the models on ldm.fast's path (fused q/k/v projections, in-place ops): the same "
+                        "images on a CPU (to rounding on a GPU), faster; --no-fast runs the plain model code")
     # Filters: write only kept samples.
     filter: str = option("none", "write only the samples a filter keeps: margin (needs --classifier) or physics "
                                  "(needs --real, --split and the velocity/time axes)",
@@ -96,29 +96,6 @@ class SampleConfig:
     dynamic_range: float | None = option(None, "physics filter: dB range of [-1, 1] (default: the simulator's "
                                                "metadata.json value, else 50)", above=0)
     npy_scale: str = option("db", "physics filter: what .npy values in --real are (ldm/data.py)", choices=NPY_SCALES)
-
-
-def load_model(path: str, device) -> tuple[ConditionedUNet, torch.nn.Module, DDPMScheduler, float, float]:
-    """The denoiser (UNet + ID embedder), the VAE, the training scheduler and the latent scale/shift of a pipeline."""
-    folder = Path(path)
-    if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(f"--model {path}: not a pipeline folder (no model_index.json); train_ldm.py writes "
-                                "one to OUT/pipeline")
-    parts = load_pipeline(folder, device=device)
-    missing = [name for name in ("vae", "unet", "scheduler", "embedder") if name not in parts]
-    if missing:
-        raise ValueError(f"--model {path}: the pipeline lacks {missing}")
-    vae, unet, embedder = parts["vae"].eval(), parts["unet"].eval(), parts["embedder"]
-    if not isinstance(embedder, UserIDEmbedder):
-        raise ValueError(f"--model {path}: its embedder is a {type(embedder).__name__}, not a UserIDEmbedder")
-    channels = vae.config.latent_channels if isinstance(vae, AutoencoderKL) else vae.config.embed_dim
-    if unet.config.in_channels != channels:
-        raise ValueError(f"--model {path}: the UNet takes {unet.config.in_channels} latent channels, the VAE "
-                         f"gives {channels}")
-    if vae.config.scaling_factor is None:
-        raise ValueError(f"--model {path}: vae/config.json has no scaling_factor")
-    shift = float(getattr(vae.config, "shift_factor", None) or 0.0)
-    return ConditionedUNet(unet, embedder).eval(), vae, parts["scheduler"], float(vae.config.scaling_factor), shift
 
 
 def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.Tensor | None = None) -> None:
@@ -250,28 +227,25 @@ def run(cfg: SampleConfig) -> int:
     grid = Path(cfg.grid) if cfg.grid else target.with_name(target.name + "_grid.png")
     record = target.with_name(target.name + ".json")
     check_outputs(out, grid)
-    model, vae, scheduler, scale, shift = load_model(cfg.model, device)
-    if cfg.steps > scheduler.config.num_train_timesteps:
-        raise ValueError(f"--steps must be <= {scheduler.config.num_train_timesteps}, the pipeline's training "
+    pipe = Pipeline.from_pretrained(cfg.model, device=device)
+    if cfg.fast:
+        fast.optimize(pipe.denoiser), fast.optimize(pipe.vae)
+    if cfg.steps > pipe.scheduler.config.num_train_timesteps:
+        raise ValueError(f"--steps must be <= {pipe.scheduler.config.num_train_timesteps}, the pipeline's training "
                          f"timesteps; got {cfg.steps}")
-    class_to_idx = model.embedder.class_to_idx
-    users = resolve_users(cfg.user, class_to_idx)                        # an unknown user fails before any writing
+    class_to_idx = pipe.embedder.class_to_idx
+    users = pipe.user_ids(cfg.user)                                     # an unknown user fails before any writing
     names = {i: name for name, i in class_to_idx.items()}
-    scheduler = make_sampler(cfg.sampler, scheduler)
-    latent = model.unet.config.sample_size                              # train_ldm.py stores the latent size here:
-    if isinstance(latent, int):                                         # N (N x N) or (h, w)
-        latent = (latent, latent)
-    elif latent is None:
-        latent = (vae.config.sample_size // vae.config.downsample_factor,) * 2
-    latent_shape = (model.unet.config.in_channels, *latent)
-    judge = make_judge(cfg, class_to_idx, [names[u] for u in users], vae.config.out_channels,
-                       tuple(n * vae.config.downsample_factor for n in latent))   # checked before generating
+    _, h, w = pipe.latent_shape
+    factor = pipe.vae.config.downsample_factor
+    judge = make_judge(cfg, class_to_idx, [names[u] for u in users], pipe.vae.config.out_channels,
+                       (h * factor, w * factor))                        # checked before generating
 
     staging = temp_name(target)                                         # hidden until every image is written
     staging.mkdir(parents=True)
     try:
-        images = generate(model, vae, scheduler, users, cfg.num, latent_shape, scale, shift, cfg.guidance, cfg.steps,
-                          cfg.seed, cfg.batch_size, device, cfg.progress, cfg.eta, cfg.cuda_graph)
+        images = pipe.generate(users, cfg.num, cfg.steps, cfg.guidance, cfg.sampler, cfg.seed, cfg.batch_size,
+                               cfg.eta, cfg.progress, cfg.cuda_graph)
         kept = {}
         for user in users:
             keep = None if judge is None else judge(images[user], user)

@@ -44,11 +44,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ldm import io, training
-from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible, generate, make_sampler
+from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
-from ldm.io import load_pretrained, read_json, save_pipeline
+from ldm.io import load_pretrained, read_json
 from ldm.layers import ResnetBlock2D
+from ldm.pipeline import Pipeline
 from ldm.sampling import diffusion_loss
 from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
 from ldm.transformer import Transformer2D
@@ -218,10 +219,6 @@ def vae_run_split(path: str) -> str | None:
     return None
 
 
-def latent_channels(vae) -> int:
-    return vae.config.latent_channels if isinstance(vae, AutoencoderKL) else vae.config.embed_dim
-
-
 @torch.no_grad()
 def encode_moments(vae, x: torch.Tensor, device, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (N, C, H, W) in [-1, 1] -> (mean, std), each (N, Cz, h, w) on the CPU: the KL posterior's, or for a VQ
@@ -240,14 +237,14 @@ def encode_moments(vae, x: torch.Tensor, device, batch_size: int = 32) -> tuple[
     return torch.cat(means), torch.cat(stds)
 
 
-def draw_latents(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator], posterior: str,
-                 scale: float, shift: float) -> torch.Tensor:
-    """z = (mean + std * eps - shift) * scale with eps drawn per image from its generator (posterior 'sample'),
-    or z = (mean - shift) * scale ('mean'). mean, std: (B, Cz, h, w)."""
+def draw_latents(mean: torch.Tensor, std: torch.Tensor, generators: list[torch.Generator], posterior: str
+                 ) -> torch.Tensor:
+    """The autoencoder latents of a batch: mean + std * eps with eps drawn per image from its generator (posterior
+    'sample'), or the mean ('mean'). mean, std: (B, Cz, h, w). The VAE's scale_latents then gives diffusion's z."""
     if posterior == "sample":
         eps = torch.cat([torch.randn((1, *mean.shape[1:]), generator=g) for g in generators]).to(mean.device)
         mean = mean + std * eps
-    return (mean - shift) * scale
+    return mean
 
 
 def parse_levels(text: str, kind, name: str) -> tuple:
@@ -391,7 +388,7 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- the frozen autoencoder and its latent scale ---------------------------------------------------------------
     vae, vae_raw_config = load_vae(cfg.vae)
     vae.to(device)
-    channels, factor = latent_channels(vae), vae.config.downsample_factor
+    channels, factor = vae.latent_channels, vae.config.downsample_factor
     height, width = parse_size(cfg.size, "--size") if cfg.size else vae_image_size(vae_raw_config, cfg.vae)
     if height % factor or width % factor:
         raise ValueError(f"--size {training.size_text(height, width)}: both sides must be multiples of the VAE's "
@@ -431,11 +428,12 @@ def train(cfg: TrainLDMConfig) -> int:
         scale = float(vae_raw_config["scaling_factor"])
     elif cfg.scaling_factor == "auto":
         generators = [torch.Generator().manual_seed(cfg.seed * 7919 + i) for i in range(len(x_train))]
-        scale = float(1.0 / draw_latents(*moments, generators, cfg.posterior, 1.0, shift).std())
+        scale = float(1.0 / (draw_latents(*moments, generators, cfg.posterior) - shift).std())
     else:
         scale = parse_scaling_factor(cfg.scaling_factor)
     if not cfg.cache_latents:
         moments = None                                                   # measured the scale only; encode per step
+    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)   # z = vae.scale_latents(E(x)) from here on
 
     # ---- the denoiser: UNet + user-ID embedder ---------------------------------------------------------------------
     latent_h, latent_w = height // factor, width // factor
@@ -549,7 +547,7 @@ def train(cfg: TrainLDMConfig) -> int:
         x_val, y_val = val_set.tensors()
         repeats = max(1, 256 // len(x_val))                              # several (noise, t) draws per image
         mean_val, _ = encode_moments(vae, x_val, device)                # (N, Cz, h, w), the posterior means
-        z_val = ((mean_val - shift) * scale).repeat(repeats, 1, 1, 1)
+        z_val = vae.scale_latents(mean_val).repeat(repeats, 1, 1, 1)
         ids_val = y_val.repeat(repeats).to(device)
 
     @torch.no_grad()
@@ -568,9 +566,9 @@ def train(cfg: TrainLDMConfig) -> int:
         if weights is None:                                              # not rank 0
             return
         users = list(range(num_users))
-        images = generate(weights, vae, make_sampler("ddim", scheduler), users,
-                          cfg.sample_per_user, (channels, latent_h, latent_w), scale, shift, cfg.sample_guidance,
-                          cfg.sample_steps, cfg.seed, batch_size=cfg.sample_per_user, device=device, progress=False)
+        images = Pipeline(weights, vae, scheduler).generate(
+            users, cfg.sample_per_user, cfg.sample_steps, cfg.sample_guidance, "ddim", cfg.seed,
+            batch_size=cfg.sample_per_user, progress=False)
         io.save_image(training.image_grid([images[u] for u in users]), out / "samples" / f"step_{step:06d}.png")
 
     # ---- the loop ------------------------------------------------------------------------------------------------
@@ -589,7 +587,7 @@ def train(cfg: TrainLDMConfig) -> int:
         # (posterior "sample"), ID dropout, diffusion noise, timestep. So resume is exact and N DDP processes draw
         # what one process with the N-fold batch would.
         generators = sample_generators(cfg.seed, idx, step)
-        z = draw_latents(mean, std, generators, cfg.posterior, scale, shift).to(device)
+        z = vae.scale_latents(draw_latents(mean, std, generators, cfg.posterior)).to(device)
         if cfg.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)        # (B, Cz, h, w), stored NHWC
         ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generators)
@@ -627,13 +625,7 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- export: a diffusers-layout pipeline of the EMA weights ------------------------------------------------------
     exported = unsharded(ema if cfg.export == "ema" else model)
     if info.is_main:
-        vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
-        components = {"vae": vae, "unet": exported.unet, "scheduler": scheduler, "embedder": exported.embedder}
-        def write_pipeline(folder: Path) -> None:
-            save_pipeline(folder, components, pipeline_class="LDMPipeline")
-            training.write_image_size(folder / "vae", height, width)
-
-        io.replace_folder(out / "pipeline", write_pipeline)       # a kill at any moment keeps the old pipeline/
+        io.replace_folder(out / "pipeline", Pipeline(exported, vae, scheduler).save_pretrained)       # a kill at any moment keeps the old pipeline/
         training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}; "
               f"pipeline/ holds the {'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")

@@ -183,14 +183,14 @@ def check_options(cfg: TrainVAEConfig) -> None:
 
 
 def model_config(cfg: TrainVAEConfig) -> VAEConfig | VQConfig:
-    """The autoencoder config of --model/--preset with --channels in and out. Its sample_size (the tile side of tiled
-    encoding, diffusers' first entry of a [height, width] sample_size) is the image height."""
-    height, _ = parse_size(cfg.size, "--size")
+    """The autoencoder config of --model/--preset with --channels in and out. Its sample_size is the image size, N or
+    [height, width] as diffusers writes it (tiled encoding uses tiles of its first entry)."""
+    size = parse_size(cfg.size, "--size")
     if cfg.model == "kl":
         return dataclasses.replace(VAEConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
-                                   sample_size=height)
+                                   sample_size=size)
     config = dataclasses.replace(VQConfig.preset(cfg.preset), in_channels=cfg.channels, out_channels=cfg.channels,
-                                 sample_size=height, beta=cfg.vq_beta, ema_decay=cfg.vq_ema,
+                                 sample_size=size, beta=cfg.vq_beta, ema_decay=cfg.vq_ema,
                                  kmeans_init_iters=cfg.vq_kmeans, dead_code_restart=cfg.vq_restart,
                                  usage_window=cfg.vq_usage_window)
     if cfg.vq_codebook_size:
@@ -464,11 +464,7 @@ def train(cfg: TrainVAEConfig) -> int:
             stats = {"scaling_factor": stats["scaling_factor"]}
         exported.config = dataclasses.replace(exported.config, **stats)
 
-        def write_model(folder: Path) -> None:
-            exported.save_pretrained(folder)
-            training.write_image_size(folder, height, width)
-
-        io.replace_folder(out / "model", write_model)             # a kill at any moment keeps the old model/ whole
+        io.replace_folder(out / "model", exported.save_pretrained)             # a kill at any moment keeps the old model/ whole
         if last_eval is None:                                            # resumed at the last step
             last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
                          "raw": evaluate(model, x_val, y_val, classifier, device)}

@@ -20,7 +20,7 @@ cross-attention can put different user features at different places of the spect
 With the "class" route alone, the UNet's cross-attention (if it has any) reads the null ID's tokens for every
 sample: a learned constant context that carries no user information.
 
-``generate`` samples images of chosen users this way and decodes them (sample.py and train_ldm.py's previews).
+``ldm.pipeline.Pipeline.generate`` samples images of chosen users this way and decodes them.
 
 Shape legend: B batch, S = num_tokens context tokens, D context width, U users.
 """
@@ -31,14 +31,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ldm.cuda_graph import CUDAGraphModel
-from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import read_json, write_json, write_safetensors
 from ldm.layers import check_indices
-from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from ldm.sampling import sample
 
 ROUTES = ("cross", "class", "both")
 CONFIG_NAME = "config.json"
@@ -174,90 +169,3 @@ def check_compatible(unet_config, embedder: UserIDEmbedder) -> None:
     if unet_config.num_class_embeds != wanted:
         raise ValueError(f"route {embedder.route!r} with {embedder.num_users} users needs the UNet's "
                          f"num_class_embeds = {wanted} (users + the null ID), got {unet_config.num_class_embeds}")
-
-
-def resolve_users(requested: str, class_to_idx: dict[str, int]) -> list[int]:
-    """'all', a user name from the map, an ID number, or a comma list of those -> sorted unique IDs.
-
-    An unknown user is a ValueError listing the valid ones."""
-    names = sorted(class_to_idx, key=class_to_idx.get)
-    if requested.strip() == "all":
-        return list(range(len(names)))
-    ids = []
-    for item in (s.strip() for s in requested.split(",") if s.strip()):
-        if item in class_to_idx:
-            ids.append(class_to_idx[item])
-        elif item.isdigit() and int(item) < len(names):
-            ids.append(int(item))
-        else:
-            valid = ", ".join(f"{i}={name}" for i, name in enumerate(names))
-            raise ValueError(f"unknown user {item!r}; valid users are 'all' or one of: {valid}")
-    if not ids:
-        raise ValueError("no user given; pass --user all, a name or an ID number")
-    return sorted(set(ids))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Generating users' images (sample.py, and train_ldm.py's previews)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-FAST_SAMPLERS = {"dpm++2m": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler,
-                 "euler_a": EulerAncestralDiscreteScheduler}
-SAMPLERS = ("ddim", "ddpm", *FAST_SAMPLERS)  # sample.py --sampler
-# what a sampler takes over from the training scheduler: its noise schedule and what the model predicts
-SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
-                 "rescale_betas_zero_snr", "prediction_type", "steps_offset")
-
-
-def make_sampler(kind: str, scheduler: DDPMScheduler):
-    """A sampler on the training scheduler's noise schedule, set up as Stable Diffusion pipelines set it up:
-
-        "ddpm"     the training scheduler itself (ancestral DDPM; Ho et al. 2020)
-        "ddim"     DDIM on its full config, with SD's set_alpha_to_one=False (the last step lands on ᾱ_0, not 1)
-        "dpm++2m"  DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++"): DPMSolverMultistepScheduler with diffusers' defaults
-                   (solver_order=2, midpoint, lower_order_final=True, final_sigmas_type="zero", no Karras σs)
-        "euler"    Euler (Karras et al. 2022): EulerDiscreteScheduler with diffusers' defaults
-        "euler_a"  Euler ancestral: EulerAncestralDiscreteScheduler with diffusers' defaults
-    The last three take only the schedule and the prediction type (SCHEDULE_KEYS) and leave timestep_spacing at
-    their default, "linspace": what diffusers' <Sampler>.from_config(pipe.scheduler.config) gives for a Stable
-    Diffusion 1.x folder, whose scheduler config names no spacing.
-    """
-    if kind == "ddpm":
-        return scheduler
-    if kind == "ddim":
-        return DDIMScheduler.from_diffusers({**scheduler.to_diffusers(), "set_alpha_to_one": False})
-    if kind not in FAST_SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
-    return FAST_SAMPLERS[kind](**{key: getattr(scheduler.config, key) for key in SCHEDULE_KEYS})
-
-
-@torch.no_grad()
-def generate(model: ConditionedUNet, vae, scheduler, users: list[int], num: int, latent_shape: tuple[int, int, int],
-             scale: float, shift: float, guidance: float, steps: int, seed: int, batch_size: int = 16,
-             device="cpu", progress: bool = True, eta: float = 0.0,
-             cuda_graph: bool = False) -> dict[int, torch.Tensor]:
-    """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
-
-    For each batch, ldm.sampling.sample runs the given sampler, guided, in latent space with cond = the user's IDs
-    and uncond = the null ID; the latents are unscaled (z / scale + shift) and decoded by the VAE (a VQ model quantizes first).
-    Batch b of user u draws from a generator seeded by (seed, u, b). cuda_graph: capture the model once per batch
-    size as a CUDA graph (ldm.cuda_graph) and replay it at every step.
-    """
-    null = model.embedder.null_id
-    denoiser = CUDAGraphModel(model) if cuda_graph else model
-    result = {}
-    eta_kwargs = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
-    for user in tqdm(users, desc="users", disable=not progress or len(users) < 2):
-        images = []
-        for b, start in enumerate(range(0, num, batch_size)):
-            n = min(batch_size, num - start)
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + user) * 10_007 + b)
-            cond = torch.full((n,), user, dtype=torch.long, device=device)
-            uncond = torch.full((n,), null, dtype=torch.long, device=device)
-            z = sample(denoiser, scheduler, (n, *latent_shape), cond=cond, uncond=uncond, guidance_scale=guidance,
-                       num_steps=steps, generator=generator, progress=progress, device=device, dtype=torch.float32,
-                       **eta_kwargs)
-            images.append(vae.decode(z / scale + shift).float().clamp(-1, 1).cpu())   # (n, C, H, W)
-        result[user] = torch.cat(images)
-    return result

@@ -464,7 +464,7 @@ class PretrainedMixin:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def save_pipeline(path: str | os.PathLike, components: dict, pipeline_class: str = "LDMPipeline") -> None:
+def save_pipeline(path: str | os.PathLike, components: dict, *, pipeline_class: str) -> None:
     """Write a pipeline folder in diffusers' layout: ``model_index.json`` and one subfolder per component.
 
     Models and schedulers go in as diffusers components (``["diffusers", "UNet2DConditionModel"]``), so

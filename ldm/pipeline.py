@@ -130,8 +130,13 @@ class Pipeline:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(Cz, h, w) of one latent: the autoencoder's channels at the UNet's training size."""
+        """(Cz, h, w) of one latent: the autoencoder's channels at the UNet's training size (a folder without one:
+        the autoencoder's sample_size over its downsampling factor)."""
         size = self.unet.config.sample_size
+        if size is None:
+            image = self.vae.config.sample_size
+            size = tuple(side // self.vae.config.downsample_factor
+                         for side in ((image, image) if isinstance(image, int) else image))
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return self.vae.latent_channels, h, w
 

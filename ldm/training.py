@@ -600,15 +600,6 @@ def size_text(height: int, width: int) -> str:
     return str(height) if height == width else f"{height}x{width}"
 
 
-def write_image_size(model_folder: Path, height: int, width: int) -> None:
-    """Record a non-square image size in an autoencoder folder's config.json as diffusers writes one: sample_size
-    [height, width] (diffusers tiles with the first entry, as VAEConfig's int sample_size, the tile side, does).
-    A square size stays the int save_pretrained wrote."""
-    if height != width:
-        config = io.read_json(model_folder / io.CONFIG_NAME)
-        io.write_json({**config, "sample_size": [height, width]}, model_folder / io.CONFIG_NAME)
-
-
 def check_simulator_size(height: int, width: int) -> None:
     """--data microdoppler simulates square images of the simulator's sizes."""
     from ldm.microdoppler import SIZES

@@ -71,7 +71,7 @@ class VAEConfig:
     mid_block_add_attention: bool = True
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
-    sample_size: int = 512                  # only sets the tile size of tiled encode/decode
+    sample_size: int | tuple[int, int] = 512   # N or (H, W) trained at; tiled encode/decode uses tiles of N or H
     scaling_factor: float | None = 0.18215
     shift_factor: float | None = None       # pipelines only (SD3/Flux): z = (z - shift) * scale
     # Kept only so a diffusers config round-trips; the model never reads them.
@@ -91,6 +91,15 @@ class VAEConfig:
             if width % self.norm_num_groups:
                 raise ValueError(f"VAEConfig.block_out_channels {self.block_out_channels} must all be divisible by "
                                  f"norm_num_groups={self.norm_num_groups}")
+        if isinstance(self.sample_size, (list, tuple)):
+            self.sample_size = tuple(self.sample_size)
+            if self.sample_size[0] == self.sample_size[-1]:
+                self.sample_size = self.sample_size[0]                   # square: one int, as diffusers writes it
+
+    @property
+    def tile_size(self) -> int:
+        """The side of a tile in tiled encode/decode: sample_size, or its first entry (height), as in diffusers."""
+        return self.sample_size if isinstance(self.sample_size, int) else self.sample_size[0]
 
     @property
     def downsample_factor(self) -> int:
@@ -115,15 +124,14 @@ class VAEConfig:
         ValueError naming it.
         """
         values = autoencoder_values_from_diffusers(mapping, _DIFFUSERS_VAE_DEFAULTS, "AutoencoderKL")
-        sample_size = values["sample_size"]
-        if isinstance(sample_size, (list, tuple)):   # diffusers tiles with the first entry
-            values["sample_size"] = sample_size[0]
         return cls(**values)
 
     def to_diffusers(self) -> dict:
         """The diffusers ``AutoencoderKL`` config mapping (without ``_class_name`` / ``_diffusers_version``)."""
         values = dataclasses.asdict(self)
         values["block_out_channels"] = list(self.block_out_channels)
+        if not isinstance(self.sample_size, int):
+            values["sample_size"] = list(self.sample_size)                 # [height, width]
         n = len(self.block_out_channels)
         values["down_block_types"] = ["DownEncoderBlock2D"] * n
         values["up_block_types"] = ["UpDecoderBlock2D"] * n
@@ -411,8 +419,8 @@ class AutoencoderKL(LatentScaling, PretrainedMixin, nn.Module):
 
         self.use_slicing = False
         self.use_tiling = False
-        self.tile_sample_min_size = config.sample_size                                   # tile side in pixels
-        self.tile_latent_min_size = int(config.sample_size / config.downsample_factor)   # ... in latent pixels
+        self.tile_sample_min_size = config.tile_size                                     # tile side in pixels
+        self.tile_latent_min_size = int(config.tile_size / config.downsample_factor)     # ... in latent pixels
         self.tile_overlap_factor = 0.25
 
     # ---- public API -----------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ class VQConfig:
     num_vq_embeddings: int = 8192             # K
     vq_embed_dim: int | None = None           # D; None: latent_channels
     norm_type: str = "group"                  # "group" or "spatial" (decoder only)
-    sample_size: int = 256                    # informational (VQModel has no tiling)
+    sample_size: int | tuple[int, int] = 256  # N or (H, W) trained at; informational (VQModel has no tiling)
     scaling_factor: float | None = 1.0
     lookup_from_codebook: bool = False        # decode(h, force_not_quantize=True) reads h as code indices
     force_upcast: bool = False                # kept only so a diffusers config round-trips
@@ -76,6 +76,10 @@ class VQConfig:
 
     def __post_init__(self):
         self.block_out_channels = tuple(self.block_out_channels)
+        if isinstance(self.sample_size, (list, tuple)):
+            self.sample_size = tuple(self.sample_size)
+            if self.sample_size[0] == self.sample_size[-1]:
+                self.sample_size = self.sample_size[0]                   # square: one int, as diffusers writes it
         for name in ("in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups",
                      "num_vq_embeddings"):
             value = getattr(self, name)

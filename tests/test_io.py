@@ -95,7 +95,7 @@ def test_pipeline_folder_round_trip(tmp_path):
     ref = reference_vae()
     vae = AutoencoderKL(VAEConfig.from_diffusers(dict(ref.config)))
     vae.load_state_dict(ref.state_dict(), strict=True)
-    io.save_pipeline(tmp_path, {"vae": vae}, pipeline_class="LDMPipeline")
+    io.save_pipeline(tmp_path, {"vae": vae}, pipeline_class="TestPipeline")
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["vae"] == ["diffusers", "AutoencoderKL"]
     assert_same_vae_outputs(io.load_pipeline(tmp_path)["vae"], ref)
@@ -297,7 +297,7 @@ def test_scheduler_folders_and_a_whole_pipeline(tmp_path):
     vae = io.build_model(AutoencoderKL, VAEConfig.from_diffusers(dict(ref_vae.config)), ref_vae.state_dict(), "test")
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                           set_alpha_to_one=False, steps_offset=1)
-    io.save_pipeline(tmp_path, {"vae": vae, "unet": ours_unet, "scheduler": sched})
+    io.save_pipeline(tmp_path, {"vae": vae, "unet": ours_unet, "scheduler": sched}, pipeline_class="TestPipeline")
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["scheduler"] == ["diffusers", "DDIMScheduler"] and index["unet"] == ["diffusers", "UNet2DConditionModel"]
     parts = io.load_pipeline(tmp_path)

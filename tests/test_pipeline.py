@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.ddpm import DDPMScheduler
-from ldm.pipeline import PIPELINE_CLASS, Pipeline, resolve_users
+from ldm.pipeline import PIPELINE_CLASS, Pipeline, make_sampler, resolve_users
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import perturb_
@@ -67,6 +67,37 @@ def test_a_saved_pipeline_runs_in_diffusers_components_as_the_readme_shows(tmp_p
     assert torch.equal(loaded.generate([1], num=2, steps=4, guidance=3.0, seed=7, progress=False)[1], images)
 
 
+def reference_loop(model, scheduler, x, ids, null, scale, steps):
+    """Classifier-free guidance written out: two separate passes per step, Ho & Salimans 2022 Eq. (6)."""
+    scheduler.set_timesteps(steps)
+    for t in scheduler.timesteps:
+        tt = t.expand(len(x))
+        out = model(x, tt, ids)
+        if scale != 1.0:
+            out_null = model(x, tt, torch.full_like(ids, null))
+            out = out_null + scale * (out - out_null)
+        x = scheduler.step(out, t, x)
+    return x
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_generate_equals_the_written_out_guidance_loop_and_uses_the_null_id(scale):
+    pipe = tiny_pipeline()
+    calls = []
+    pipe.denoiser.register_forward_pre_hook(lambda m, args: calls.append(args[2].clone()))
+    images = pipe.generate([1], 2, steps=3, guidance=scale, seed=0, progress=False)[1]
+    if scale == 1.0:
+        assert calls[0].tolist() == [1, 1]                              # the conditional-only loop: no null pass
+    else:
+        assert calls[0].tolist() == [3, 3, 1, 1]                        # [uncond; cond]: the null ID is 3
+    generator = torch.Generator().manual_seed((0 * 1_000_003 + 1) * 10_007 + 0)
+    x = torch.randn(2, 4, 8, 4, generator=generator)
+    with torch.no_grad():
+        z = reference_loop(pipe.denoiser, make_sampler("ddim", pipe.scheduler), x, torch.tensor([1, 1]), 3, scale, 3)
+        expected = pipe.vae.decode(z / 0.5 + 0.1).clamp(-1, 1)          # scaling_factor 0.5, shift_factor 0.1
+    torch.testing.assert_close(images, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_user_names_ids_and_the_ambiguous_numeric_names():
     assert resolve_users("all", USERS) == [0, 1, 2]
     assert resolve_users("bob, 2,alice", USERS) == [0, 1, 2]
@@ -78,8 +109,9 @@ def test_user_names_ids_and_the_ambiguous_numeric_names():
     assert resolve_users("name:1", numeric) == [0] and resolve_users("id:1", numeric) == [1]
     with pytest.raises(ValueError, match=r"unknown user 'dave'; valid users are 'all' or one of: 0=alice, 1=bob"):
         resolve_users("dave", USERS)
-    with pytest.raises(ValueError, match="unknown user 'id:3'"):
-        resolve_users("id:3", USERS)
+    for item in ("3", "id:3", "name:0"):
+        with pytest.raises(ValueError, match=f"unknown user '{item}'"):
+            resolve_users(item, USERS)
 
 
 def test_pipeline_checks_its_parts_when_built_and_loaded(tmp_path):

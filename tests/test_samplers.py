@@ -14,7 +14,7 @@ from diffusers import EulerAncestralDiscreteScheduler as RefEulerA
 from diffusers import EulerDiscreteScheduler as RefEuler
 from diffusers import PNDMScheduler as RefPNDM
 
-from ldm.conditioning import SAMPLERS, make_sampler
+from ldm.pipeline import SAMPLERS, make_sampler
 from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ldm.sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig

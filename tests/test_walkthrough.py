@@ -193,9 +193,10 @@ def test_every_code_link_of_the_doc_points_at_what_it_names():
         name = names[0].split(".")[-1]
         defined = {node.lineno: node for node in ast.walk(ast.parse(source))
                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-        assert first in defined and defined[first].name == name, f"{target}#L{first}: not the definition of {name}"
+        fix = "; python scripts/update_anchors.py docs/walkthrough.md re-points the links"
+        assert first in defined and defined[first].name == name, f"{target}#L{first}: not the definition of {name}{fix}"
         assert last == defined[first].end_lineno, \
-            f"{target}#L{first}-L{last}: {name} ends on line {defined[first].end_lineno}"
+            f"{target}#L{first}-L{last}: {name} ends on line {defined[first].end_lineno}{fix}"
 
 
 def test_the_docs_preset_shapes_are_those_ldm_shapes_traces():
