@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -70,6 +69,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+
+from ldm.io import atomic_write
 
 SUPPORTED_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")            # also the preference order for one stem
 UNLABELLED = "<unlabelled>"
@@ -165,8 +166,9 @@ def scan_folder(root: str | Path, class_to_idx: dict[str, int] | None = None,
 
 
 def write_class_map(path: str | Path, class_to_idx: dict[str, int]) -> None:
-    """Save the user-name -> ID map as JSON (store it with every model trained on the folder)."""
-    Path(path).write_text(json.dumps(class_to_idx, indent=1))
+    """Save the user-name -> ID map as JSON, atomically (store it with every model trained on the folder)."""
+    text = json.dumps(class_to_idx, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_class_map(path: str | Path) -> dict[str, int]:
@@ -412,10 +414,8 @@ def make_split(root: str | Path, test_fraction: float = 0.25, val_fraction: floa
 
 def write_split(path: str | Path, split: dict) -> None:
     """Write split.json atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(split, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(split, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_split(path: str | Path) -> dict:

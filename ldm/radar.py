@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -676,8 +674,8 @@ def check_config(cfg) -> None:
     chain_of(cfg)                                                       # its own checks
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """A fresh temporary folder next to `out` (renamed into place when everything is written)."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """--out must be new, empty, or (with --overwrite) an earlier ldm.radar output."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         try:
             ours = str(json.loads((out / "metadata.json").read_text()).get("format", "")).startswith(FORMAT_TAG)
@@ -686,21 +684,6 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
         if not overwrite or not ours:
             raise ValueError(f"--out {out} exists and is not empty" + ("; pass --overwrite to replace it" if ours
                              else " and is not an ldm.radar output; choose another folder"))
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place (an older output is removed only after the new one is there)."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def convert(cfg) -> dict:
@@ -709,13 +692,16 @@ def convert(cfg) -> dict:
     Returns the metadata."""
     from tqdm import tqdm
 
-    from ldm.io import write_json
+    from ldm.io import replace_folder, write_json
 
     check_config(cfg)
     recordings = find_recordings(cfg)
     out = Path(cfg.out)
-    tmp = _prepare_out(out, cfg.overwrite)
-    try:
+    _check_out(out, cfg.overwrite)
+    result = {}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
         axes, sources, skipped, total = None, [], [], 0
         for rec in tqdm(recordings, desc=f"converting {cfg.format}", unit="file", disable=not cfg.progress):
             try:
@@ -745,13 +731,11 @@ def convert(cfg) -> dict:
         if total == 0:
             raise ValueError(f"no windows written: every recording is shorter than --window-s {cfg.window_s} or "
                              "unreadable" + (f" (first: {skipped[0]['reason']})" if skipped else ""))
-        meta = metadata(cfg, *axes, sources, skipped)
-        write_json(meta, tmp / "metadata.json")
-        _replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return meta
+        result["meta"] = metadata(cfg, *axes, sources, skipped)
+        write_json(result["meta"], tmp / "metadata.json")
+
+    replace_folder(out, write)                       # written beside, then swapped in: an error leaves no partial output
+    return result["meta"]
 
 
 def _check_same_axes(source: Path, spec: Spectrogram, first: Spectrogram) -> None:
