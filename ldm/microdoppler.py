@@ -940,7 +940,7 @@ def write_dataset(out_dir: str | Path, users: int = 8, per_user: int = 64, size:
     except OSError as error:
         raise ValueError(f"cannot write the output folder {out} ({error.strerror or error})") from None
     try:
-        specs, labels, meta = simulate_dataset(users, per_user, size, seed, spacing, radar, progress, profile)
+        specs, _, meta = simulate_dataset(users, per_user, size, seed, spacing, radar, progress, profile)
         dynamic_range = meta["radar"]["dynamic_range_db"]
         for k in range(users):
             (tmp / f"user_{k:02d}").mkdir()

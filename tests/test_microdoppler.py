@@ -1,9 +1,15 @@
-"""The micro-Doppler simulator against closed forms of the Boulic-Thalmann walking model (docs/microdoppler.md,
-sections 3 and 10), its reproducibility guarantees, its CLI, and the identity-accuracy window of the default people."""
+"""The micro-Doppler simulator against closed forms of the Boulic-Thalmann walking model and of the radar
+(docs/microdoppler.md, sections 3 and 11), the ground contact, the scatterer and radar options of the realistic
+profile, raw FMCW I/Q through ldm.radar's chain, its errors and reproducibility guarantees, its CLI, and the
+identity-accuracy windows of both profiles."""
+import dataclasses
 import hashlib
 import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +20,8 @@ from ldm import microdoppler as md
 from ldm.metrics import ClassifierConfig, physics_features, predict, train_classifier
 
 LEG = 0.245 + 0.246                     # thigh + shank, as a fraction of height (Boulic's Ht)
+REALISTIC = md.PROFILES["realistic"]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
@@ -28,14 +36,21 @@ def closed_form_cadence(p: md.Person) -> float:
     return 2.0 / (p.cadence_gain * rlc / p.rel_speed)                  # two steps per cycle Dc = RLc / RV
 
 
+def image_features(db: np.ndarray, radar: md.Radar) -> dict:
+    v, t = md.velocity_axis(len(db), radar), md.frame_times(len(db), radar)
+    return physics_features(db, v, 1 / (t[1] - t[0]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The classic profile: Boulic's walk, closed forms
+# ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [128, 256])
 def test_torso_line_and_cadence_match_closed_forms(size):
-    v, t = md.velocity_axis(size), md.frame_times(size)
+    v = md.velocity_axis(size)
     bin_width = v[0] - v[1]
     for k in range(8):
         person = md.make_person(k)
-        db = md.simulate_spectrogram(person, md.Draws(phase=0.37 * k), md.Radar(), size)
-        f = physics_features(db, v, 1 / (t[1] - t[0]))
+        f = image_features(md.simulate_spectrogram(person, md.Draws(phase=0.37 * k), md.Radar(), size), md.Radar())
         speed = closed_form_speed(person)
         # One bin at the default 128 (0.098 m/s). At 256 a bin is half as wide (0.049 m/s) while the torso itself
         # surges +-0.2 m/s within each step and the 2.56 s window holds a non-integer number of cycles: 1.5 bins.
@@ -43,26 +58,25 @@ def test_torso_line_and_cadence_match_closed_forms(size):
         assert f["cadence_steps_per_s"] == pytest.approx(closed_form_cadence(person), rel=0.03), (k, f)
 
 
+def radial_speed(pts: dict, name: str, t: np.ndarray, radar: md.Radar) -> np.ndarray:
+    r = np.linalg.norm(pts[name] - np.array([0, 0, radar.height_m])[:, None], axis=0)
+    return -np.gradient(r, t)
+
+
 def test_peak_foot_velocity_in_documented_range():
-    # docs/microdoppler.md, section 10: feet peak at about 3-4.5x the torso speed in swing (ankle), and the toe reaches
+    # docs/microdoppler.md, section 11: feet peak at about 3-4.5x the torso speed in swing (ankle), and the toe reaches
     # about 4-5 m/s in simulation at ~1 m/s walking.
     person = md.Person(height_m=1.8, rel_speed=1.0, arm_gain=1.0, cadence_gain=1.0, knee_gain=1.0)
     speed = closed_form_speed(person)                                   # 0.88 m/s
     radar = md.Radar()
     t = np.arange(0, 2 * person.cycle_s, 1e-3)
     pts = md.world_points(person, md.Draws(), radar, t)
-
-    def radial_speed(name):
-        r = np.linalg.norm(pts[name] - np.array([0, 0, radar.height_m])[:, None], axis=0)
-        return -np.gradient(r, t)
-
-    assert 3.0 <= radial_speed("r_ankle").max() / speed <= 4.5
-    toe_peak = radial_speed("r_toe").max()
+    assert 3.0 <= radial_speed(pts, "r_ankle", t, radar).max() / speed <= 4.5
+    toe_peak = radial_speed(pts, "r_toe", t, radar).max()
     assert 4.0 <= toe_peak <= 5.0
     # The spectrogram's upper envelope shows that peak (within two velocity bins).
-    v, frames = md.velocity_axis(128), md.frame_times(128)
-    db = md.simulate_spectrogram(person, md.Draws(), radar, 128)
-    envelope = physics_features(db, v, 1 / (frames[1] - frames[0]))["upper_envelope_mps"]
+    v = md.velocity_axis(128)
+    envelope = image_features(md.simulate_spectrogram(person, md.Draws(), radar, 128), radar)["upper_envelope_mps"]
     assert abs(envelope - toe_peak) <= 2 * (v[0] - v[1])
 
 
@@ -83,24 +97,26 @@ def test_image_format_and_axes():
         md.simulate_spectrogram(md.make_person(0), md.Draws(), radar, 100)
 
 
-def test_clutter_line_and_mti():
+def test_clutter_line_and_two_pulse_canceller():
     person, v = md.make_person(1), md.velocity_axis(128)
     zero = int(np.argmin(np.abs(v)))
     clutter = md.simulate_spectrogram(person, md.Draws(), md.Radar(clutter_db=20.0), 128)
     assert clutter[zero].mean() > -1.0                                  # a static return fills the 0 m/s row
-    cancelled = md.simulate_spectrogram(person, md.Draws(), md.Radar(clutter_db=20.0, mti=True), 128)
+    cancelled = md.simulate_spectrogram(person, md.Draws(), md.Radar(clutter_db=20.0, mti="two-pulse"), 128)
     assert cancelled[zero].mean() < -20.0                               # the two-pulse canceller removes it
 
 
 def test_people_and_samples_do_not_depend_on_dataset_size():
-    small, y_small, meta_small = md.simulate_dataset(users=2, per_user=2, size=64, seed=3)
-    large, y_large, meta_large = md.simulate_dataset(users=3, per_user=4, size=64, seed=3)
-    assert meta_small["people"][1] == meta_large["people"][1]
-    np.testing.assert_array_equal(small[1 * 2 + 1], large[1 * 4 + 1])  # person 1, sample 1
-    assert meta_small["samples"][3] == meta_large["samples"][5]
-    assert y_large.tolist() == [0] * 4 + [1] * 4 + [2] * 4
-    other = md.simulate_dataset(users=2, per_user=2, size=64, seed=4)[2]
-    assert other["people"][1] != meta_small["people"][1]
+    for profile in ("classic", "realistic"):
+        small, y_small, meta_small = md.simulate_dataset(users=2, per_user=2, size=64, seed=3, profile=profile)
+        large, y_large, meta_large = md.simulate_dataset(users=3, per_user=3, size=64, seed=3, profile=profile)
+        assert meta_small["people"][1] == meta_large["people"][1]
+        np.testing.assert_array_equal(small[1 * 2 + 1], large[1 * 3 + 1])  # person 1, sample 1
+        assert meta_small["samples"][3] == meta_large["samples"][4]
+        assert y_large.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+        other = md.simulate_dataset(users=2, per_user=1, size=64, seed=4, profile=profile)[2]
+        assert other["people"][1] != meta_small["people"][1]
+        assert meta_small["profile"]["name"] == profile
 
 
 def test_spacing_scales_the_spread_of_people():
@@ -114,6 +130,234 @@ def test_spacing_scales_the_spread_of_people():
         md.make_person(0, spacing=0.0)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Ground contact
+# ----------------------------------------------------------------------------------------------------------------
+def feet(pts: dict, side: str, names=("heel", "ankle", "toe")) -> np.ndarray:
+    return np.stack([pts[f"{side}_{n}"] for n in names])              # (points, 3, T)
+
+
+@pytest.mark.parametrize("k", range(4))
+def test_ground_contact_stance_foot_is_still_and_never_below_the_floor(k):
+    person = md.make_person(k, spacing=md.REALISTIC_SPACING)
+    dt = 1e-3
+    t = np.arange(0, 3 * person.cycle_s, dt)
+    draws = md.Draws(phase=0.3 * k, heading_deg=20.0)
+    pts = md.world_points(person, draws, md.Radar(), t, ground_contact=True)
+    for side, offset in (("r", 0.0), ("l", 0.5)):
+        foot = feet(pts, side)
+        assert foot[:, 2].min() >= -1e-9                                 # heel, ankle, toe: never below the floor
+        lowest = np.argmin(foot[:, 2], axis=0)
+        speed = np.linalg.norm(np.gradient(foot, dt, axis=2), axis=1)[lowest, np.arange(len(t))]   # 3-D, m/s
+        stance = (t / person.cycle_s + draws.phase + offset) % 1 < person.support
+        # Instants whose neighbours within 3 ms are in stance with the same lowest point: a centred difference
+        # across heel strike, toe-off or the heel -> toe hand-over would mix two points.
+        steady = stance.copy()
+        for shift in range(-3, 4):
+            steady &= np.roll(stance, shift) & (np.roll(lowest, shift) == lowest)
+        steady[:3] = steady[-3:] = False
+        assert steady.sum() > 0.8 * stance.sum()
+        assert speed[steady].max() < 0.2, (side, speed[steady].max())
+    # Boulic's own feet (the classic profile) fail both: the toe dips below the floor and slides during push-off.
+    boulic = md.world_points(person, draws, md.Radar(), t)
+    toe = boulic["r_toe"]
+    assert toe[2].min() < -0.02
+    stance = (t / person.cycle_s + draws.phase) % 1 < person.support
+    assert np.linalg.norm(np.gradient(toe, dt, axis=1), axis=0)[stance].max() > 0.5
+
+
+def test_ground_contact_keeps_segment_lengths_knee_bend_and_walking_speed():
+    person = md.make_person(3, spacing=md.REALISTIC_SPACING)
+    H = person.height_m
+    t = np.linspace(0, 2 * person.cycle_s, 2001)                       # exactly two cycles
+    body = md.body_points(person, t, 0.4, ground_contact=True)
+    for s in ("r", "l"):
+        thigh = np.linalg.norm(body[f"{s}_knee"] - body[f"{s}_hip"], axis=0)
+        shank = np.linalg.norm(body[f"{s}_ankle"] - body[f"{s}_knee"], axis=0)
+        foot = np.linalg.norm(body[f"{s}_toe"] - body[f"{s}_ankle"], axis=0)
+        heel = np.linalg.norm(body[f"{s}_ankle"] - body[f"{s}_heel"], axis=0)
+        for length, fraction in ((thigh, md.THIGH), (shank, md.SHANK), (foot, md.FOOT), (heel, md.ANKLE_HEIGHT)):
+            np.testing.assert_allclose(length, fraction * H, rtol=1e-9)
+        # Knee flexion = 180 deg minus the hip-knee-ankle angle, law of cosines.
+        hip_ankle = np.linalg.norm(body[f"{s}_ankle"] - body[f"{s}_hip"], axis=0)
+        inner = np.degrees(np.arccos((thigh**2 + shank**2 - hip_ankle**2) / (2 * thigh * shank)))
+        assert (180 - inner).min() >= md.MIN_KNEE_DEG - 1e-6
+    # The body frame has no forward progression: over whole cycles the pelvis comes back to where it started, so
+    # in the world the torso moves at exactly V = RV * Ht.
+    np.testing.assert_allclose(body["torso_mid"][:, -1], body["torso_mid"][:, 0], atol=1e-9)
+    world = md.world_points(person, md.Draws(phase=0.4), md.Radar(), t, ground_contact=True)["torso_mid"]
+    assert (world[0, 0] - world[0, -1]) / t[-1] == pytest.approx(closed_form_speed(person), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scatterers, range loss, MTI, directions
+# ----------------------------------------------------------------------------------------------------------------
+def ellipsoid_rcs(a: float, start: np.ndarray, end: np.ndarray, point: np.ndarray, antenna: np.ndarray) -> np.ndarray:
+    """sigma = pi a^4 c^2 / (a^2 sin^2 + c^2 cos^2)^2, c = half the segment, aspect to the line of sight to point."""
+    axis, los = end - start, point - antenna
+    c = np.linalg.norm(axis, axis=0) / 2
+    cos = np.sum(axis * los, axis=0) / (2 * c * np.linalg.norm(los, axis=0))
+    return np.pi * a**4 * c**2 / (a**2 * (1 - cos**2) + c**2 * cos**2) ** 2
+
+
+def test_several_scatterers_split_the_segment_rcs_and_fill_the_envelope():
+    person, radar = md.make_person(2, spacing=md.REALISTIC_SPACING), md.Radar(prf_hz=REALISTIC.radar.prf_hz)
+    draws = md.Draws(phase=0.3, heading_deg=10.0)
+    t = np.arange(0, 1.0, 0.01)
+    n = 4
+    ranges, amps = md.scatterers(person, draws, radar, t, md.Body(True, n))
+    assert ranges.shape == amps.shape == (12 * n, len(t))
+    pts = md.world_points(person, draws, radar, t, ground_contact=True)
+    antenna = np.array([0.0, 0.0, radar.height_m])[:, None]
+    for k, (_, start, end, _, a) in enumerate(md.SCATTERERS):
+        p0, p1 = pts[start], pts[end]
+        for i in range(n):                                              # points at (i + 1/2) / n along the segment
+            point = p0 + (i + 0.5) / n * (p1 - p0)
+            np.testing.assert_allclose(ranges[k * n + i], np.linalg.norm(point - antenna, axis=0), rtol=1e-12)
+            np.testing.assert_allclose(amps[k * n + i] ** 2, ellipsoid_rcs(a, p0, p1, point, antenna) / n, rtol=1e-9)
+    # In the image, the spread points fill the limbs' envelope: fewer dark pixels between the lowest and the highest
+    # lit velocity of each frame than with one scatterer per segment.
+    def holes(db, threshold=-40.0):
+        out = []
+        for column in db.T:
+            lit = np.flatnonzero(column > threshold)
+            out.append((column[lit.min():lit.max() + 1] <= threshold).mean())
+        return np.mean(out)
+
+    for k in range(3):
+        walker, walk = md.make_person(k, spacing=md.REALISTIC_SPACING), md.Draws(phase=0.2 * k, snr_db=60.0)
+        one, spread = (md.simulate_spectrogram(walker, walk, radar, 128, body=md.Body(True, m)) for m in (1, 4))
+        assert holes(spread) < 0.5 * holes(one), (k, holes(one), holes(spread))
+
+
+def test_range_loss_divides_amplitudes_by_range_squared():
+    person, draws, t = md.make_person(0), md.Draws(start_range_m=4.0), np.arange(0, 2.0, 0.05)
+    ranges, plain = md.scatterers(person, draws, md.Radar(), t, md.Body(True, 2))
+    _, lossy = md.scatterers(person, draws, md.Radar(range_loss=True), t, md.Body(True, 2))
+    np.testing.assert_allclose(lossy, plain / ranges**2, rtol=1e-12)
+
+
+def test_butterworth_mti_removes_the_clutter_line_without_a_start_up_transient(monkeypatch):
+    person, radar = md.make_person(2, spacing=md.REALISTIC_SPACING), REALISTIC.radar
+    zero = int(np.argmin(np.abs(md.velocity_axis(128, radar))))
+
+    def zero_row(mti):
+        db = md.simulate_spectrogram(person, md.Draws(snr_db=30.0), dataclasses.replace(radar, mti=mti), 128,
+                                     np.random.default_rng(1), REALISTIC.body)
+        return db[zero]
+
+    assert zero_row("none").mean() > -1.0                               # the +20 dB static line
+    filtered = zero_row("butterworth")
+    assert filtered.mean() < -25.0
+    # The filter ran through the settle pulses before t = 0, so the first frames hold no response to the clutter
+    # switching on; without them (MTI_SETTLE_PULSES = 0) the first frames are over 10 dB brighter.
+    assert filtered[:8].mean() < filtered[8:].mean() + 6.0
+    monkeypatch.setattr(md, "MTI_SETTLE_PULSES", 0)
+    unsettled = zero_row("butterworth")
+    assert unsettled[:8].mean() > unsettled[8:].mean() + 10.0
+
+
+def test_walking_away_puts_the_torso_line_at_minus_the_radial_speed():
+    person, radar = md.make_person(4, spacing=md.REALISTIC_SPACING), REALISTIC.radar
+    bin_width = 2 * radar.max_velocity_mps / 128
+    for away, heading, start in ((False, 0.0, 8.0), (True, 0.0, 3.0), (True, 25.0, 3.0)):
+        db = md.simulate_spectrogram(person, md.Draws(phase=0.1, away=away, heading_deg=heading, start_range_m=start),
+                                     radar, 128, np.random.default_rng(0), REALISTIC.body)
+        radial = closed_form_speed(person) * math.cos(math.radians(heading)) * (-1 if away else 1)
+        assert abs(image_features(db, radar)["torso_velocity_mps"] - radial) <= bin_width, (away, heading)
+
+
+def test_realistic_draws_vary_like_repeated_real_walks():
+    draws = [md.draw_realistic(np.random.default_rng([0, 1, 0, i])) for i in range(400)]
+    away = np.array([d.away for d in draws])
+    speed = np.array([d.speed_factor for d in draws])
+    heading = np.array([d.heading_deg for d in draws])
+    assert 0.4 < away.mean() < 0.6                                      # towards and away, even odds
+    assert speed.min() >= 0.9 and speed.max() <= 1.1 and speed.max() - speed.min() > 0.18   # +-10%
+    assert np.abs(heading).max() <= 30 and np.abs(heading).max() > 25
+    start = np.array([d.start_range_m for d in draws])
+    assert start[away].max() <= 5.5 and start[~away].min() >= 6.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The velocity span: carriers, aliasing errors, parameter checks
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("carrier_ghz", [5.8, 24.0, 77.0])
+def test_no_aliasing_at_common_carriers(carrier_ghz):
+    # The fastest of 10 realistic people at the fastest draw (+10% speed, +20% arm swing), straight at the radar,
+    # with the PRF chosen from the carrier for the realistic +-8 m/s.
+    person = max((md.make_person(k, 0, md.REALISTIC_SPACING) for k in range(10)), key=lambda p: p.speed_mps)
+    radar = dataclasses.replace(REALISTIC.radar, carrier_hz=carrier_ghz * 1e9,
+                                prf_hz=md.prf_for_span(carrier_ghz * 1e9, md.REALISTIC_SPAN_MPS))
+    assert radar.max_velocity_mps == pytest.approx(md.REALISTIC_SPAN_MPS)
+    draws = md.Draws(speed_factor=1.1, arm_factor=1.2, snr_db=40.0, start_range_m=9.0)
+    db = md.simulate_spectrogram(person, draws, radar, 128, np.random.default_rng(0), REALISTIC.body)
+    v = md.velocity_axis(128, radar)
+    power = 10 ** (db.astype(np.float64) / 10)
+    assert power[np.abs(v) > 0.9 * md.REALISTIC_SPAN_MPS].sum() < 1e-3 * power.sum()   # nothing wraps around
+    assert power[v < -0.5].sum() < 1e-2 * power.sum()                   # an approaching walker: nothing far below 0
+    walker = draws.apply(person)
+    assert abs(image_features(db, radar)["torso_velocity_mps"] - walker.speed_mps) <= v[0] - v[1]
+
+
+def test_limbs_past_the_span_are_an_error():
+    people = [md.make_person(k, 0, md.REALISTIC_SPACING) for k in range(10)]
+    slow = dataclasses.replace(REALISTIC.radar, prf_hz=1500.0)          # +-4.7 m/s at 24 GHz
+    with pytest.raises(ValueError, match=r"alias.*at least \d+ Hz.*--spacing"):
+        md.check_span(people, REALISTIC, slow, md.REALISTIC_SPACING)
+    fastest = max(people, key=lambda p: p.speed_mps)
+    with pytest.raises(ValueError, match="past the unambiguous span"):
+        md.echo(fastest, md.Draws(), slow, body=REALISTIC.body)
+    md.check_span(people, REALISTIC, REALISTIC.radar, md.REALISTIC_SPACING)   # the profile's own span holds them
+    with pytest.raises(ValueError, match="alias"):                      # people too fast for the span
+        md.simulate_dataset(users=10, per_user=1, size=64, spacing=2.0, profile="realistic")
+
+
+def test_parameters_outside_the_model_are_refused():
+    good = dict(height_m=1.8, rel_speed=1.0, arm_gain=1.0, cadence_gain=1.0, knee_gain=1.0)
+    for name, value in (("rel_speed", 0.3), ("rel_speed", 3.5), ("height_m", 0.5), ("cadence_gain", 2.0),
+                        ("knee_gain", float("nan")), ("arm_gain", -1.0)):
+        with pytest.raises(ValueError, match=f"Person.{name} must lie in"):
+            md.Person(**{**good, name: value})
+    with pytest.raises(ValueError, match="Boulic's gaits"):
+        md.Draws(speed_factor=3.2).apply(md.Person(**good))             # the jitter pushes RV past gait c
+    with pytest.raises(ValueError, match="heading_deg"):
+        md.Draws(heading_deg=95.0)
+    with pytest.raises(ValueError, match="Radar.mti"):
+        md.Radar(mti="three-pulse")
+    with pytest.raises(ValueError, match="points_per_segment"):
+        md.Body(points_per_segment=0)
+    with pytest.raises(ValueError, match="of the antenna"):
+        md.echo(md.Person(**good), md.Draws(start_range_m=1.0))         # walks through the radar
+    with pytest.raises(ValueError, match="unknown profile"):
+        md.simulate_dataset(users=1, per_user=1, profile="easy")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Raw FMCW I/Q through ldm.radar's chain
+# ----------------------------------------------------------------------------------------------------------------
+def test_fmcw_iq_through_the_radar_chain_gives_the_torso_line():
+    from ldm.radar import Chain, FmcwRadar, iq_spectrogram, to_db
+    person, radar = md.make_person(1, spacing=md.REALISTIC_SPACING), REALISTIC.radar
+    draws = md.Draws(phase=0.2, start_range_m=9.0, snr_db=20.0)
+    iq = md.fmcw_iq(person, draws, radar, np.random.default_rng(0), REALISTIC.body, bandwidth_hz=400e6,
+                    samples_per_chirp=128, clutter_range_m=10.0)
+    assert iq.shape == (radar.num_pulses, 128) and iq.dtype == np.complex128
+    fmcw = FmcwRadar(carrier_hz=radar.carrier_hz, bandwidth_hz=400e6, chirp_s=1 / radar.prf_hz, prf_hz=radar.prf_hz)
+    spec = iq_spectrogram(iq, fmcw, Chain())             # range bins 10-30 (3.75-11.25 m), Butterworth MTI, STFT
+    db = to_db(spec.magnitude, 40.0)
+    settled = np.arange(db.shape[1]) * spec.seconds_per_column > 0.6   # the chain's MTI starts from rest
+    f = physics_features(db[:, settled], spec.velocities, 1 / spec.seconds_per_column)
+    resolution = radar.wavelength_m / (2 * fmcw.chirp_s * Chain().stft_length)   # lambda / (2 T_w) = 0.078 m/s
+    assert abs(f["torso_velocity_mps"] - closed_form_speed(person)) < resolution, f
+    assert f["cadence_steps_per_s"] == pytest.approx(closed_form_cadence(person), rel=0.05)
+    zero = np.abs(spec.velocities) < 0.05
+    assert db[zero][:, settled].mean() < -25.0                           # the static wall at 10 m is gone
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files and the command line
+# ----------------------------------------------------------------------------------------------------------------
 def _digest(folder):
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -131,9 +375,9 @@ def test_cli_same_seed_gives_identical_bytes(tmp_path, capsys):
     assert db.dtype == np.float32 and db.shape == (64, 64)
     np.testing.assert_array_equal(np.asarray(png), md.db_to_uint8(db, 50.0))
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
-    assert len(meta["people"]) == 2 and len(meta["samples"]) == 6
+    assert len(meta["people"]) == 2 and len(meta["samples"]) == 6 and meta["profile"]["name"] == "classic"
     assert {"height_m", "rel_speed", "arm_gain", "cadence_gain", "speed_mps", "cycle_s"} <= set(meta["people"][0])
-    assert {"phase", "heading_deg", "start_range_m", "snr_db", "stream", "file"} <= set(meta["samples"][0])
+    assert {"phase", "heading_deg", "start_range_m", "snr_db", "away", "stream", "file"} <= set(meta["samples"][0])
     # A different seed changes the bytes; a non-empty folder is refused with a one-line error and status 2.
     assert md.main(["--out", str(tmp_path / "c"), *args[:-2], "6", "--quiet"]) == 0
     assert _digest(tmp_path / "c") != a
@@ -142,6 +386,47 @@ def test_cli_same_seed_gives_identical_bytes(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert md.main(["--out", str(tmp_path / "a"), *args, "--overwrite"]) == 0
     assert _digest(tmp_path / "a") == a
+    (tmp_path / "a" / "notes.txt").write_text("mine")                   # overwrite never deletes other files
+    assert md.main(["--out", str(tmp_path / "a"), *args, "--overwrite"]) == 2
+    assert "did not write (e.g. notes.txt)" in capsys.readouterr().err
+
+
+def test_cli_realistic_profile_and_carrier(tmp_path):
+    args = ["--users", "2", "--per-user", "1", "--size", "64", "--quiet", "--profile", "realistic"]
+    assert md.main(["--out", str(tmp_path / "a"), *args, "--carrier-ghz", "77"]) == 0
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["profile"]["name"] == "realistic" and meta["radar"]["mti"] == "butterworth"
+    assert meta["radar"]["carrier_hz"] == 77e9
+    assert meta["max_velocity_mps"] == pytest.approx(md.REALISTIC_SPAN_MPS)   # the span kept at the new carrier
+
+
+def one_line_error(capsys, status: int) -> str:
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_cli_errors_are_one_line_and_leave_nothing_behind(tmp_path, capsys):
+    args = ["--users", "2", "--per-user", "1", "--size", "64", "--quiet"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    line = one_line_error(capsys, md.main(["--out", str(blocker / "data"), *args]))   # the parent is a file
+    assert "cannot write the output folder" in line
+    line = one_line_error(capsys, md.main(["--out", str(tmp_path / "d"), *args, "--prf", "1000"]))
+    assert "alias" in line and "--prf" in line
+    line = one_line_error(capsys, md.main(["--out", str(tmp_path / "d"), *args, "--profile", "realistic",
+                                           "--spacing", "2.5"]))
+    assert "--spacing" in line
+    line = one_line_error(capsys, md.main(["--out", str(tmp_path / "d"), *args, "--duration", "0.03"]))
+    assert "pulses" in line
+    line = one_line_error(capsys, md.main(args))
+    assert "--out is required" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]    # no output, no temporary folder
+    with pytest.raises(SystemExit) as exit_info:                       # out of range at parse time
+        md.main(["--out", str(tmp_path / "d"), "--spacing", "nan"])
+    assert exit_info.value.code == 2
 
 
 def test_cli_help_lists_every_option(capsys):
@@ -149,24 +434,32 @@ def test_cli_help_lists_every_option(capsys):
         md.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--out", "--users", "--per-user", "--size", "--seed", "--spacing", "--carrier-ghz", "--prf",
-                   "--duration", "--dynamic-range", "--clutter-db", "--mti", "--overwrite", "--quiet"):
+    for option in ("--out", "--profile", "--users", "--per-user", "--size", "--seed", "--spacing", "--carrier-ghz",
+                   "--prf", "--duration", "--dynamic-range", "--clutter-db", "--mti", "--overwrite", "--quiet"):
         assert option in text
+    assert "classic" in text and "realistic" in text
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Speed and identity accuracy
+# ----------------------------------------------------------------------------------------------------------------
 def test_simulation_speed_regression_guard():
-    # The target is >= 100 spectrograms/s at 128x128 on one core (measured numbers are in the README). CPU time,
-    # not wall time, so a busy machine does not fail the test; the bound is loose on purpose.
-    person, radar = md.make_person(0), md.Radar()
-    start = time.process_time()
-    for i in range(40):
-        md.simulate_spectrogram(person, md.Draws(phase=i / 40), radar, 128, np.random.default_rng(i))
-    per_second = 40 / (time.process_time() - start)
-    assert per_second > 40, f"{per_second:.0f} spectrograms/s"
+    # Targets on one core at 128x128: classic >= 100 spectrograms/s, realistic (48 scatterers, ground contact, the
+    # Butterworth MTI over 6000 pulses) >= 25/s (measured numbers are in docs/microdoppler.md). CPU time, not wall
+    # time, so a busy machine does not fail the test; the bounds are loose on purpose.
+    md.simulate_spectrogram(md.make_person(0), md.Draws(), REALISTIC.radar, 128, body=REALISTIC.body)   # imports
+    for profile, floor in ((md.PROFILES["classic"], 40), (REALISTIC, 10)):
+        person = md.make_person(0, spacing=profile.spacing)
+        start = time.process_time()
+        for i in range(20):
+            md.simulate_spectrogram(person, md.Draws(phase=i / 20), profile.radar, 128, np.random.default_rng(i),
+                                    profile.body)
+        per_second = 20 / (time.process_time() - start)
+        assert per_second > floor, f"{profile.name}: {per_second:.0f} spectrograms/s"
 
 
 def test_identity_accuracy_window_of_default_people():
-    # The default spacing is calibrated so that the evaluation CNN (default ClassifierConfig, which resizes to
+    # The classic spacing is calibrated so that the evaluation CNN (default ClassifierConfig, which resizes to
     # 64x64 anyway) tells the 8 default people apart on held-out samples with 95% to 99.5% accuracy.
     # 64x64 spectrograms keep the test fast; 32 training and 48 held-out samples per person.
     db, labels, _ = md.simulate_dataset(users=8, per_user=80, size=64, seed=0)
@@ -177,3 +470,18 @@ def test_identity_accuracy_window_of_default_people():
     probs, _ = predict(model, x[~train])
     accuracy = float((probs.argmax(1) == y[~train]).float().mean())
     assert 0.95 <= accuracy <= 0.995, accuracy
+
+
+@pytest.mark.slow
+def test_realistic_identity_accuracy_lands_in_the_band_of_real_data(tmp_path):
+    # scripts/simulator_difficulty.py at seed 0: 10 realistic people x 64 files, the split every stage uses, the
+    # evaluation CNN on train + val, scored on the 160 test files (measured 73.1%). Published results on real radar
+    # data: 83.7% for 10 people, 68.2% for 60, about 78% for 5.
+    report = tmp_path / "difficulty.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulator_difficulty.py"), "--profile",
+                             "realistic", "--seeds", "0", "--quiet", "--out", str(report)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(report.read_text())
+    assert figures["cnn"]["n"] == 160
+    assert 0.70 <= figures["cnn"]["value"] <= 0.85, figures["cnn"]
