@@ -353,7 +353,8 @@ class Decoder(nn.Module):
         for block in self.up_blocks:
             x = checkpointed(block, x, zq) if ckpt else block(x, zq)    # -> (B, Ci, 2h, 2w) per upsampling
         x = self.conv_norm_out(x) if zq is None else self.conv_norm_out(x, zq)
-        return self.conv_out(F.silu(x))                                  # (B, C0, H, W) -> (B, Cout, H, W)
+        x = F.silu(x)
+        return self.conv_out(x)                                          # (B, C0, H, W) -> (B, Cout, H, W)
 
 
 # ----------------------------------------------------------------------------------------------------------------
