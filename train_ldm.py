@@ -43,7 +43,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ldm import io, training
+from ldm import fast, io, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
@@ -138,7 +138,8 @@ class TrainLDMConfig:
                                   "GPU (on a CPU it can be slower); the loss agrees with eager up to float rounding. "
                                   "Evaluation, sample grids and export stay eager")
     channels_last: bool = option(False, "hold the denoiser's weights and the latents in torch.channels_last (NHWC) "
-                                        "memory format: typically faster convolutions on tensor-core GPUs with bf16 "
+                                        "memory format, on ldm.fast's path (which keeps NHWC maps NHWC through the "
+                                        "transformers): typically faster convolutions on tensor-core GPUs with bf16 "
                                         "(little gain on a CPU); the same numbers up to float rounding, checkpoints "
                                         "as without it")
     fused_adamw: bool = option(True, "on CUDA, AdamW's fused kernel: one launch updates every parameter instead of "
@@ -455,6 +456,7 @@ def train(cfg: TrainLDMConfig) -> int:
             torch.distributed.broadcast(tensor, src=0)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)                     # the 4-d (convolution) weights: NHWC
+        fast.optimize(model)                # its transformers keep NHWC maps NHWC (and its other devices come along)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
