@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     out = (ROOT / (args.out or default_out)).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, seed, timings, total = out / "data", str(args.seed), {}, time.perf_counter()
-    common = ["--device", args.device, "--seed", seed, "--no-progress"]
+    # a rerun replaces the training runs: --overwrite moves the previous ones aside (OUT/vae.old-<time>), never deletes
+    common = ["--device", args.device, "--seed", seed, "--no-progress", "--overwrite"]
 
     if not simulated(data, args.profile, cfg["per_user"], cfg["sim_size"], args.seed):
         run([py, "-m", "ldm.microdoppler", "--out", str(data), "--profile", args.profile, "--users", str(USERS),
