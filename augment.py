@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from ldm import training
 from ldm.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
                          physics_filter, physics_ranges)
-from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, check_split, parse_size, read_split, relative_names
+from ldm.data import SpectrogramFolder, check_split, parse_size, read_split, relative_names
 from ldm.io import atomic_write
 from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, simulator_metadata,
                          spectrogram_axes, train_classifier)
@@ -54,12 +54,10 @@ class AugmentConfig:
     out: str = option("augmentation.json", "JSON results; the plot goes next to it with .png")
     size: str = option("32", "the classifier's input (and the physics features'): N (N x N) or HxW (height x "
                              "width), each side >= 16")
-    resize: str = option("resize", "how files reach --size (ldm/data.py): stretch, crop, or pad keeping the aspect "
-                                   "ratio", choices=RESIZE_POLICIES)
+    resize: str = training.resize_option()
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
-    colormap: str = option("none", "jet: PNG/JPEG files are jet-coloured renderings, mapped back to levels",
-                           choices=("none", "jet"))
-    npy_scale: str = option("db", "what .npy values are (ldm/data.py)", choices=NPY_SCALES)
+    colormap: str = training.colormap_option()
+    npy_scale: str = training.npy_scale_option()
     dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's "
                                                "metadata.json value, else 50)", above=0)
     epochs: int = option(30, "classifier training epochs", at_least=0)

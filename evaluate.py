@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ldm import training
-from ldm.data import (NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, check_split, files_digest, parse_size,
+from ldm.data import (SpectrogramFolder, check_split, files_digest, parse_size,
                       read_split, relative_names, split_indices)
 from ldm.io import atomic_write
 from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
@@ -66,12 +66,10 @@ class EvaluateConfig:
     out: str = option("report.json", "JSON report path")
     confusion_png: str | None = option(None, "confusion-matrix image (default: <out>_confusion.png)")
     size: str = option("64", "the classifier's input: N (N x N) or HxW (height x width), each side >= 16")
-    resize: str = option("resize", "how files reach --size (ldm/data.py): stretch, crop, or pad keeping the aspect "
-                                   "ratio", choices=RESIZE_POLICIES)
+    resize: str = training.resize_option()
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
-    colormap: str = option("none", "jet: PNG/JPEG files are jet-coloured renderings, mapped back to levels",
-                           choices=("none", "jet"))
-    npy_scale: str = option("db", "what .npy values are (ldm/data.py)", choices=NPY_SCALES)
+    colormap: str = training.colormap_option()
+    npy_scale: str = training.npy_scale_option()
     dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's metadata.json "
                                                "value, else 50)", above=0)
     seed: int = option(0, "seeds the classifiers, the test halves and the bootstrap", at_least=0, below=2**63)

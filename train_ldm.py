@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ldm import fast, io, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
-from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
+from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json
 from ldm.layers import ResnetBlock2D
@@ -95,12 +95,9 @@ class TrainLDMConfig:
                                          above=0)
     size: str | None = option(None, "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); "
                                     "default: the VAE's sample_size (its [height, width] when not square)")
-    resize: str = option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and "
-                                   "padded with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
-                         choices=RESIZE_POLICIES)
-    colormap: str = option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to "
-                                   "levels", choices=("none", "jet"))
-    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
+    resize: str = training.resize_option()
+    colormap: str = training.colormap_option()
+    npy_scale: str = training.npy_scale_option()
     dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
                                   at_most=400)
     db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")

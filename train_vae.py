@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ldm import io, metrics, training
-from ldm.data import NPY_SCALES, RESIZE_POLICIES, SpectrogramFolder, parse_size, write_class_map, write_split
+from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                         reconstruction_loss)
 from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
@@ -61,12 +61,9 @@ class TrainVAEConfig:
     size: str = option("128", "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); each side a "
                               "multiple of the preset's downsampling factor")
     channels: int = option(1, "image channels: 1 (grayscale spectrograms) or 3 (RGB)", choices=(1, 3))
-    resize: str = option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and "
-                                   "padded with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
-                         choices=RESIZE_POLICIES)
-    colormap: str = option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to "
-                                   "levels", choices=("none", "jet"))
-    npy_scale: str = option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
+    resize: str = training.resize_option()
+    colormap: str = training.colormap_option()
+    npy_scale: str = training.npy_scale_option()
     dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
                                   at_most=400)
     db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")

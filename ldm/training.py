@@ -33,7 +33,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
 from ldm import io
-from ldm.data import check_split, make_split, parse_size, read_split
+from ldm.data import NPY_SCALES, RESIZE_POLICIES, check_split, make_split, parse_size, read_split
 from ldm.io import torch_load_weights_only
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -698,6 +698,22 @@ def option(default, help: str, choices=None, *, at_least=None, above=None, at_mo
     bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
                                                         "bounds": {k: v for k, v in bounds.items() if v is not None}})
+
+
+# The loader options every script that reads a data folder takes (ldm.data's policies), written once.
+def resize_option():
+    return option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and padded "
+                            "with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
+                  choices=RESIZE_POLICIES)
+
+
+def colormap_option():
+    return option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to levels",
+                  choices=("none", "jet"))
+
+
+def npy_scale_option():
+    return option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
 
 
 _BOUND_TEXT = {"at_least": ">= {}", "above": "> {}", "at_most": "<= {}", "below": "< {}"}
