@@ -1031,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.training import parse_config
     cfg = parse_config(_config_class(), argv,
                        "Simulate radar micro-Doppler spectrograms of walking people (Boulic-Thalmann gait model, "
-                       "ellipsoid scatterers, STFT) into OUT/user_XX/NNNN.png + .npy and OUT/metadata.json.")
+                       "ellipsoid scatterers, STFT) into OUT/user_XX/NNNN.png + .npy and OUT/metadata.json.",
+                       prog="python -m ldm.microdoppler")
     try:
         if cfg.out is None:
             raise ValueError("--out is required: the folder to write the spectrograms into")

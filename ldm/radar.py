@@ -777,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
     from ldm.training import parse_config
     cfg = parse_config(_config_class(), argv, "Convert raw FMCW radar I/Q or another group's spectrograms into "
                                               "micro-Doppler spectrogram windows OUT/<person>/<recording>_w<k>.npy "
-                                              "(float32 dB) plus OUT/metadata.json (docs/radar.md).")
+                                              "(float32 dB) plus OUT/metadata.json (docs/radar.md).",
+                     prog="python -m ldm.radar")
     start = time.perf_counter()
     try:
         meta = convert(cfg)

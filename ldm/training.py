@@ -735,11 +735,13 @@ def check_range(name: str, value, bounds: dict) -> str | None:
     return None
 
 
-def parse_config(cls, argv: list[str] | None, description: str):
+def parse_config(cls, argv: list[str] | None, description: str, prog: str | None = None):
     """Turn the fields of dataclass ``cls`` into ``--kebab-case`` flags (booleans as --flag / --no-flag); every
     flag's --help shows its default and range. Fields are annotated ``int``, ``float``, ``str`` or ``bool``,
-    optionally ``| None``. A value outside its option() range is refused here, with exit status 2."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    optionally ``| None``. A value outside its option() range is refused here, with exit status 2. prog: the name
+    --help shows (a module run with python -m would otherwise show its file name)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     flags = {}
     for f in dataclasses.fields(cls):
         flag = flags[f.name] = "--" + f.name.replace("_", "-")
