@@ -63,10 +63,8 @@ class TrainLDMConfig:
                                        "built-in dataset (shared with train_vae.py when --out is a sibling folder)")
     out: str = option("runs/ldm", "run folder (config.json, checkpoint.pt, pipeline/, log.jsonl, samples/, loss.png); "
                                   "a new run needs an empty or new folder")
-    resume: str | None = option(None, "resume from this checkpoint.pt or run folder, with the options it was "
-                                      "started with (an error names any that differ, and those that may)")
-    overwrite: bool = option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
-                                    "OUT.old-<time>, never deleted")
+    resume: str | None = training.resume_option()
+    overwrite: bool = training.overwrite_option()
     vae: str = option("runs/vae", "a train_vae.py run folder (its model/) or a diffusers AutoencoderKL/VQModel folder")
     scaling_factor: str = option("config", "'config': the factor in the VAE's config.json (an error if it has none); "
                                            "'auto': 1/std of the training latents, measured now; or a number")

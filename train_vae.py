@@ -50,10 +50,8 @@ class TrainVAEConfig:
                                        "simulate the built-in 8-person dataset")
     out: str = option("runs/vae", "run folder (config.json, checkpoint.pt, model/, log.jsonl, samples/, loss.png); "
                                   "a new run needs an empty or new folder")
-    resume: str | None = option(None, "resume from this checkpoint.pt or run folder, with the options it was "
-                                      "started with (an error names any that differ, and those that may)")
-    overwrite: bool = option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
-                                    "OUT.old-<time>, never deleted")
+    resume: str | None = training.resume_option()
+    overwrite: bool = training.overwrite_option()
     model: str = option("kl", "autoencoder kind: KL-regularised (Stable Diffusion) or vector-quantised",
                         choices=("kl", "vq"))
     preset: str = option("microdoppler", "model preset (ldm.vae.VAE_PRESETS / ldm.vq.VQ_PRESETS); its in/out "

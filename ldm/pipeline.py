@@ -113,7 +113,7 @@ class Pipeline:
         if self.unet.config.in_channels != self.vae.latent_channels:
             raise ValueError(f"the UNet takes {self.unet.config.in_channels} latent channels, the autoencoder gives "
                              f"{self.vae.latent_channels}")
-        self.vae.unscale_latents(torch.zeros(()))   # a missing or nonsensical scaling_factor fails here, not later
+        self.vae.latent_scale_and_shift()        # a missing or nonsensical scaling_factor fails here, not later
 
     @property
     def unet(self):

@@ -716,6 +716,17 @@ def npy_scale_option():
     return option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
 
 
+# ... and the run-folder options of both training scripts.
+def resume_option():
+    return option(None, "resume from this checkpoint.pt or run folder, with the options it was started with (an "
+                        "error names any that differ, and those that may)")
+
+
+def overwrite_option():
+    return option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
+                         "OUT.old-<time>, never deleted")
+
+
 _BOUND_TEXT = {"at_least": ">= {}", "above": "> {}", "at_most": "<= {}", "below": "< {}"}
 _BOUND_OK = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
              "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}

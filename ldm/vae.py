@@ -378,15 +378,16 @@ class LatentScaling:
 
     def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Encoder latents (B, Cz, h, w) -> diffusion latents (z - shift) * scaling_factor."""
-        scale, shift = self._latent_scale_and_shift()
+        scale, shift = self.latent_scale_and_shift()
         return (z - shift) * scale
 
     def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Diffusion latents (B, Cz, h, w) -> decoder latents z / scaling_factor + shift."""
-        scale, shift = self._latent_scale_and_shift()
+        scale, shift = self.latent_scale_and_shift()
         return z / scale + shift
 
-    def _latent_scale_and_shift(self) -> tuple[float, float]:
+    def latent_scale_and_shift(self) -> tuple[float, float]:
+        """(scaling_factor, shift) of the config; ValueError unless the factor is a positive number."""
         scale = self.config.scaling_factor
         if scale is None or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"{type(self).__name__}.config.scaling_factor is {scale!r}: latent scaling needs a "
