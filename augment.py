@@ -3,7 +3,7 @@
     python augment.py --real DATA --split RUN/split.json --generated GEN --shots 4,8,16 --seeds 5
 
 For each shot count k (real training samples per person, drawn from the split's "train" part) and each seed, an
-identity classifier (ldm.metrics.train_classifier) is trained on
+identity classifier (ldm.identity.train_classifier) is trained on
     real               the k real samples per person
     real+synthetic     ... plus every synthetic sample (GEN/<requested user>/<files>)
     real+margin        ... plus the synthetic samples the margin filter keeps
@@ -28,14 +28,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ldm import training
-from ldm.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
-                         physics_filter, physics_ranges)
+from ldm import cli, training
+from ldm.radar import identity
+from ldm.radar.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
+                               physics_filter, physics_ranges)
 from ldm.data import SpectrogramFolder, check_split, parse_size, read_split, relative_names
 from ldm.io import atomic_write
-from ldm.metrics import (ClassifierConfig, batch_physics_features, json_safe, mean_ci, predict, simulator_metadata,
-                         spectrogram_axes, train_classifier)
-from ldm.training import option
+from ldm.radar.identity import ClassifierConfig, predict, train_classifier
+from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
+from ldm.metrics import json_safe, mean_ci
+from ldm.cli import option
 
 FORMAT = "ldm-augmentation-1"
 FILTERS = ("margin", "physics")
@@ -54,10 +56,10 @@ class AugmentConfig:
     out: str = option("augmentation.json", "JSON results; the plot goes next to it with .png")
     size: str = option("32", "the classifier's input (and the physics features'): N (N x N) or HxW (height x "
                              "width), each side >= 16")
-    resize: str = training.resize_option()
+    resize: str = cli.resize_option()
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
-    colormap: str = training.colormap_option()
-    npy_scale: str = training.npy_scale_option()
+    colormap: str = cli.colormap_option()
+    npy_scale: str = cli.npy_scale_option()
     dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's "
                                                "metadata.json value, else 50)", above=0)
     epochs: int = option(30, "classifier training epochs", at_least=0)
@@ -226,7 +228,7 @@ def check_options(cfg: AugmentConfig) -> tuple[list[int], tuple[int, int], dict]
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder, not a file")
     try:
-        training.check_writable(out.parent)
+        cli.check_writable(out.parent)
     except ValueError:
         raise ValueError(f"--out {out}: cannot write into {out.parent}") from None
     split = read_split(cfg.split)
@@ -367,28 +369,30 @@ def run(cfg: AugmentConfig) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(AugmentConfig, argv, __doc__.split("\n\n")[0])
-    threads = torch.get_num_threads()                                   # run() sets --threads; restored after
+def run_and_report(cfg: AugmentConfig) -> int:
+    """Run the experiment, write the plot and then the results, print the table."""
     out = Path(cfg.out)
     png = out.with_suffix(".png")
+    threads = torch.get_num_threads()                                   # run() sets --threads; restored after
     try:
         result = run(cfg)
-        result["png"] = str(png)
-        result = json_safe(result)
-        plot_accuracy(result["rows"], result["variants"], result["chance"], png)
-        text = json.dumps(result, indent=1, allow_nan=False)
-        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the results last
-    except (ValueError, OSError) as error:                              # OSError: ldm.io.WriteError, one line
-        print(f"augment.py: error: {error}".replace("\n", " "), file=sys.stderr)
-        return 2
     finally:
         torch.set_num_threads(threads)
+    result["png"] = str(png)
+    result = json_safe(result)
+    plot_accuracy(result["rows"], result["variants"], result["chance"], png)
+    text = json.dumps(result, indent=1, allow_nan=False)
+    atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the results last
     print_table(result["rows"])
     for note in result["notes"]:
         print(f"note: {note}")
     print(f"\n{len(result['runs'])} runs in {result['seconds']:.0f} s; wrote {out} and {png}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = cli.parse_config(AugmentConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(run_and_report, cfg, prog="augment.py")
 
 
 if __name__ == "__main__":

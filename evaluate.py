@@ -19,7 +19,7 @@ all of --real-test (then all of --real is training data). Without either the eva
      half B, next to the floor real test half A vs half B at the same n and user mix, with bootstrap intervals;
   5. memorisation: each generated sample's distance to its nearest generator-training sample (CNN features and
      pixels), relative to the same distance of real test samples;
-  6. for simulator data (DIR/metadata.json from ldm.microdoppler) or with --v-max/--duration: per-user physics
+  6. for simulator data (DIR/metadata.json from ldm.radar.simulator) or with --v-max/--duration: per-user physics
      (torso velocity, Doppler envelopes, bandwidth, cadence), mean and spread, real test vs generated vs truth;
   7. the report: where the test files came from (and their names), overall and per-user figures.
 Prints a table, writes the confusion-matrix PNG and then the JSON report (each atomically; the report records
@@ -36,16 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm import training
+from ldm import cli, training
 from ldm.data import (SpectrogramFolder, check_split, files_digest, parse_size,
                       read_split, relative_names, split_indices)
 from ldm.io import atomic_write
-from ldm.metrics import (ClassifierConfig, batch_physics_features, bootstrap, classifier_trained_on,
-                         condition_control_ratio, frechet_distance, json_safe, load_classifier, memorisation_ratios,
-                         memorisation_summary, mmd2_unbiased, nearest_neighbour_distances, pca_basis,
-                         percentile_interval, predict, save_classifier, simulator_metadata, spectrogram_axes,
-                         train_classifier, wilson_interval)
-from ldm.training import option
+from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, condition_control_ratio, load_classifier,
+                                predict, save_classifier, train_classifier)
+from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
+from ldm.metrics import (bootstrap, frechet_distance, json_safe, memorisation_ratios, memorisation_summary,
+                         mmd2_unbiased, nearest_neighbour_distances, pca_basis, percentile_interval, wilson_interval)
+from ldm.cli import option
 
 NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
                "--real-test DIR (real files no generator saw); figures measured on real files a generator trained "
@@ -66,10 +66,10 @@ class EvaluateConfig:
     out: str = option("report.json", "JSON report path")
     confusion_png: str | None = option(None, "confusion-matrix image (default: <out>_confusion.png)")
     size: str = option("64", "the classifier's input: N (N x N) or HxW (height x width), each side >= 16")
-    resize: str = training.resize_option()
+    resize: str = cli.resize_option()
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
-    colormap: str = training.colormap_option()
-    npy_scale: str = training.npy_scale_option()
+    colormap: str = cli.colormap_option()
+    npy_scale: str = cli.npy_scale_option()
     dynamic_range: float | None = option(None, "dB range mapped to [-1, 1] (default: the simulator's metadata.json "
                                                "value, else 50)", above=0)
     seed: int = option(0, "seeds the classifiers, the test halves and the bootstrap", at_least=0, below=2**63)
@@ -326,7 +326,7 @@ def check_options(cfg: EvaluateConfig) -> tuple[tuple[int, int], dict | None, di
 def _check_folder(flag: str, path: Path) -> None:
     """ValueError naming the option when nothing can be written into the folder of ``path``."""
     try:
-        training.check_writable(path.parent)
+        cli.check_writable(path.parent)
     except ValueError:
         raise ValueError(f"{flag} {path}: cannot write into {path.parent}") from None
 
@@ -486,22 +486,23 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(EvaluateConfig, argv, __doc__.split("\n\n")[0])
+def run(cfg: EvaluateConfig) -> int:
+    """Evaluate, write the confusion picture and then the report, print the table."""
     out, png = output_paths(cfg)
-    try:
-        report = evaluate(cfg)
-        report["confusion_png"] = str(png)
-        report = json_safe(report)
-        save_confusion_png(np.array(report["confusion_matrix"]["counts"]), list(report["per_user"]), str(png))
-        text = json.dumps(report, indent=1, allow_nan=False)
-        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the report last
-    except (ValueError, OSError) as err:                                # OSError: ldm.io.WriteError, one line
-        print(f"evaluate.py: error: {err}".replace("\n", " "), file=sys.stderr)
-        return 2
+    report = evaluate(cfg)
+    report["confusion_png"] = str(png)
+    report = json_safe(report)
+    save_confusion_png(np.array(report["confusion_matrix"]["counts"]), list(report["per_user"]), str(png))
+    text = json.dumps(report, indent=1, allow_nan=False)
+    atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))     # the report last
     print_table(report)
     print(f"\nwrote {out} and {png}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = cli.parse_config(EvaluateConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(run, cfg, prog="evaluate.py")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ Filters (docs/augmentation.md) write only the samples they keep, under their unf
 image of the unfiltered run), and print how many each user kept, so OUT is an augmented set as it stands:
     --filter margin --classifier CLF.safetensors [--margin-threshold 0]
         keep when p(requested user) - max p(other user) > threshold, by a classifier trained on real data and saved
-        by ldm.metrics.save_classifier (evaluate.py --classifier PATH writes one) for the pipeline's user names
+        by ldm.identity.save_classifier (evaluate.py --classifier PATH writes one) for the pipeline's user names
     --filter physics --real DATA --split RUN/split.json [--physics-tolerance 1]
         keep when torso velocity and cadence lie within the user's range over the real train files of the split,
         widened by the tolerance in pooled within-user standard deviations; needs the velocity and time axes
@@ -43,13 +43,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm import fast, training
-from ldm.augment import class_margins, physics_filter, physics_ranges
+from ldm import cli, fast, training
+from ldm.radar import identity
+from ldm.radar.augment import class_margins, physics_filter, physics_ranges
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
 from ldm.io import atomic_write, temp_name, write_json
-from ldm.metrics import batch_physics_features, load_classifier, predict, simulator_metadata, spectrogram_axes
+from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
+from ldm.radar.identity import load_classifier, predict
 from ldm.pipeline import SAMPLERS, Pipeline
-from ldm.training import option
+from ldm.cli import option
 
 
 @dataclass
@@ -80,7 +82,7 @@ class SampleConfig:
     filter: str = option("none", "write only the samples a filter keeps: margin (needs --classifier) or physics "
                                  "(needs --real, --split and the velocity/time axes)",
                          choices=("none", "margin", "physics"))
-    classifier: str | None = option(None, "margin filter: classifier .safetensors (ldm.metrics.save_classifier) "
+    classifier: str | None = option(None, "margin filter: classifier .safetensors (ldm.identity.save_classifier) "
                                           "trained on real data, with the pipeline's user names")
     margin_threshold: float = option(0.0, "margin filter: keep when p(requested) - max p(other) > this (0: the "
                                           "requested user is the classifier's top class)", at_least=-1, below=1)
@@ -117,9 +119,9 @@ def check_outputs(out: Path, grid: Path) -> None:
     take a file. ValueError naming the option otherwise."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
-    training.check_writable(out if out.exists() else out.parent)
+    cli.check_writable(out if out.exists() else out.parent)
     try:
-        training.check_writable(grid.parent)
+        cli.check_writable(grid.parent)
     except ValueError:
         raise ValueError(f"--grid {grid}: cannot write into {grid.parent}") from None
 
@@ -166,7 +168,7 @@ def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int)
     """Check the margin filter's classifier; return keep(images (N, C, H, W), user) -> (N,) bool."""
     if cfg.classifier is None:
         raise ValueError("--filter margin needs --classifier PATH (a classifier trained on real data, saved by "
-                         "ldm.metrics.save_classifier; evaluate.py --classifier PATH writes one)")
+                         "ldm.identity.save_classifier; evaluate.py --classifier PATH writes one)")
     if not Path(cfg.classifier).is_file():
         raise FileNotFoundError(f"--classifier {cfg.classifier} does not exist")
     try:
@@ -278,12 +280,8 @@ def run(cfg: SampleConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(SampleConfig, argv, __doc__.split("\n\n")[0])
-    try:
-        return run(cfg)
-    except (ValueError, OSError) as error:                               # OSError: ldm.io.WriteError, one line
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = cli.parse_config(SampleConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(run, cfg)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,16 @@ from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ldm import fast, io, training
+from ldm import cli, fast, io, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json
 from ldm.layers import ResnetBlock2D
 from ldm.pipeline import Pipeline
-from ldm.sampling import diffusion_loss
-from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
+from ldm.diffusion_loss import diffusion_loss
+from ldm.cli import option
+from ldm.training import batch_indices, resolve_data, resolve_split, sample_generators
 from ldm.transformer import Transformer2D
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
@@ -63,8 +64,8 @@ class TrainLDMConfig:
                                        "built-in dataset (shared with train_vae.py when --out is a sibling folder)")
     out: str = option("runs/ldm", "run folder (config.json, checkpoint.pt, pipeline/, log.jsonl, samples/, loss.png); "
                                   "a new run needs an empty or new folder")
-    resume: str | None = training.resume_option()
-    overwrite: bool = training.overwrite_option()
+    resume: str | None = cli.resume_option()
+    overwrite: bool = cli.overwrite_option()
     vae: str = option("runs/vae", "a train_vae.py run folder (its model/) or a diffusers AutoencoderKL/VQModel folder")
     scaling_factor: str = option("config", "'config': the factor in the VAE's config.json (an error if it has none); "
                                            "'auto': 1/std of the training latents, measured now; or a number")
@@ -93,9 +94,9 @@ class TrainLDMConfig:
                                          above=0)
     size: str | None = option(None, "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); "
                                     "default: the VAE's sample_size (its [height, width] when not square)")
-    resize: str = training.resize_option()
-    colormap: str = training.colormap_option()
-    npy_scale: str = training.npy_scale_option()
+    resize: str = cli.resize_option()
+    colormap: str = cli.colormap_option()
+    npy_scale: str = cli.npy_scale_option()
     dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
                                   at_most=400)
     db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")
@@ -333,8 +334,8 @@ def check_options(cfg: TrainLDMConfig) -> None:
     if cfg.holdout_fraction + cfg.val_fraction >= 1:
         raise ValueError(f"--holdout-fraction {cfg.holdout_fraction} + --val-fraction {cfg.val_fraction} must be < 1 "
                          "(files are left for training)")
-    training.check_regex(cfg.group_regex, "--group-regex")
-    training.db_reference(cfg.db_reference)
+    cli.check_regex(cfg.group_regex, "--group-regex")
+    cli.db_reference(cfg.db_reference)
     parse_scaling_factor(cfg.scaling_factor)
     for text, kind, name in ((cfg.unet_channels, int, "unet-channels"), (cfg.unet_attention, bool, "unet-attention")):
         if text is not None:
@@ -366,9 +367,9 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- every option checked before anything is loaded or written ---------------------------------------------------
     device = str(training.resolve_device(cfg.device))
     check_options(cfg)
-    training.check_data_option(cfg.data)
+    cli.check_data_option(cfg.data)
     out = Path(cfg.out)
-    training.check_writable(out)
+    cli.check_writable(out)
     training.check_run_folder(out, cfg.resume, cfg.overwrite)
     state = training.load_checkpoint(cfg.resume, "train_ldm.py", CHECKPOINT_KEYS) if cfg.resume else None
     info = training.setup_distributed(device)
@@ -387,12 +388,12 @@ def train(cfg: TrainLDMConfig) -> int:
     channels, factor = vae.latent_channels, vae.config.downsample_factor
     height, width = parse_size(cfg.size, "--size") if cfg.size else vae_image_size(vae_raw_config, cfg.vae)
     if height % factor or width % factor:
-        raise ValueError(f"--size {training.size_text(height, width)}: both sides must be multiples of the VAE's "
+        raise ValueError(f"--size {cli.size_text(height, width)}: both sides must be multiples of the VAE's "
                          f"downsampling factor {factor}")
     if cfg.data == "microdoppler":
         training.check_simulator_size(height, width)
     shift = float(vae_raw_config.get("shift_factor") or 0.0)
-    cfg = dataclasses.replace(cfg, size=training.size_text(height, width))   # resolved: what config.json records
+    cfg = dataclasses.replace(cfg, size=cli.size_text(height, width))   # resolved: what config.json records
     if state is not None:
         training.check_resume(state, cfg.resume, dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, cfg.steps)
 
@@ -405,7 +406,7 @@ def train(cfg: TrainLDMConfig) -> int:
               "on this data folder, pass its run's split with --split, or its training files may be in the test part")
     data_options = dict(size=(height, width), channels=vae.config.in_channels, resize=cfg.resize,
                         npy_scale=cfg.npy_scale, dynamic_range_db=cfg.dynamic_range,
-                        db_reference=training.db_reference(cfg.db_reference),
+                        db_reference=cli.db_reference(cfg.db_reference),
                         colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
                         class_to_idx=state["class_to_idx"] if state else None)
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
@@ -636,8 +637,8 @@ def train(cfg: TrainLDMConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(TrainLDMConfig, argv, __doc__.split("\n\n")[0])
-    return training.run_main(train, cfg)
+    cfg = cli.parse_config(TrainLDMConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(train, cfg)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ldm import io, metrics, training
+from ldm import cli, io, metrics, training
+from ldm.radar import identity
 from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
-from ldm.losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
-                        reconstruction_loss)
-from ldm.training import batch_indices, option, resolve_data, resolve_split, sample_generators
+from ldm.autoencoder_losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
+                                    reconstruction_loss)
+from ldm.cli import option
+from ldm.training import batch_indices, resolve_data, resolve_split, sample_generators
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
 
@@ -50,8 +52,8 @@ class TrainVAEConfig:
                                        "simulate the built-in 8-person dataset")
     out: str = option("runs/vae", "run folder (config.json, checkpoint.pt, model/, log.jsonl, samples/, loss.png); "
                                   "a new run needs an empty or new folder")
-    resume: str | None = training.resume_option()
-    overwrite: bool = training.overwrite_option()
+    resume: str | None = cli.resume_option()
+    overwrite: bool = cli.overwrite_option()
     model: str = option("kl", "autoencoder kind: KL-regularised (Stable Diffusion) or vector-quantised",
                         choices=("kl", "vq"))
     preset: str = option("microdoppler", "model preset (ldm.vae.VAE_PRESETS / ldm.vq.VQ_PRESETS); its in/out "
@@ -59,9 +61,9 @@ class TrainVAEConfig:
     size: str = option("128", "image size in pixels: N (N x N) or HxW (height x width, e.g. 256x128); each side a "
                               "multiple of the preset's downsampling factor")
     channels: int = option(1, "image channels: 1 (grayscale spectrograms) or 3 (RGB)", choices=(1, 3))
-    resize: str = training.resize_option()
-    colormap: str = training.colormap_option()
-    npy_scale: str = training.npy_scale_option()
+    resize: str = cli.resize_option()
+    colormap: str = cli.colormap_option()
+    npy_scale: str = cli.npy_scale_option()
     dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1]", above=0,
                                   at_most=400)
     db_reference: str = option("max", ".npy in dB: 0 dB is each image's maximum ('max') or this fixed dB value")
@@ -150,8 +152,8 @@ def check_options(cfg: TrainVAEConfig) -> None:
     if cfg.holdout_fraction + cfg.val_fraction >= 1:
         raise ValueError(f"--holdout-fraction {cfg.holdout_fraction} + --val-fraction {cfg.val_fraction} must be < 1 "
                          "(files are left for training)")
-    training.check_regex(cfg.group_regex, "--group-regex")
-    training.db_reference(cfg.db_reference)
+    cli.check_regex(cfg.group_regex, "--group-regex")
+    cli.db_reference(cfg.db_reference)
     defaults = TrainVAEConfig()
     if cfg.model == "kl":
         given = [f for f in ("vq_codebook_size", "vq_ema", "vq_kmeans", "vq_restart", "vq_usage_window", "vq_beta")
@@ -217,8 +219,8 @@ def evaluate(model, x_val: torch.Tensor, y_val: torch.Tensor, classifier, device
     unit, unit_rec = (x_val + 1) / 2, (x_rec + 1) / 2
     result = {"psnr": float(metrics.psnr(unit_rec, unit).mean()), "ssim": float(metrics.ssim(unit_rec, unit).mean())}
     if classifier is not None:
-        result["acc_original"] = float((metrics.predict(classifier, x_val)[0].argmax(1) == y_val).float().mean())
-        result["acc_reconstruction"] = float((metrics.predict(classifier, x_rec)[0].argmax(1) == y_val).float().mean())
+        result["acc_original"] = float((identity.predict(classifier, x_val)[0].argmax(1) == y_val).float().mean())
+        result["acc_reconstruction"] = float((identity.predict(classifier, x_rec)[0].argmax(1) == y_val).float().mean())
     return result
 
 
@@ -248,10 +250,10 @@ def train(cfg: TrainVAEConfig) -> int:
     device = str(training.resolve_device(cfg.device))
     check_options(cfg)
     height, width = parse_size(cfg.size, "--size")
-    cfg = dataclasses.replace(cfg, size=training.size_text(height, width))   # resolved: what config.json records
-    training.check_data_option(cfg.data)
+    cfg = dataclasses.replace(cfg, size=cli.size_text(height, width))   # resolved: what config.json records
+    cli.check_data_option(cfg.data)
     out = Path(cfg.out)
-    training.check_writable(out)
+    cli.check_writable(out)
     training.check_run_folder(out, cfg.resume, cfg.overwrite)
     state = training.load_checkpoint(cfg.resume, "train_vae.py", CHECKPOINT_KEYS) if cfg.resume else None
     if state is not None:
@@ -266,7 +268,7 @@ def train(cfg: TrainVAEConfig) -> int:
     split, split_origin = resolve_split(root, cfg.split, cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
     data_options = dict(size=(height, width), channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
-                        dynamic_range_db=cfg.dynamic_range, db_reference=training.db_reference(cfg.db_reference),
+                        dynamic_range_db=cfg.dynamic_range, db_reference=cli.db_reference(cfg.db_reference),
                         colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
                         class_to_idx=state["class_to_idx"] if state else None)
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
@@ -340,7 +342,7 @@ def train(cfg: TrainVAEConfig) -> int:
     labelled = len(train_set.class_to_idx) > 1
     if cfg.eval_classifier and labelled and info.is_main:
         x_train, y_train = train_set.tensors()
-        classifier = metrics.train_classifier(x_train, y_train, metrics.ClassifierConfig(
+        classifier = identity.train_classifier(x_train, y_train, identity.ClassifierConfig(
             num_classes=len(train_set.class_to_idx), in_channels=cfg.channels, seed=cfg.seed), progress=cfg.progress)
     guard = training.NonFiniteGuard(cfg.max_nonfinite)
     if state is not None:
@@ -479,8 +481,8 @@ def train(cfg: TrainVAEConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(TrainVAEConfig, argv, __doc__.split("\n\n")[0])
-    return training.run_main(train, cfg)
+    cfg = cli.parse_config(TrainVAEConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(train, cfg)
 
 
 if __name__ == "__main__":

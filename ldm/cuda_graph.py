@@ -12,7 +12,7 @@ and fixed non-tensor arguments: each new combination is captured once, on first 
     graphed = CUDAGraphModel(unet)              # unet: any module on a CUDA device, in eval mode
     eps = graphed(x_t, t, context, class_labels=labels)   # first call per shape: warm-up + capture; then replays
 
-``ldm.sampling.sample(..., cuda_graph=True)`` does this for its model calls. Training is not graphed (autograd).
+``ldm.guided_sampling.sample(..., cuda_graph=True)`` does this for its model calls. Training is not graphed (autograd).
 """
 from __future__ import annotations
 

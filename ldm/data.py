@@ -27,7 +27,7 @@ Values (every sample ends as float32 (C, H, W) in [-1, 1])
         "power"      linear power |S|^2: 10 log10 v, then as "db"
         "unit"       already in [0, 1]: v * 2 - 1
         "minmax"     per-image (v - min) / (max - min) * 2 - 1
-    The simulator (ldm.microdoppler) writes dB re the image max in [-50, 0]: npy_scale="db" reproduces its PNGs.
+    The simulator (ldm.radar.simulator) writes dB re the image max in [-50, 0]: npy_scale="db" reproduces its PNGs.
     Linear values read as dB are refused (they would give a black or a flat white image): under "db", a file whose
     values are all >= 0 and whose peak is more than LINEAR_PEAK_RATIO = 4 times the 90th percentile of its values
     above the minimum is an error suggesting npy_scale "magnitude". The brightest tenth of a spectrogram is the
@@ -70,12 +70,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ldm.cli import NPY_SCALES, RESIZE_POLICIES  # noqa: F401  (the loader policies; re-exported)
 from ldm.io import atomic_write
 
 SUPPORTED_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg")            # also the preference order for one stem
 UNLABELLED = "<unlabelled>"
-NPY_SCALES = ("db", "magnitude", "power", "unit", "minmax")
-RESIZE_POLICIES = ("resize", "center_crop", "random_crop", "pad", "none")
 COLORMAPS = (None, "jet")
 PAD_VALUE = -1.0          # what "pad" fills with: the floor of the dB range (-dynamic_range_db re the max)
 LINEAR_PEAK_RATIO = 4.0   # under npy_scale="db": peak / 90th percentile above which values look linear

@@ -1,5 +1,5 @@
 """Noise schedules and samplers: the forward process q(x_t | x_0) and the DDPM and DDIM reverse steps. The sampling
-loop with classifier-free guidance and the training loss that use them are in ldm/sampling.py.
+loop with classifier-free guidance is ldm/guided_sampling.py, the training loss ldm/diffusion_loss.py.
 
 Papers cited by equation number below:
     Ho, Jain, Abbeel 2020, "Denoising Diffusion Probabilistic Models" (DDPM)

@@ -38,7 +38,7 @@ from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import PIPELINE_INDEX_NAME, load_pipeline, save_pipeline
 from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from ldm.sampling import sample
+from ldm.guided_sampling import sample
 
 PIPELINE_CLASS = "UserIDLatentDiffusionPipeline"
 COMPONENTS = ("vae", "unet", "scheduler", "embedder")
@@ -179,7 +179,7 @@ class Pipeline:
                  cuda_graph: bool = False) -> dict[int, torch.Tensor]:
         """Sample ``num`` images of each user in ``users``: {user ID: (num, C, H, W) in [-1, 1] on the CPU}.
 
-        For each batch, ldm.sampling.sample runs the sampler (make_sampler(sampler, training schedule)) in latent
+        For each batch, ldm.guided_sampling.sample runs the sampler (make_sampler(sampler, training schedule)) in latent
         space, guided with cond = the user's ID and uncond = the null ID; the latents are unscaled and decoded (a VQ
         model quantizes first). Batch b of user u draws from a generator seeded by (seed, u, b), so a user's images
         do not depend on which other users are generated. eta: DDIM's noise (0 = deterministic), DDIM only.

@@ -1,6 +1,6 @@
 """Few-step samplers on a DDPM noise schedule: DPM-Solver++ (multistep, orders 1-3) and the Euler and Euler-ancestral
 samplers of Karras et al. The DDPM and DDIM samplers are in ldm/ddpm.py; the loop that runs any of them is
-ldm/sampling.py.
+ldm/guided_sampling.py.
 
 Papers cited by equation or algorithm number below:
     Lu et al. 2022a, "DPM-Solver: A Fast ODE Solver for Diffusion Probabilistic Model Sampling in Around 10 Steps"

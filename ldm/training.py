@@ -10,7 +10,6 @@ or moves it aside (--overwrite); a resumed run refuses options that would change
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -33,7 +32,8 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
 from ldm import io
-from ldm.data import NPY_SCALES, RESIZE_POLICIES, check_split, make_split, parse_size, read_split
+from ldm.cli import RunError, flag, size_text
+from ldm.data import check_split, make_split, parse_size, read_split
 from ldm.io import torch_load_weights_only
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,8 +178,8 @@ def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class NonFiniteError(RuntimeError):
-    pass
+class NonFiniteError(RunError):
+    """Training diverged: too many consecutive steps with a NaN/Inf loss or gradient."""
 
 
 class NonFiniteGuard:
@@ -310,8 +310,8 @@ def check_resume(state: dict, path, options: dict, may_change: tuple[str, ...], 
     differ = sorted(k for k in saved.keys() & options.keys()   # str(): --size was an int before it took "HxW"
                     if k not in may_change and saved[k] != options[k] and str(saved[k]) != str(options[k]))
     if differ:
-        listed = ", ".join(f"{_flag(k)} {options[k]} (the checkpoint's: {saved[k]})" for k in differ)
-        flags = [_flag(k) for k in may_change if not k.endswith("_every") and k not in ("resume", "overwrite", "out")]
+        listed = ", ".join(f"{flag(k)} {options[k]} (the checkpoint's: {saved[k]})" for k in differ)
+        flags = [flag(k) for k in may_change if not k.endswith("_every") and k not in ("resume", "overwrite", "out")]
         flags += ["--*-every"] if any(k.endswith("_every") for k in may_change) else []
         raise ValueError(f"--resume {path}: {listed}; a resumed run may change only {', '.join(flags)} (start a new "
                          "--out to train with other settings)")
@@ -331,24 +331,6 @@ def checkpoint_parts(path):
         # torch's load_state_dict says "Error(s) in loading state_dict for X:", then one line per key
         what = f"no {error.args[0]!r} entry" if isinstance(error, KeyError) else " ".join(lines[:2])
         raise ValueError(f"--resume {path}: the checkpoint's contents do not fit this run ({what})") from None
-
-
-def run_main(train, cfg) -> int:
-    """Run a training script's ``train(cfg)`` the way its command line promises: a bad input, a failed write or a
-    diverged run end with one line ``error: ...`` on stderr and exit status 2, an interrupt (Ctrl-C) with exit
-    status 130; the last checkpoint is kept either way."""
-    try:
-        return train(cfg)
-    except (ValueError, OSError, NonFiniteError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is kept (continue with --resume)", file=sys.stderr)
-        return 130
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -522,7 +504,7 @@ def resolve_data(cfg, is_main: bool, local_rank: int | None = None) -> Path:
 def _simulate_once(cfg, folder: Path, side: int) -> None:
     """Write the simulated dataset into ``folder`` unless it is there; a temporary folder renamed into place, so
     that a run killed half-way leaves nothing, and a second writer that loses the race discards its copy."""
-    from ldm.microdoppler import write_dataset
+    from ldm.radar.simulator import write_dataset
     if (folder / "metadata.json").is_file():
         return
     tmp = folder.with_name(folder.name + f".tmp-{socket.gethostname()}-{os.getpid()}")
@@ -573,71 +555,17 @@ def resolve_device(name: str, flag: str = "--device") -> torch.device:
     return device
 
 
-def check_regex(pattern: str | None, flag: str) -> None:
-    """A regular-expression option compiles (else one line naming the flag and the reason)."""
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise ValueError(f"{flag} {pattern!r} is not a regular expression ({error})") from None
-
-
-def db_reference(text: str) -> str | float:
-    """A --db-reference value: 'max' (each image's maximum is 0 dB) or a finite number of dB."""
-    if text == "max":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ValueError(f"--db-reference must be 'max' or a finite number of dB, got {text!r}")
-    return value
-
-
-def size_text(height: int, width: int) -> str:
-    """The --size text of an image size: "N" for N x N, else "HxW" (ldm.data.parse_size reads both)."""
-    return str(height) if height == width else f"{height}x{width}"
-
-
 def check_simulator_size(height: int, width: int) -> None:
     """--data microdoppler simulates square images of the simulator's sizes."""
-    from ldm.microdoppler import SIZES
+    from ldm.radar.simulator import SIZES
     if height != width or height not in SIZES:
         raise ValueError(f"--size {size_text(height, width)}: --data microdoppler simulates square spectrograms of "
                          f"side {', '.join(map(str, SIZES))}; pass one of those, or a folder of your own with --data")
 
 
-def check_data_option(data: str, flag: str = "--data") -> None:
-    """A --data value must be 'microdoppler' or an existing folder: a one-line error for a file or a missing path."""
-    path = Path(data)
-    if data == "microdoppler" or path.is_dir():
-        return
-    if path.exists():
-        raise ValueError(f"{flag} {data} is a file; expected a folder ROOT/<user>/<files> (or a flat ROOT/<files>), "
-                         "or 'microdoppler'")
-    raise FileNotFoundError(f"{flag} {data}: no such folder (expected ROOT/<user>/<files> or a flat ROOT/<files>, "
-                            "or 'microdoppler')")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Run folders: checked before anything runs, claimed just before the first write
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def check_writable(folder: str | os.PathLike, flag: str = "--out") -> None:
-    """Raise ValueError naming ``flag`` unless ``folder`` is, or can be created as, a folder this process may write
-    to. Probed in the nearest existing ancestor (a file created and removed), so nothing is left behind."""
-    folder = Path(folder)
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {folder}: cannot write there ({existing} is a file, not a folder)")
-    probe = existing / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"{flag} {folder}: cannot write there ({error.strerror})") from None
 
 
 def run_folder_entries(out: Path) -> list[str]:
@@ -682,94 +610,3 @@ def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
 def write_run_config(out: Path, script: str, options: dict) -> None:
     """OUT/config.json: the script and every resolved option of this run (the checkpoint keeps a copy)."""
     io.write_json({"script": script, **options}, out / "config.json")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command lines from config dataclasses
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def option(default, help: str, choices=None, *, at_least=None, above=None, at_most=None, below=None):
-    """A config field with its --help text, its allowed values, and its range.
-
-    ``at_least``/``at_most`` are inclusive bounds, ``above``/``below`` exclusive ones; parse_config refuses a value
-    outside them (and a NaN or infinite float) before anything runs, naming the flag. The range is shown in --help.
-    """
-    bounds = {"at_least": at_least, "above": above, "at_most": at_most, "below": below}
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices,
-                                                        "bounds": {k: v for k, v in bounds.items() if v is not None}})
-
-
-# The loader options every script that reads a data folder takes (ldm.data's policies), written once.
-def resize_option():
-    return option("resize", "how files of another size become --size: stretched, cropped, scaled to fit and padded "
-                            "with -1 (the aspect ratio kept), or none (must match); see ldm/data.py",
-                  choices=RESIZE_POLICIES)
-
-
-def colormap_option():
-    return option("none", "PNG/JPEG files: grayscale levels, or a jet-coloured rendering mapped back to levels",
-                  choices=("none", "jet"))
-
-
-def npy_scale_option():
-    return option("db", "what .npy values are (see ldm/data.py)", choices=NPY_SCALES)
-
-
-# ... and the run-folder options of both training scripts.
-def resume_option():
-    return option(None, "resume from this checkpoint.pt or run folder, with the options it was started with (an "
-                        "error names any that differ, and those that may)")
-
-
-def overwrite_option():
-    return option(False, "start a new run in an --out that holds one: the old folder is moved aside to "
-                         "OUT.old-<time>, never deleted")
-
-
-_BOUND_TEXT = {"at_least": ">= {}", "above": "> {}", "at_most": "<= {}", "below": "< {}"}
-_BOUND_OK = {"at_least": lambda v, b: v >= b, "above": lambda v, b: v > b,
-             "at_most": lambda v, b: v <= b, "below": lambda v, b: v < b}
-
-
-def check_range(name: str, value, bounds: dict) -> str | None:
-    """Why ``value`` is outside ``bounds`` (option()'s keywords) as one phrase, or None when it is inside.
-    A float must also be finite."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{name} must be a finite number, got {value}"
-    failed = [_BOUND_TEXT[k].format(b) for k, b in bounds.items() if not _BOUND_OK[k](value, b)]
-    if failed:
-        wanted = " and ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items())
-        return f"{name} must be {wanted}, got {value}"
-    return None
-
-
-def parse_config(cls, argv: list[str] | None, description: str, prog: str | None = None):
-    """Turn the fields of dataclass ``cls`` into ``--kebab-case`` flags (booleans as --flag / --no-flag); every
-    flag's --help shows its default and range. Fields are annotated ``int``, ``float``, ``str`` or ``bool``,
-    optionally ``| None``. A value outside its option() range is refused here, with exit status 2. prog: the name
-    --help shows (a module run with python -m would otherwise show its file name)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    flags = {}
-    for f in dataclasses.fields(cls):
-        flag = flags[f.name] = "--" + f.name.replace("_", "-")
-        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        base = annotation.split("|")[0].strip()
-        help_text = f.metadata["help"]
-        bounds = f.metadata.get("bounds") or {}
-        if bounds:
-            help_text += " [" + ", ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items()) + "]"
-        if base == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(base, str), default=f.default,
-                                help=help_text, choices=f.metadata.get("choices"))
-    args = parser.parse_args(argv)
-    for f in dataclasses.fields(cls):
-        problem = check_range(flags[f.name], getattr(args, f.name), f.metadata.get("bounds") or {})
-        if problem:
-            parser.error(problem)
-    return cls(**vars(args))

@@ -6,7 +6,7 @@ held-out real files -> the few-shot augmentation experiment.
     python scripts/demo.py --device cuda         # GPU: 128x128, the microdoppler presets, longer training
 
 Every stage is one of the project's own commands, run as a subprocess and echoed, so the demo doubles as a
-walk-through: python -m ldm.microdoppler, train_vae.py (which decides the split and writes vae/split.json),
+walk-through: python -m ldm.radar.simulator, train_vae.py (which decides the split and writes vae/split.json),
 train_ldm.py (which reuses it), sample.py, evaluate.py and augment.py (which measure on the split's held-out test
 files only). Outputs go to runs/demo/ (runs/demo-realistic/ for --profile realistic; --out); the closing report is
 report.md there, the sample grid samples_grid.png, the augmentation plot augmentation.png.
@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldm.metrics import simulator_metadata
-from ldm.microdoppler import PROFILES
-from ldm.training import option, parse_config
+from ldm.radar.physics import simulator_metadata
+from ldm.radar.simulator import PROFILES
+from ldm.cli import option, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 8
@@ -58,7 +58,7 @@ SETTINGS = {
 class DemoConfig:
     device: str = option("cpu", "where to run, and with which sizes: cpu (32x32 images, tiny models, about 7 minutes "
                                 "on 2 cores) or cuda (128x128, the microdoppler presets)", choices=tuple(SETTINGS))
-    profile: str = option("classic", "simulator profile of the data (ldm.microdoppler): classic (the evaluation CNN "
+    profile: str = option("classic", "simulator profile of the data (ldm.radar.simulator): classic (the evaluation CNN "
                                      "tells 8 people apart 95-99.5%% of the time) or realistic (ground contact, "
                                      "clutter and MTI, walks towards and away: 75%% for 10 people, as on real radar "
                                      "data)", choices=tuple(PROFILES))
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--device", args.device, "--seed", seed, "--no-progress", "--overwrite"]
 
     if not simulated(data, args.profile, cfg["per_user"], cfg["sim_size"], args.seed):
-        run([py, "-m", "ldm.microdoppler", "--out", str(data), "--profile", args.profile, "--users", str(USERS),
+        run([py, "-m", "ldm.radar.simulator", "--out", str(data), "--profile", args.profile, "--users", str(USERS),
              "--per-user", str(cfg["per_user"]), "--size", str(cfg["sim_size"]), "--seed", seed, "--quiet",
              "--overwrite"], timings, "simulate")
     run([py, "train_vae.py", "--data", str(data), "--out", str(out / "vae"), "--size", str(cfg["size"]), *cfg["vae"],

@@ -56,7 +56,7 @@ fi
 bench() {   # bench NAME SECONDS ARGS...
     local name=$1 seconds=$2
     shift 2
-    timeout "$seconds" "$PY" bench.py --device cuda --config sd --repeats 5 --warmup 1 --out "$OUT/bench_$name.json" \
+    timeout "$seconds" "$PY" scripts/bench.py --device cuda --config sd --repeats 5 --warmup 1 --out "$OUT/bench_$name.json" \
         --markdown "$@" 2>&1 | tee "$OUT/bench_$name.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "bench $name failed or timed out"; status=1; }
 }
@@ -71,7 +71,7 @@ want channels_last && bench bf16_channels_last 150 --dtype bf16 --channels-last 
 for mode in eager compile; do
     step=workload; [ $mode = compile ] && step=workload_compile
     want $step || continue
-    timeout 200 "$PY" bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
+    timeout 200 "$PY" scripts/bench.py --device cuda --config microdoppler --dtype bf16 --repeats 5 --warmup 1 \
         --ldm-path fast --rows vae_train_step,denoiser_train_step,dpm20_sampling_graph \
         $([ $mode = compile ] && echo --compile) --out "$OUT/bench_workload_$mode.json" --markdown 2>&1 \
         | tee "$OUT/bench_workload_$mode.log"

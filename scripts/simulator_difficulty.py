@@ -2,7 +2,7 @@
 
     python scripts/simulator_difficulty.py --profile realistic --users 10 --per-user 64 --seeds 0,1,2
 
-For each seed: simulate users x per_user spectrograms (ldm.microdoppler.write_dataset) into a temporary folder,
+For each seed: simulate users x per_user spectrograms (ldm.radar.simulator.write_dataset) into a temporary folder,
 split it as every stage does (ldm.data.make_split: per user 25% test, 10% val, the rest train), train the
 evaluation CNN with evaluate.py's recipe (ldm.metrics.train_classifier, default ClassifierConfig, 64x64 inputs) on
 the train + val files and score it on the test files. The scalar baseline, on the same files: nearest centroid
@@ -24,17 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm import microdoppler
+from ldm.radar import simulator as microdoppler
 from ldm.data import SpectrogramFolder, make_split, relative_names
 from ldm.io import write_json
-from ldm.metrics import (ClassifierConfig, batch_physics_features, predict, spectrogram_axes, train_classifier,
-                         wilson_interval)
-from ldm.training import option, parse_config
+from ldm.radar.identity import ClassifierConfig, predict, train_classifier
+from ldm.radar.physics import batch_physics_features, spectrogram_axes
+from ldm.metrics import wilson_interval
+from ldm.cli import option, parse_config
 
 
 @dataclass
 class DifficultyConfig:
-    profile: str = option("realistic", "simulator profile (ldm.microdoppler.PROFILES)",
+    profile: str = option("realistic", "simulator profile (ldm.radar.simulator.PROFILES)",
                           choices=tuple(microdoppler.PROFILES))
     users: int = option(10, "simulated people", at_least=2, at_most=1000)
     per_user: int = option(64, "spectrograms per person (split 65/10/25 into train/val/test)", at_least=8)

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldm import io, training
+from ldm import cli, io, training
 from ldm.data import SpectrogramFolder, check_split, jet, read_split
 from ldm.pipeline import Pipeline, make_sampler
-from ldm.training import option
+from ldm.cli import option
 from ldm.vae import AutoencoderKL, DiagonalGaussian
 
 LATENT_RANGE = 3.0       # latents are drawn from -3 (blue) through 0 (white) to +3 (red): +-3 std of N(0, I)
@@ -88,7 +88,7 @@ def read_options(pipeline: Path) -> dict:
     if options.get("colormap") == "none":
         options["colormap"] = None
     if "db_reference" in options:
-        options["db_reference"] = training.db_reference(str(options["db_reference"]))
+        options["db_reference"] = cli.db_reference(str(options["db_reference"]))
     return options
 
 
@@ -149,7 +149,7 @@ def walk(pipe: Pipeline, x: torch.Tensor, user: int, t: int, steps: int, guidanc
     timestep = torch.tensor([t], device=z.device)
     z_t = scheduler.add_noise(z, eps, timestep)                         # sqrt(abar_t) z + sqrt(1 - abar_t) eps
 
-    ids = torch.tensor([pipe.embedder.null_id, user], device=z.device)  # [uncond; cond], as ldm.sampling batches them
+    ids = torch.tensor([pipe.embedder.null_id, user], device=z.device)  # [uncond; cond], as ldm.guided_sampling batches them
     out_uncond, out_cond = pipe.denoiser(torch.cat([z_t, z_t]), timestep.expand(2), ids).chunk(2)
     output = out_uncond + guidance * (out_cond - out_uncond)            # (1, Cz, h, w)
     alpha_bar = scheduler.alphas_cumprod[t].to(z.device)
@@ -339,7 +339,7 @@ def run(cfg: WalkthroughConfig) -> int:
     if not (pipeline / io.PIPELINE_INDEX_NAME).is_file():
         raise FileNotFoundError(f"--pipeline {pipeline}: no pipeline folder there (run make demo first, or pass the "
                                 "OUT/pipeline folder of a train_ldm.py run)")
-    training.check_writable(Path(cfg.out).parent, "--out")
+    cli.check_writable(Path(cfg.out).parent, "--out")
     levels = parse_levels(cfg.levels)
     device = training.resolve_device(cfg.device)
     pipe = Pipeline.from_pretrained(pipeline, device=device)
@@ -361,12 +361,8 @@ def run(cfg: WalkthroughConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = training.parse_config(WalkthroughConfig, argv, __doc__.split("\n\n")[0])
-    try:
-        return run(cfg)
-    except (ValueError, OSError) as error:                               # OSError: ldm.io.WriteError, one line
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    cfg = cli.parse_config(WalkthroughConfig, argv, __doc__.split("\n\n")[0])
+    return cli.run_main(run, cfg)
 
 
 if __name__ == "__main__":

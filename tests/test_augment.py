@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 import augment
-from ldm import microdoppler as md
-from ldm.augment import (ClassicAugment, class_margins, margin_filter, margin_threshold, physics_filter,
-                         physics_ranges)
+from ldm.radar import simulator as md
+from ldm.radar.augment import (ClassicAugment, class_margins, margin_filter, margin_threshold, physics_filter,
+                               physics_ranges)
 from ldm.data import make_split, write_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
@@ -225,7 +225,7 @@ def test_help_lists_every_option(capsys):
 
 
 def test_balanced_indices_repeat_the_rarer_persons_up_to_the_largest_count():
-    from ldm.augment import balanced_indices
+    from ldm.radar.augment import balanced_indices
     labels = torch.tensor([0, 0, 0, 0, 1, 2, 2, 0])                    # 5, 1, 2 samples
     order = balanced_indices(labels, torch.Generator().manual_seed(0))
     assert torch.equal(order[:8], torch.arange(8))                      # every sample once, first

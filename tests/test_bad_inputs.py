@@ -19,7 +19,7 @@ import torch
 
 import train_ldm
 import train_vae
-from ldm import io, training
+from ldm import cli, io, training
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from tests.helpers import png_folder
 from tests.test_train_ldm import save_vae
@@ -394,7 +394,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_line(runs, tmp_path, ca
 def test_parse_config_refuses_nan_and_infinity_naming_the_flag(capsys):
     for value in ("nan", "inf", "-inf"):
         with pytest.raises(SystemExit):
-            training.parse_config(train_vae.TrainVAEConfig, [f"--kl-weight={value}"], "")
+            cli.parse_config(train_vae.TrainVAEConfig, [f"--kl-weight={value}"], "")
         assert "--kl-weight must be a finite number" in capsys.readouterr().err
 
 

@@ -11,9 +11,10 @@ from PIL import Image
 import augment
 import evaluate
 import sample
-from ldm import microdoppler as md
+from ldm.radar import simulator as md
 from ldm.data import SpectrogramFolder, make_split, parse_size, read_file, write_split
-from ldm.metrics import ClassifierConfig, EvalCNN, load_classifier, save_classifier, simulator_metadata
+from ldm.radar.identity import ClassifierConfig, EvalCNN, load_classifier, save_classifier
+from ldm.radar.physics import simulator_metadata
 from tests.test_sample import build_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py

@@ -16,7 +16,7 @@ ROW_KEYS = {"name", "ldm_ms", "diffusers_ms", "ratio", "ldm_tflops", "ldm_peak_m
 
 def test_bench_runs_on_cpu_and_writes_every_row(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "bench.py"), "--config", "tiny", "--device", "cpu", "--repeats", "1",
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--config", "tiny", "--device", "cpu", "--repeats", "1",
            "--warmup", "0", "--steps", "2", "--threads", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,11 +44,11 @@ def test_bench_runs_on_cpu_and_writes_every_row(tmp_path):
 
 
 def test_bench_help_lists_every_option(capsys):
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import bench
     finally:
-        sys.path.remove(str(ROOT))
+        sys.path.remove(str(ROOT / "scripts"))
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(["--help"])
     assert exit_info.value.code == 0

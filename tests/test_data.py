@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm import microdoppler as md
+from ldm.radar import simulator as md
 from ldm.data import (UNLABELLED, SpectrogramFolder, check_split, jet, jet_lut, make_split, parse_size, read_class_map,
                       read_file, read_split, scan_folder, split_indices, write_class_map, write_split)
 

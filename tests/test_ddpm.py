@@ -10,7 +10,8 @@ from diffusers import DDPMScheduler as RefDDPM
 from diffusers.utils.torch_utils import randn_tensor as ref_randn_tensor
 
 from ldm.ddpm import DDIMScheduler, DDPMScheduler, make_betas, randn_tensor
-from ldm.sampling import diffusion_loss, sample
+from ldm.diffusion_loss import diffusion_loss
+from ldm.guided_sampling import sample
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
 SHAPE = (2, 3, 4, 4)  # (B, C, H, W): tiny, every test runs in milliseconds

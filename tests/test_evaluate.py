@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ldm import microdoppler as md
+from ldm.radar import simulator as md
 from ldm.data import make_split, write_split
 
 

@@ -193,7 +193,7 @@ def test_cached_fused_weights_follow_every_change_of_the_weights():
 def test_sampling_and_graph_wrapper_refuse_cuda_graphs_without_cuda():
     from ldm.cuda_graph import CUDAGraphModel
     from ldm.ddpm import DDIMScheduler
-    from ldm.sampling import sample
+    from ldm.guided_sampling import sample
 
     ours, _ = unet_pair()
     with pytest.raises(ValueError, match="cuda_graph=True needs a CUDA device, got device cpu"):

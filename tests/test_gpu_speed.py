@@ -17,7 +17,7 @@ from diffusers import UNet2DConditionModel as RefUNet
 from ldm import fast
 from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler
-from ldm.sampling import sample
+from ldm.guided_sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import assert_close, cuda_pair, perturb_, rel_err, sd15_inputs, tf32_off

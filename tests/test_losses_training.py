@@ -9,48 +9,48 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from ldm import losses, training
+from ldm import autoencoder_losses, cli, training
 
 
 def test_reconstruction_loss_sums_pixels_and_averages_batch():
     x = torch.zeros(2, 1, 2, 2)
     x_rec = torch.tensor([1.0, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0]).view(2, 1, 2, 2)
-    assert losses.reconstruction_loss(x, x_rec, "l1").item() == pytest.approx((4 + 3) / 2)
-    assert losses.reconstruction_loss(x, x_rec, "l2").item() == pytest.approx((6 + 9) / 2)
+    assert autoencoder_losses.reconstruction_loss(x, x_rec, "l1").item() == pytest.approx((4 + 3) / 2)
+    assert autoencoder_losses.reconstruction_loss(x, x_rec, "l2").item() == pytest.approx((6 + 9) / 2)
     with pytest.raises(ValueError, match="'l1' or 'l2'"):
-        losses.reconstruction_loss(x, x_rec, "huber")
+        autoencoder_losses.reconstruction_loss(x, x_rec, "huber")
 
 
 def test_hinge_loss_closed_form():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
     expected = 0.5 * ((0 + 0.5 + 2.0) / 3 + (0 + 1.0 + 2.0) / 3)
-    assert losses.hinge_discriminator_loss(real, fake).item() == pytest.approx(expected)
+    assert autoencoder_losses.hinge_discriminator_loss(real, fake).item() == pytest.approx(expected)
 
 
 def test_adaptive_weight_is_the_ratio_of_gradient_norms():
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     rec = (3.0 * w).sum()          # grad (3, 3): norm 3*sqrt(2)
     gen = (w ** 2).sum()           # grad (2, 4): norm sqrt(20)
-    weight = losses.adaptive_generator_weight(rec, gen, w)
+    weight = autoencoder_losses.adaptive_generator_weight(rec, gen, w)
     assert weight.item() == pytest.approx(3 * math.sqrt(2) / (math.sqrt(20) + 1e-4), rel=1e-6)
     assert not weight.requires_grad
 
 
 def test_patch_discriminator_is_seeded_and_patchwise():
-    a = losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
-    b = losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
+    a = autoencoder_losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
+    b = autoencoder_losses.PatchDiscriminator(1, generator=torch.Generator().manual_seed(0))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert a(torch.zeros(2, 1, 64, 64)).shape == (2, 1, 6, 6)
 
 
 def test_lpips_is_a_distance_and_loads_only_its_own_weights(tmp_path):
-    model = losses.LPIPS()
+    model = autoencoder_losses.LPIPS()
     torch.manual_seed(0)
     for p in model.parameters():
         p.data.abs_()              # learned channel weights are non-negative, as in the real file
     path = tmp_path / "lpips_vgg.safetensors"
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    loaded = losses.LPIPS.from_file(path)
+    loaded = autoencoder_losses.LPIPS.from_file(path)
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(loaded(x, x), torch.zeros(2))
     assert (loaded(x, y) > 0).all()
@@ -58,7 +58,7 @@ def test_lpips_is_a_distance_and_loads_only_its_own_weights(tmp_path):
     assert loaded(x[:, :1], y[:, :1]).shape == (2,)         # single-channel spectrograms work
     safetensors.torch.save_file({"net.slice1.0.weight": torch.zeros(1)}, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ValueError, match=r"bad.safetensors: not an LPIPS\(net='vgg'\) weights file"):
-        losses.LPIPS.from_file(tmp_path / "bad.safetensors")
+        autoencoder_losses.LPIPS.from_file(tmp_path / "bad.safetensors")
 
 
 def test_ema_update_closed_form():
@@ -185,11 +185,11 @@ def test_pictures(tmp_path):
 
 
 def test_check_writable_probes_without_creating_anything(tmp_path):
-    training.check_writable(tmp_path / "a" / "b" / "run")              # would be created under tmp_path
+    cli.check_writable(tmp_path / "a" / "b" / "run")              # would be created under tmp_path
     assert os.listdir(tmp_path) == []
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match=r"--out .*file/run: cannot write there \(.*file is a file, not a folder\)"):
-        training.check_writable(tmp_path / "file" / "run")
+        cli.check_writable(tmp_path / "file" / "run")
 
 
 def test_a_run_folder_is_claimed_only_by_its_own_run_or_moved_aside(tmp_path):

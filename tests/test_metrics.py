@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from ldm.metrics import (ClassifierConfig, EvalCNN, condition_control_ratio, frechet_distance, load_classifier,
-                         physics_features, predict, psnr, save_classifier, ssim, train_classifier)
+from ldm.radar.identity import (ClassifierConfig, EvalCNN, condition_control_ratio, load_classifier, predict,
+                                save_classifier, train_classifier)
+from ldm.metrics import frechet_distance, psnr, ssim
+from ldm.radar.physics import physics_features
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
@@ -353,7 +355,7 @@ def test_memorisation_flags_copies_and_not_held_back_samples():
 
 
 def test_classifier_records_what_it_was_trained_on(tmp_path):
-    from ldm.metrics import classifier_trained_on
+    from ldm.radar.identity import classifier_trained_on
     model = EvalCNN(ClassifierConfig(num_classes=2, image_size=16, widths=(4,), feature_dim=8))
     save_classifier(model, str(tmp_path / "a.safetensors"), {"a": 0, "b": 1})
     assert classifier_trained_on(str(tmp_path / "a.safetensors")) is None

@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm import microdoppler as md
-from ldm.metrics import ClassifierConfig, physics_features, predict, train_classifier
+from ldm.radar import simulator as md
+from ldm.radar.identity import ClassifierConfig, predict, train_classifier
+from ldm.radar.physics import physics_features
 
 LEG = 0.245 + 0.246                     # thigh + shank, as a fraction of height (Boulic's Ht)
 REALISTIC = md.PROFILES["realistic"]
@@ -337,7 +338,7 @@ def test_parameters_outside_the_model_are_refused():
 # Raw FMCW I/Q through ldm.radar's chain
 # ----------------------------------------------------------------------------------------------------------------
 def test_fmcw_iq_through_the_radar_chain_gives_the_torso_line():
-    from ldm.radar import Chain, FmcwRadar, iq_spectrogram, to_db
+    from ldm.radar.chain import Chain, FmcwRadar, iq_spectrogram, to_db
     person, radar = md.make_person(1, spacing=md.REALISTIC_SPACING), REALISTIC.radar
     draws = md.Draws(phase=0.2, start_range_m=9.0, snr_db=20.0)
     iq = md.fmcw_iq(person, draws, radar, np.random.default_rng(0), REALISTIC.body, bandwidth_hz=400e6,

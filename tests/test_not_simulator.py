@@ -13,6 +13,7 @@ import sample
 import train_ldm
 import train_vae
 from ldm import io, metrics, training
+from ldm.radar import identity
 from ldm.data import SpectrogramFolder, read_split
 from tests.helpers import SHAPES, shapes_folder
 
@@ -65,10 +66,10 @@ def test_a_short_ldm_run_generates_shapes_a_real_data_classifier_recognises(shap
                         "--guidance", "3", "--out", str(generated), "--device", "cpu", "--no-progress"]) == 0
     x_train, y_train = held_out(shapes, vae_run, "train")
     x_test, y_test = held_out(shapes, vae_run, "test")
-    config = metrics.ClassifierConfig(num_classes=len(SHAPES), image_size=32, min_steps=200)
-    classifier = metrics.train_classifier(x_train, y_train, config)
-    real_accuracy = float((metrics.predict(classifier, x_test)[0].argmax(1) == y_test).float().mean())
+    config = identity.ClassifierConfig(num_classes=len(SHAPES), image_size=32, min_steps=200)
+    classifier = identity.train_classifier(x_train, y_train, config)
+    real_accuracy = float((identity.predict(classifier, x_test)[0].argmax(1) == y_test).float().mean())
     assert real_accuracy >= 0.9, f"the classifier itself fails on real held-out shapes: {real_accuracy:.0%}"
     x_gen, y_gen = SpectrogramFolder(generated, size=32, class_to_idx=read_split(vae_run)["class_to_idx"]).tensors()
-    accuracy = float((metrics.predict(classifier, x_gen)[0].argmax(1) == y_gen).float().mean())
+    accuracy = float((identity.predict(classifier, x_gen)[0].argmax(1) == y_gen).float().mean())
     assert accuracy >= 0.5, f"generated shapes recognised {accuracy:.0%} of the time (chance 25%)"

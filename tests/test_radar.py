@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldm import radar as rd
+from ldm.radar import chain as rd
 from ldm.data import SpectrogramFolder
-from ldm.metrics import simulator_metadata, spectrogram_axes
+from ldm.radar.physics import simulator_metadata, spectrogram_axes
 
 C = rd.SPEED_OF_LIGHT
 

@@ -11,11 +11,11 @@ from PIL import Image
 
 import sample
 from ldm import io
-from ldm import microdoppler as md
+from ldm.radar import simulator as md
 from ldm.conditioning import UserIDEmbedder
 from ldm.data import SpectrogramFolder, make_split, write_split
-from ldm.metrics import (ClassifierConfig, EvalCNN, batch_physics_features, load_classifier, predict,
-                         save_classifier)
+from ldm.radar.identity import ClassifierConfig, EvalCNN, load_classifier, predict, save_classifier
+from ldm.radar.physics import batch_physics_features
 from ldm.pipeline import PIPELINE_CLASS, Pipeline
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig

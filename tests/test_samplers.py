@@ -16,7 +16,7 @@ from diffusers import PNDMScheduler as RefPNDM
 
 from ldm.pipeline import SAMPLERS, make_sampler
 from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from ldm.sampling import sample
+from ldm.guided_sampling import sample
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from train_ldm import make_scheduler
 

@@ -455,7 +455,7 @@ def read_iq_npy(path: str | Path) -> np.ndarray:
 def _config_class():
     """The CLI's options as an ldm.training config dataclass (imported here: the chain itself needs only numpy,
     and the simulator imports it)."""
-    from ldm.training import option
+    from ldm.cli import option
 
     @dataclass
     class ConvertConfig:
@@ -774,7 +774,7 @@ def metadata(cfg, spec: Spectrogram, width: int, hop: int, sources: list[dict],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ldm.training import parse_config
+    from ldm.cli import parse_config
     cfg = parse_config(_config_class(), argv, "Convert raw FMCW radar I/Q or another group's spectrograms into "
                                               "micro-Doppler spectrogram windows OUT/<person>/<recording>_w<k>.npy "
                                               "(float32 dB) plus OUT/metadata.json (docs/radar.md).",

@@ -26,7 +26,7 @@ RV); the cycle lasts Dc = RLc / RV seconds; pelvis roll is 1.66 * RV degrees; th
 the PRF covers the limbs' Doppler (checked: an error instead of aliasing); the gait-c elbow uses (RV - 1.3); the
 duplicate gait-b hip control point is merged; the upper-body rotation uses each elbow's current position.
 
-CLI: python -m ldm.microdoppler --out DIR --profile realistic --users 10 --per-user 64 --size 128 --seed 0
+CLI: python -m ldm.radar.simulator --out DIR --profile realistic --users 10 --per-user 64 --size 128 --seed 0
 """
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class Radar:
     dynamic_range_db: float = 50.0
     kinematics_hz: float = 250.0     # body evaluated on this coarse grid, ranges interpolated to the PRF
     clutter_db: float | None = None  # static zero-Doppler return, power relative to the mean body echo
-    mti: str = "none"                # "two-pulse": s[n] - s[n-1]; "butterworth": ldm.radar.mti_highpass
+    mti: str = "none"                # "two-pulse": s[n] - s[n-1]; "butterworth": ldm.radar.chain.mti_highpass
     range_loss: bool = False         # amplitude ~ R^-2 (received power ~ R^-4, the radar equation)
 
     def __post_init__(self):
@@ -669,9 +669,9 @@ MTI_SETTLE_PULSES = 1024
 
 
 def _mti_butterworth(signal: np.ndarray) -> np.ndarray:
-    """The MTI of real data (ldm.radar.mti_highpass: 4th-order Butterworth high-pass, cutoff 0.0075 of Nyquist,
+    """The MTI of real data (ldm.radar.chain.mti_highpass: 4th-order Butterworth high-pass, cutoff 0.0075 of Nyquist,
     i.e. 0.0075 * v_max in velocity)."""
-    from ldm.radar import mti_highpass
+    from ldm.radar.chain import mti_highpass
     return mti_highpass(signal, order=4, cutoff=0.0075, axis=0)
 
 
@@ -749,17 +749,17 @@ def fmcw_iq(person: Person, draws: Draws, radar: Radar = Radar(), rng: np.random
             body: Body = Body(), bandwidth_hz: float = 400e6, samples_per_chirp: int = 128,
             clutter_range_m: float = 10.0) -> np.ndarray:
     """Raw dechirped FMCW I/Q of the walk, complex128 (chirps, samples_per_chirp): the input of ldm.radar's chain
-    (ldm.radar.iq_spectrogram with FmcwRadar(carrier_hz, bandwidth_hz, 1 / PRF, PRF)).
+    (ldm.radar.chain.iq_spectrogram with FmcwRadar(carrier_hz, bandwidth_hz, 1 / PRF, PRF)).
 
     One chirp per pulse (N = duration * PRF chirps, back to back: each lasts 1 / PRF and sweeps bandwidth_hz
     about radar.carrier_hz). During chirp m every scatterer sits at its range R_k(t_m) with amplitude a_k g_k
-    (`_tracks`, interpolated to t_m as in `echo`), and ldm.radar.fmcw_beat_signal gives the beat signal
+    (`_tracks`, interpolated to t_m as in `echo`), and ldm.radar.chain.fmcw_beat_signal gives the beat signal
     sum_k a_k exp(j 2 pi (f_b,k t + 2 R_k / lambda)), f_b,k = 2 R_k B / (c T_chirp): ranges sit in range-FFT bin
     R / (c / 2B) (0.375 m at 400 MHz). The static clutter (radar.clutter_db re the body's mean power) is one point
     at clutter_range_m; complex white noise at draws.snr_db per fast-time sample. No MTI here: the chain applies
     it (radar.mti is ignored).
     """
-    from ldm.radar import fmcw_beat_signal
+    from ldm.radar.chain import fmcw_beat_signal
     rng = np.random.default_rng(0) if rng is None else rng
     n, chirp_s = radar.num_pulses, 1.0 / radar.prf_hz
     ranges, amps = _tracks(person, draws, radar, body, rng, 0)
@@ -845,7 +845,7 @@ def _metadata(people: list[Person], seed: int, spacing: float, size: int, radar:
     v = velocity_axis(size, radar)
     frames = frame_times(size, radar)
     return {
-        "format": "ldm.microdoppler v1: user_XX/NNNN.png = uint8 of (dB + dynamic_range) / dynamic_range; "
+        "format": "ldm.radar.simulator v1: user_XX/NNNN.png = uint8 of (dB + dynamic_range) / dynamic_range; "
                   "user_XX/NNNN.npy = float32 dB re image max in [-dynamic_range, 0]; rows = velocity "
                   "(approaching on top), columns = time",
         "profile": profile.describe(),
@@ -967,7 +967,7 @@ def write_dataset(out_dir: str | Path, users: int = 8, per_user: int = 64, size:
 # ----------------------------------------------------------------------------------------------------------------
 def _config_class():
     """The CLI's options as an ldm.training config dataclass (imported here: the simulator itself needs only numpy)."""
-    from ldm.training import option
+    from ldm.cli import option
 
     @dataclass
     class SimulateConfig:
@@ -1028,11 +1028,11 @@ def radar_from_options(profile: Profile, carrier_ghz: float | None = None, prf: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ldm.training import parse_config
+    from ldm.cli import parse_config
     cfg = parse_config(_config_class(), argv,
                        "Simulate radar micro-Doppler spectrograms of walking people (Boulic-Thalmann gait model, "
                        "ellipsoid scatterers, STFT) into OUT/user_XX/NNNN.png + .npy and OUT/metadata.json.",
-                       prog="python -m ldm.microdoppler")
+                       prog="python -m ldm.radar.simulator")
     try:
         if cfg.out is None:
             raise ValueError("--out is required: the folder to write the spectrograms into")

@@ -62,8 +62,9 @@ from ldm.ddpm import DDIMScheduler, DDPMScheduler
 from ldm.io import write_json
 from ldm.pipeline import SCHEDULE_KEYS
 from ldm.samplers import DPMSolverMultistepScheduler
-from ldm.sampling import sample
-from ldm.training import check_writable, option, parse_config, resolve_device
+from ldm.guided_sampling import sample
+from ldm.cli import check_writable, option, parse_config
+from ldm.training import resolve_device
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
