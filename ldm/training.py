@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
-from ldm import io
+from ldm import io, lock
 from ldm.cli import RunError, flag, size_text
 from ldm.data import check_split, make_split, parse_size, read_split
 from ldm.io import torch_load_weights_only
@@ -569,10 +569,11 @@ def check_simulator_size(height: int, width: int) -> None:
 
 
 def run_folder_entries(out: Path) -> list[str]:
-    """What ``out`` holds, without the temporary names of ldm.io (``.NAME.tmp-PID``, ``.NAME.old-PID``)."""
+    """What ``out`` holds, without the temporary names of ldm.io (``.NAME.tmp-PID``, ``.NAME.old-PID``) and the run
+    lock's file (ldm.lock.LOCK_NAME)."""
     if not out.is_dir():
         return []
-    return sorted(p.name for p in out.iterdir() if not io.is_temp_name(p.name))
+    return sorted(p.name for p in out.iterdir() if not io.is_temp_name(p.name) and p.name != lock.LOCK_NAME)
 
 
 def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
