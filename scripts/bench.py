@@ -48,12 +48,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-import diffusers
-from diffusers import AutoencoderKL as RefAutoencoderKL
-from diffusers import DDIMScheduler as RefDDIMScheduler
-from diffusers import DDPMScheduler as RefDDPMScheduler
-from diffusers import UNet2DConditionModel as RefUNet
-from diffusers import VQModel as RefVQModel
 
 from ldm import fast
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
@@ -546,7 +540,24 @@ def machine(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+def import_diffusers() -> None:
+    """Import diffusers, the reference, only when a benchmark runs: --help and the option checks work without it
+    (it is a test and benchmark dependency, not a runtime one)."""
+    global diffusers, RefAutoencoderKL, RefDDIMScheduler, RefDDPMScheduler, RefUNet, RefVQModel
+    try:
+        import diffusers
+    except ImportError:
+        raise SystemExit("error: bench.py compares ldm with diffusers, which is not installed; install the test "
+                         "dependencies (make setup, or pip install diffusers==0.42.1)") from None
+    from diffusers import AutoencoderKL as RefAutoencoderKL
+    from diffusers import DDIMScheduler as RefDDIMScheduler
+    from diffusers import DDPMScheduler as RefDDPMScheduler
+    from diffusers import UNet2DConditionModel as RefUNet
+    from diffusers import VQModel as RefVQModel
+
+
 def run(args) -> dict:
+    import_diffusers()
     diffusers.utils.logging.set_verbosity_error()   # its "cast with from_pretrained instead" advice, once per model
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
