@@ -13,6 +13,7 @@ Shapes: B batch, C channels, H (velocity rows) x W (time columns), N samples, D 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
