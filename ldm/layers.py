@@ -130,6 +130,8 @@ class ResnetBlock2D(nn.Module):
         h = self.conv2(h)
 
         if self.conv_shortcut is not None:
+            # diffusers makes x contiguous in training only; a CPU conv picks its kernel by strides, so we do the same
+            x = x.contiguous() if self.training else x
             x = self.conv_shortcut(x)                                    # (B, Cin, H, W) -> (B, Cout, H, W)
         return (x + h) / self.output_scale_factor
 
