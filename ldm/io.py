@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import pickle
 import re
@@ -308,6 +309,130 @@ def _parse_size(size: int | str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Outputs apart from inputs: a command never writes into what it reads, nor two of its outputs onto one path
+# ----------------------------------------------------------------------------------------------------------------
+def _overlap(a: Path, b: Path) -> str | None:
+    """How path ``a`` relates to path ``b`` (both resolved): "is", "lies inside", "contains", or None."""
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "lies inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def check_outputs_apart(outputs: dict[str, str | os.PathLike | None],
+                        inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Raise ValueError unless every output path is apart from every input path and from the other outputs.
+
+    outputs, inputs: {name shown to the user (an option such as "--out", or "the record OUT.json"): path or None}.
+    An output that is, lies inside or contains an input would write into what the command reads (generated images
+    into the real data folder, a report over the split it was made from); two outputs on one path, or one inside
+    the other, would silently replace each other. Paths are compared resolved (links followed), so two spellings of
+    one folder are caught. The error names both, in one line."""
+    def resolved(path) -> Path:
+        return Path(os.path.abspath(os.fspath(path))).resolve()
+
+    outs = {name: resolved(path) for name, path in outputs.items() if path is not None and os.fspath(path) != ""}
+    ins = {name: resolved(path) for name, path in inputs.items() if path is not None and os.fspath(path) != ""}
+    for out_name, out in outs.items():
+        for in_name, source in ins.items():
+            relation = _overlap(out, source)
+            if relation:
+                raise ValueError(f"{out_name} {outputs[out_name]} {relation} {in_name} {inputs[in_name]}, which this "
+                                 f"command reads: it never writes into its inputs; choose another {out_name}")
+    names = list(outs)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            relation = _overlap(outs[first], outs[second])
+            if relation:
+                raise ValueError(f"{first} {outputs[first]} {relation} {second} {outputs[second]}: two outputs of one "
+                                 f"command on one path would replace each other; choose another {first}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config values read from disk: checked like command-line options, one line naming the file and the key
+# ----------------------------------------------------------------------------------------------------------------
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _positive_ints(v) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_positive_int(x) for x in v)
+
+
+# kind -> (test, what is expected); the tests take the JSON value as read
+CONFIG_VALUE_KINDS = {
+    "positive int": (_positive_int, "a positive integer"),
+    "int >= 0": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "positive ints": (_positive_ints, "a non-empty list of positive integers"),
+    "positive int or ints": (lambda v: _positive_int(v) or _positive_ints(v),
+                             "a positive integer or a list of them"),
+    "positive int or ints or null": (lambda v: v is None or _positive_int(v) or _positive_ints(v),
+                                     "a positive integer, a list of them, or null"),
+    "positive int or null": (lambda v: v is None or _positive_int(v), "a positive integer or null"),
+    "size": (lambda v: v is None or _positive_int(v) or (_positive_ints(v) and len(v) == 2),
+             "a positive integer, [height, width] of them, or null"),
+    "positive number": (lambda v: _number(v) and v > 0, "a positive finite number"),
+    "number or null": (lambda v: v is None or _number(v), "a finite number or null"),
+    "beta_start": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (Stable Diffusion: 0.00085)"),
+    "beta_end": (lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1] (Stable Diffusion: 0.012)"),
+    "betas or null": (lambda v: v is None or (isinstance(v, list) and all(_number(x) and 0 < x <= 1 for x in v)),
+                      "null or a list of numbers in (0, 1]"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "user map": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)
+                 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v.values()),
+                 "a map of user names to IDs 0, 1, ..."),
+}
+# The keys of model, scheduler and embedder configs whose values we check before building anything; the builders
+# (from_diffusers) then check how the values fit together.
+MODEL_CONFIG_VALUES = {
+    "in_channels": "positive int", "out_channels": "positive int", "latent_channels": "positive int",
+    "norm_num_groups": "positive int", "layers_per_block": "positive int or ints",
+    "block_out_channels": "positive ints", "sample_size": "size", "scaling_factor": "positive number",
+    "shift_factor": "number or null", "num_vq_embeddings": "positive int", "vq_embed_dim": "positive int or null",
+    "cross_attention_dim": "positive int or ints", "attention_head_dim": "positive int or ints or null",
+    "num_attention_heads": "positive int or ints or null", "num_class_embeds": "positive int or null",
+    "norm_eps": "positive number", "transformer_layers_per_block": "positive int or ints",
+}
+SCHEDULER_CONFIG_VALUES = {
+    "num_train_timesteps": "positive int", "beta_start": "beta_start", "beta_end": "beta_end",
+    "beta_schedule": "string", "trained_betas": "betas or null", "prediction_type": "string",
+    "steps_offset": "int >= 0", "clip_sample": "bool", "clip_sample_range": "positive number",
+    "timestep_spacing": "string", "variance_type": "string", "set_alpha_to_one": "bool",
+    "rescale_betas_zero_snr": "bool", "thresholding": "bool",
+}
+EMBEDDER_CONFIG_VALUES = {"num_users": "positive int", "dim": "positive int", "num_tokens": "positive int",
+                          "route": "string", "class_to_idx": "user map"}
+
+
+def check_config_values(mapping: dict, path, kinds: dict[str, str]) -> None:
+    """ValueError "PATH: KEY is VALUE; expected ..." for the first value of ``mapping`` (a config read from
+    ``path``) that is not of its kind in ``kinds`` (MODEL_CONFIG_VALUES, ...). Keys not in ``kinds`` are left to
+    the config's builder."""
+    for key, kind in kinds.items():
+        if key in mapping:
+            test, expected = CONFIG_VALUE_KINDS[kind]
+            if not test(mapping[key]):
+                raise ValueError(f"{path}: {key} is {json.dumps(mapping[key])[:60]}; expected {expected}")
+
+
+def _from_config(build, mapping: dict, path):
+    """``build(mapping)``, with any error it raises on the config's values as one line naming ``path``."""
+    try:
+        return build(mapping)
+    except (ValueError, TypeError, KeyError) as error:
+        text = _first_line(error)
+        raise ValueError(text if str(path) in text else f"{path}: {text}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # diffusers model folders
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -380,12 +505,14 @@ def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | None = None,
     if (folder / SCHEDULER_CONFIG_NAME).is_file() and not (folder / CONFIG_NAME).is_file():
         mapping = read_json(folder / SCHEDULER_CONFIG_NAME)
         cls = _import(SCHEDULER_CLASSES, mapping.get("_class_name"), folder / SCHEDULER_CONFIG_NAME)
-        return cls.from_diffusers(mapping)
+        check_config_values(mapping, folder / SCHEDULER_CONFIG_NAME, SCHEDULER_CONFIG_VALUES)
+        return _from_config(cls.from_diffusers, mapping, folder / SCHEDULER_CONFIG_NAME)
     config, state_dict = read_model_folder(folder, variant, device or "cpu")
     cls = _import(MODEL_CLASSES, config.get("_class_name"), folder / CONFIG_NAME)
+    check_config_values(config, folder / CONFIG_NAME, MODEL_CONFIG_VALUES)
     if cls.__name__ in ("AutoencoderKL", "VQModel"):
         state_dict = convert.rename_legacy_attention(state_dict)
-    model_config = cls.config_class.from_diffusers(config)
+    model_config = _from_config(cls.config_class.from_diffusers, config, folder / CONFIG_NAME)
     return build_model(cls, model_config, state_dict, folder, dtype, device)
 
 
@@ -506,6 +633,9 @@ def load_pipeline(path: str | os.PathLike, dtype: torch.dtype | None = None,
             components[name] = load_pretrained(folder / name, dtype=dtype, device=device)
         elif library == "ldm":
             cls = _import(LDM_COMPONENT_CLASSES, class_name, folder / PIPELINE_INDEX_NAME)
+            if class_name == "UserIDEmbedder" and (folder / name / CONFIG_NAME).is_file():
+                check_config_values(read_json(folder / name / CONFIG_NAME), folder / name / CONFIG_NAME,
+                                    EMBEDDER_CONFIG_VALUES)
             components[name] = cls.from_pretrained(folder / name, device=device)
     return components
 

@@ -2,7 +2,10 @@
 or lies in one of the command's inputs, two outputs of one command that collide, two processes writing one folder,
 and results that are not finite. Each case exits with status 2 (or raises the named exception) with one line that
 names what was wrong, and nothing is written."""
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,3 +73,146 @@ def test_lock_in_one_process_refuses_a_nested_second_holder(tmp_path):
                 pass
     with lock.hold_run_lock(tmp_path / "run"):                       # released: free again
         pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sample.py: outputs apart from inputs and from each other, one run per OUT, no NaN written
+
+def _sample(argv, capsys) -> tuple[int, str]:
+    import sample
+    capsys.readouterr()
+    code = sample.main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from tests.test_sample import build_pipeline
+    return build_pipeline(tmp_path_factory.mktemp("pipe") / "run" / "pipeline")
+
+
+def sample_args(model, out, *extra):
+    return ["--model", str(model), "--out", str(out), "--steps", "2", "--num", "1", "--batch-size", "2",
+            "--no-progress", *extra]
+
+
+def _only(folder: Path, *names) -> None:
+    """folder holds exactly ``names`` (nothing was written beside them)."""
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_sample_refuses_outputs_that_meet_its_inputs_or_each_other(pipeline, tmp_path, capsys):
+    run = pipeline.parent
+    data = tmp_path / "data"
+    (data / "alice").mkdir(parents=True)
+    (data / "alice" / "0.png").write_bytes(b"a real file")
+    cases = [
+        (sample_args(pipeline, pipeline), f"--out {pipeline} is --model {pipeline}, which this command reads"),
+        (sample_args(pipeline, run), f"--out {run} contains --model {pipeline}"),
+        (sample_args(pipeline, pipeline / "unet" / "s"), "lies inside --model"),
+        (sample_args(pipeline, tmp_path / "s", "--grid", str(tmp_path / "s.json")),
+         f"--grid {tmp_path / 's.json'} is the record {tmp_path / 's.json'}: two outputs of one command on one "
+         "path would replace each other"),
+        (sample_args(pipeline, tmp_path / "s", "--grid", str(tmp_path / "s" / "grid.png")),
+         f"--out {tmp_path / 's'} contains --grid {tmp_path / 's' / 'grid.png'}"),
+        (sample_args(pipeline, tmp_path / "s", "--grid", str(pipeline / "grid.png")), "lies inside --model"),
+        # the real data folder by mistake: it holds files, so it is not a new --out (its files stay untouched)
+        (sample_args(pipeline, data), f"--out {data} already holds files (alice); choose a new --out"),
+        (sample_args(pipeline, ""), "--out '' names no folder (it would fill the current one)"),
+    ]
+    for argv, message in cases:
+        code, err = _sample(argv, capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    _only(tmp_path, "data")
+    _only(data / "alice", "0.png")
+    _only(run, "pipeline")
+
+
+def test_a_second_sample_into_a_live_out_is_refused_naming_the_process(pipeline, tmp_path, capsys):
+    out = tmp_path / "s"
+    with lock.hold_run_lock(out):
+        code, err = _sample(sample_args(pipeline, out), capsys)
+        assert code == 2 and err.startswith(f"error: {out} is being written by process {os.getpid()} on host ")
+        (out / "bob").mkdir()
+        code, err = _sample(sample_args(pipeline, out, "--overwrite"), capsys)   # moving a live run aside: never
+        assert code == 2 and f"is being written by process {os.getpid()}" in err and err.count("\n") == 1
+        _only(out, "bob", lock.LOCK_NAME)
+    _only(tmp_path, "s")
+
+
+def test_ctrl_c_in_sample_exits_130_in_one_line_and_leaves_no_output(pipeline, tmp_path, capsys, monkeypatch):
+    from ldm.pipeline import Pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "generate", interrupted)
+    code, err = _sample(sample_args(pipeline, tmp_path / "s"), capsys)
+    assert (code, err) == (130, "interrupted\n")
+    assert list(tmp_path.iterdir()) == []                               # no OUT, no hidden folder, no record
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_with_an_estimate(pipeline, tmp_path, capsys):
+    code, err = _sample(sample_args(pipeline, tmp_path / "s", "--num", "200000", "--batch-size", "200000"), capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert re.fullmatch(r"error: --num 200000 --batch-size 200000: needs about [\d.]+ GiB of memory \([\d.]+ GiB for "
+                        r"the 600000 images held until written, [\d.]+ GiB for one batch\), [\d.]+ GiB available; "
+                        r"lower --batch-size, or --num \(run several times with other --seed values\)\n", err), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def _edited(pipeline: Path, root: Path, part: str, key: str, value) -> Path:
+    """A copy of the pipeline folder with one config value changed."""
+    copy = root / f"{part}-{key}-{json.dumps(value)}"
+    shutil.copytree(pipeline, copy)
+    path = copy / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+    config = json.loads(path.read_text())
+    config[key] = value
+    path.write_text(json.dumps(config))
+    return copy
+
+
+def test_pipeline_configs_are_checked_like_options_naming_file_and_key(pipeline, tmp_path, capsys):
+    cases = [("unet", "sample_size", 0, "a positive integer, [height, width] of them, or null"),
+             ("unet", "sample_size", -8, "a positive integer, [height, width] of them, or null"),
+             ("vae", "scaling_factor", "0.5", "a positive finite number"),
+             ("scheduler", "beta_start", -0.1, "a number in [0, 1) (Stable Diffusion: 0.00085)"),
+             ("scheduler", "beta_end", 2.0, "a number in (0, 1] (Stable Diffusion: 0.012)"),
+             ("scheduler", "num_train_timesteps", "1000", "a positive integer"),
+             ("embedder", "class_to_idx", None, "a map of user names to IDs 0, 1, ...")]
+    for part, key, value, expected in cases:
+        model = _edited(pipeline, tmp_path, part, key, value)
+        file = model / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+        code, err = _sample(sample_args(model, tmp_path / "s"), capsys)
+        assert code == 2 and err == f"error: {file}: {key} is {json.dumps(value)}; expected {expected}\n", err
+    assert not (tmp_path / "s").exists()
+
+
+def test_no_nan_image_is_written_and_the_likely_cause_is_named(pipeline, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+    broken = tmp_path / "nan-weights"
+    shutil.copytree(pipeline, broken)
+    weights = load_file(broken / "unet" / "diffusion_pytorch_model.safetensors")
+    weights["conv_in.weight"][0, 0, 0, 0] = float("nan")
+    save_file(weights, broken / "unet" / "diffusion_pytorch_model.safetensors")
+    cases = [
+        (sample_args(_edited(pipeline, tmp_path, "vae", "scaling_factor", 1e-30), tmp_path / "s"),
+         r"the decoded images hold NaN or Inf: the latents divided by the autoencoder's scaling_factor 1e-30 "
+         r"\(vae/config.json\) reach [\d.e+]+; train_vae.py measures it"),
+        (sample_args(broken, tmp_path / "s"),
+         r"the sampled latents hold NaN or Inf: the UNet's weights do \(1 tensor\(s\), e.g. conv_in.weight\)"),
+        (sample_args(pipeline, tmp_path / "s", "--guidance", "1e30"),
+         r"the sampled latents hold NaN or Inf with --guidance 1e\+30: a guidance scale this large overflows"),
+        (sample_args(pipeline, tmp_path / "s", "--steps", "1000", "--sampler", "dpm++2m"),
+         r"--steps 1000: --sampler dpm\+\+2m takes at most 999 steps on this pipeline's schedule of 1000 training "
+         r"timesteps"),
+        (sample_args(pipeline, tmp_path / "s", "--steps", "1000", "--sampler", "ddim"),
+         r"--steps 1000: --sampler ddim takes at most 999 steps"),
+    ]
+    for argv, message in cases:
+        code, err = _sample(argv, capsys)
+        assert code == 2 and re.match("error: " + message, err) and err.count("\n") == 1, err
+        assert not (tmp_path / "s").exists() and not (tmp_path / "s.json").exists()
+    with pytest.raises(SystemExit):                                     # --eta 5: refused as an option
+        _sample(sample_args(pipeline, tmp_path / "s", "--eta", "5"), capsys)
+    assert not (tmp_path / "s").exists()

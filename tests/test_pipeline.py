@@ -8,11 +8,12 @@ import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import DDIMScheduler as RefDDIMScheduler
 from diffusers import UNet2DConditionModel as RefUNet
+from diffusers.utils.torch_utils import randn_tensor as ref_randn_tensor
 from safetensors.torch import load_file
 
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.ddpm import DDPMScheduler
-from ldm.pipeline import PIPELINE_CLASS, Pipeline, make_sampler, resolve_users
+from ldm.pipeline import PIPELINE_CLASS, Pipeline, image_seed, make_sampler, resolve_users
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import perturb_
@@ -52,8 +53,8 @@ def test_a_saved_pipeline_runs_in_diffusers_components_as_the_readme_shows(tmp_p
     ids = torch.tensor([null] * n + [user] * n)                                    # [uncond; cond]
     labels = ids if unet.config.num_class_embeds else None                         # route "both": also the label
     scheduler.set_timesteps(4)
-    generator = torch.Generator().manual_seed((7 * 1_000_003 + user) * 10_007 + 0)  # Pipeline.generate's seeding
-    z = torch.randn(n, 4, 8, 4, generator=generator)
+    generators = [torch.Generator().manual_seed(image_seed(7, user, i)) for i in range(n)]   # one per image
+    z = ref_randn_tensor((n, 4, 8, 4), generator=generators)                       # diffusers' per-image draws
     with torch.no_grad():
         for t in scheduler.timesteps:
             eps = unet(torch.cat([z, z]), t, encoder_hidden_states=table[ids], class_labels=labels).sample
@@ -90,8 +91,8 @@ def test_generate_equals_the_written_out_guidance_loop_and_uses_the_null_id(scal
         assert calls[0].tolist() == [1, 1]                              # the conditional-only loop: no null pass
     else:
         assert calls[0].tolist() == [3, 3, 1, 1]                        # [uncond; cond]: the null ID is 3
-    generator = torch.Generator().manual_seed((0 * 1_000_003 + 1) * 10_007 + 0)
-    x = torch.randn(2, 4, 8, 4, generator=generator)
+    x = torch.cat([torch.randn(1, 4, 8, 4, generator=torch.Generator().manual_seed(image_seed(0, 1, i)))
+                   for i in range(2)])                                   # image i of user 1: its own generator
     with torch.no_grad():
         z = reference_loop(pipe.denoiser, make_sampler("ddim", pipe.scheduler), x, torch.tensor([1, 1]), 3, scale, 3)
         expected = pipe.vae.decode(z / 0.5 + 0.1).clamp(-1, 1)          # scaling_factor 0.5, shift_factor 0.1
@@ -125,3 +126,50 @@ def test_pipeline_checks_its_parts_when_built_and_loaded(tmp_path):
         Pipeline.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="eta=0.5 is DDIM's; the euler sampler has no eta"):
         pipe.generate([0], num=1, steps=2, sampler="euler", eta=0.5, progress=False)
+
+
+def test_image_seed_is_sha256_of_seed_user_index():
+    import hashlib
+    digest = hashlib.sha256(b"7/1/0").digest()
+    assert image_seed(7, 1, 0) == int.from_bytes(digest[:8], "little") % 2**63
+    assert len({image_seed(s, u, i) for s in range(3) for u in range(3) for i in range(3)}) == 27
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_a"])
+def test_images_depend_on_seed_user_and_index_only_not_on_the_batch_size(sampler):
+    """The README's promise: the same --seed with another --batch-size (or other users) gives the same images. The
+    stochastic samplers draw per-step noise too, so every draw must come from the image's own generator."""
+    pipe = tiny_pipeline()
+    one = pipe.generate([1], 3, steps=3, sampler=sampler, seed=5, batch_size=1, progress=False)[1]
+    three = pipe.generate([0, 1], 3, steps=3, sampler=sampler, seed=5, batch_size=3, progress=False)[1]
+    two = pipe.generate([1], 3, steps=3, sampler=sampler, seed=5, batch_size=2, progress=False)[1]
+    torch.testing.assert_close(three, one, rtol=0, atol=1e-5)          # batched convolutions round differently
+    torch.testing.assert_close(two, one, rtol=0, atol=1e-5)
+    other_seed = pipe.generate([1], 3, steps=3, sampler=sampler, seed=6, batch_size=3, progress=False)[1]
+    assert (other_seed - one).abs().max() > 0.05
+
+
+def test_generate_takes_user_names_in_any_unicode_normal_form():
+    import unicodedata
+    users = {unicodedata.normalize("NFD", "zoë"): 0, "bob": 1, "carol": 2}      # a folder name written on macOS
+    pipe = tiny_pipeline()
+    pipe.embedder.class_to_idx = users
+    by_id = pipe.generate([0, 1], 1, steps=2, progress=False)
+    by_name = pipe.generate([unicodedata.normalize("NFC", "zoë"), "bob"], 1, steps=2, progress=False)
+    assert by_name.keys() == by_id.keys() == {0, 1}
+    assert all(torch.equal(by_name[k], by_id[k]) for k in by_id)
+    assert resolve_users(unicodedata.normalize("NFC", "zoë") + ",2", users) == [0, 2]
+    with pytest.raises(ValueError, match=r"^unknown user 'dave': users are names \(zo.+, bob, carol\) or IDs 0..2$"):
+        pipe.generate(["dave"], 1, steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"^unknown user 7: "):
+        pipe.generate([7], 1, steps=2, progress=False)
+
+
+def test_a_float16_pipeline_generates_without_blaming_the_callers_dtype(tmp_path):
+    tiny_pipeline().save_pretrained(tmp_path / "pipeline")
+    half = Pipeline.from_pretrained(tmp_path / "pipeline", dtype=torch.float16)
+    full = Pipeline.from_pretrained(tmp_path / "pipeline")
+    images = half.generate([1], 2, steps=3, seed=1, progress=False)[1]
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    # float16 weights and latents: the same images to half precision's rounding, not other images
+    assert (images - full.generate([1], 2, steps=3, seed=1, progress=False)[1]).abs().max() < 0.05

@@ -86,7 +86,8 @@ def test_sampler_dpm_solver_writes_the_images_generate_makes_with_it(pipeline, t
     assert not np.array_equal(np.load(tmp_path / "ddim" / "bob" / "0.npy"), np.load(out / "bob" / "0.npy"))
 
 
-def test_the_record_holds_the_resolved_options_and_a_rerun_adds_to_out(pipeline, tmp_path):
+def test_the_record_holds_the_resolved_options_and_a_rerun_into_out_is_refused_or_moves_it_aside(pipeline, tmp_path,
+                                                                                                capsys):
     out = tmp_path / "s"
     assert sample.main(args(pipeline, out, "--user", "alice,bob", "--num", "2", "--device", "auto")) == 0
     record = json.loads((tmp_path / "s.json").read_text())
@@ -94,13 +95,21 @@ def test_the_record_holds_the_resolved_options_and_a_rerun_adds_to_out(pipeline,
     assert (record["options"]["num"], record["options"]["steps"], record["options"]["user"]) == (2, 2, "alice,bob")
     assert record["users"] == {"alice": 0, "bob": 1} and record["images"] == {"alice": 2, "bob": 2}
     alice = (out / "alice" / "0.png").read_bytes()
-    # A second run into the same OUT: bob's images are replaced file by file, alice's stay, nothing else appears.
-    assert sample.main(args(pipeline, out, "--user", "bob", "--num", "3", "--seed", "7")) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["alice", "bob"]
-    assert (out / "alice" / "0.png").read_bytes() == alice
+    # A second run into the same OUT would mix two runs that evaluate.py scores as one: refused, nothing changes.
+    capsys.readouterr()
+    assert sample.main(args(pipeline, out, "--user", "bob", "--num", "3", "--seed", "7")) == 2
+    assert capsys.readouterr().err == (f"error: --out {out} already holds files (alice, bob); choose a new --out, or "
+                                       "pass --overwrite to move the old folder aside to s.old-<time> (a folder "
+                                       "mixing two runs would be evaluated as one)\n")
+    assert (out / "alice" / "0.png").read_bytes() == alice and json.loads((tmp_path / "s.json").read_text()) == record
+    # --overwrite: the old run moved aside whole, OUT holds the new run only, the record describes it
+    assert sample.main(args(pipeline, out, "--user", "bob", "--num", "3", "--seed", "7", "--overwrite")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bob"]
     assert sorted(p.name for p in (out / "bob").iterdir()) == ["0.png", "1.png", "2.png"]
     assert json.loads((tmp_path / "s.json").read_text())["images"] == {"bob": 3}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.json", "s_grid.png"]    # no temporary folder
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("s.old-")]
+    assert len(aside) == 1 and (aside[0] / "alice" / "0.png").read_bytes() == alice
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s", "s.json", "s_grid.png", aside[0].name])
 
 
 def test_a_non_square_pipeline_makes_images_of_its_size(tmp_path):
@@ -258,4 +267,4 @@ def test_filter_options_are_checked_before_generating(pipeline, classifier, real
     (out / "bob").mkdir(parents=True)
     (out / "bob" / "0.png").write_bytes(b"old")
     assert sample.main(args(pipeline, out, "--filter", "margin", "--classifier", str(classifier))) == 2
-    assert "already hold files" in capsys.readouterr().err
+    assert f"--out {out} already holds files (bob); choose a new --out" in capsys.readouterr().err
