@@ -64,12 +64,16 @@ class SchedulerMixin(ConfigMixin):
                                  f"(only {key}={accepted!r}, diffusers' default)")
         if isinstance(kwargs.get("trained_betas"), np.ndarray):
             kwargs["trained_betas"] = kwargs["trained_betas"].tolist()
-        self._plain.__init__(self, **{k: v for k, v in kwargs.items() if k not in self._extra})
+        self._plain.__init__(self, **self._plain_arguments({k: v for k, v in kwargs.items() if k not in self._extra}))
         self._register_init({**kwargs, **private}, self.config)
         self._begin_index = None
 
     def __getattr__(self, name):
         return self._config_getattr(name)
+
+    def _plain_arguments(self, kwargs: dict) -> dict:
+        """The plain constructor's arguments for diffusers' (where diffusers spells a value differently)."""
+        return kwargs
 
     def __repr__(self) -> str:
         return f"{type(self).__name__} {self.to_json_string()}"
@@ -132,6 +136,27 @@ class DDPMScheduler(SchedulerMixin, _X0Capture, ddpm.DDPMScheduler):
     _plain = ddpm.DDPMScheduler
     _output = DDPMSchedulerOutput
 
+    def _plain_arguments(self, kwargs: dict) -> dict:
+        # diffusers computes variance_type=None (what DPM-Solver's config holds) as "fixed_small"
+        return {**kwargs, "variance_type": kwargs.get("variance_type") or "fixed_small"}
+
+    def previous_timestep(self, timestep) -> torch.Tensor:
+        """As diffusers: the timestep after ``timestep`` in the schedule (-1 after the last), as a tensor."""
+        return torch.tensor(ddpm.DDPMScheduler.previous_timestep(self, timestep))
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None) -> torch.Tensor:
+        """diffusers' private DDPM helper: σ_t² of the step from t (fixed_small: the posterior variance β̃_t,
+        Eq. (7), clamped at 1e-20; fixed_large: β_t)."""
+        prev_t = int(self.previous_timestep(t))
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
+        variance = torch.clamp((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, min=1e-20)
+        kind = variance_type or self.config.variance_type or "fixed_small"
+        if kind not in ("fixed_small", "fixed_large"):
+            raise ValueError(f"_get_variance: variance_type {kind!r} is not offered (fixed_small, fixed_large)")
+        return variance if kind == "fixed_small" else current_beta_t
+
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         prev = ddpm.DDPMScheduler.step(self, model_output, timestep, sample, generator=generator)
         out = (prev, self.__dict__.pop("_last_x0"))
@@ -142,6 +167,13 @@ class DDIMScheduler(SchedulerMixin, _X0Capture, ddpm.DDIMScheduler):
     """ldm.ddpm.DDIMScheduler with diffusers' calling convention (see the module docstring)."""
     _plain = ddpm.DDIMScheduler
     _output = DDIMSchedulerOutput
+
+    def _get_variance(self, timestep, prev_timestep) -> torch.Tensor:
+        """diffusers' private DDIM helper: (1 - ᾱ_{t'}) / (1 - ᾱ_t) · (1 - ᾱ_t / ᾱ_{t'}), σ_t² at η = 1 (Eq. (16))."""
+        alpha_prod_t = self.alphas_cumprod[timestep]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        beta_prod_t, beta_prod_t_prev = 1 - alpha_prod_t, 1 - alpha_prod_t_prev
+        return (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None) -> None:
         ddpm.DDIMScheduler.set_timesteps(self, num_inference_steps, device)
@@ -190,6 +222,12 @@ class DPMSolverMultistepScheduler(SchedulerMixin, _SigmaCompat, samplers.DPMSolv
     _plain = samplers.DPMSolverMultistepScheduler
     _extra = {**samplers.DPMSolverMultistepScheduler._UNSUPPORTED, "flow_shift": 1.0,
               "time_shift_type": "exponential"}
+
+    def _plain_arguments(self, kwargs: dict) -> dict:
+        # DDPM's variance types "fixed_*" (a C-channel output, as from a DDPM config) mean None here, as in diffusers
+        if str(kwargs.get("variance_type")).startswith("fixed"):
+            kwargs = {**kwargs, "variance_type": None}
+        return kwargs
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, mu=None, timesteps=None) -> None:
         if mu is not None:
