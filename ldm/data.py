@@ -50,17 +50,25 @@ No policy upsamples: under the others a file smaller than H x W in either dimens
 `parse_size("256x128")` reads a --size option: (height 256, width 128).
 
 Every file is decoded once at construction, so a corrupt file is a ValueError naming it before training starts
-(`skip_bad=True` skips such files instead and warns with their count; `dataset.skipped` lists them).
+(`skip_bad=True` skips such files instead and warns with their count; `dataset.skipped` lists them). Sizes are
+bounded before anything is allocated: a .npy header is checked against the file's length (a truncated file, or a
+header claiming 149 GB) and against MAX_NPY_BYTES, an image against PIL's decompression-bomb limit. A link under
+ROOT that does not resolve (dangling, or a loop) is an error naming it, not a file silently left out. A jet-coloured
+RGB image read without colormap="jet" (its luma is not monotonic in the level) is an error with the hint.
 One split for every stage (split.json)
     The first stage that touches a data folder decides the split (`make_split`: per user, by file or by
     recording with `group_regex`, reproducible from `seed`) and writes it with `write_split`; every later stage
     reads it back (`read_split`), checks it belongs to the folder (`check_split`: a hash of the sorted file list)
     and loads only its part (`SpectrogramFolder(root, subset=split["train"])`). No generator ever sees "test".
+    `make_split` first opens every file (check_file: headers, sizes, image checksums), so a corrupt file stops the
+    first stage even when the split would put it in "test". `read_split` checks the file's types and that its lists
+    still hash to its files_sha256 (an edited split is reported as such).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -78,6 +86,7 @@ UNLABELLED = "<unlabelled>"
 COLORMAPS = (None, "jet")
 PAD_VALUE = -1.0          # what "pad" fills with: the floor of the dB range (-dynamic_range_db re the max)
 LINEAR_PEAK_RATIO = 4.0   # under npy_scale="db": peak / 90th percentile above which values look linear
+MAX_NPY_BYTES = 2**31     # a .npy spectrogram larger than 2 GiB is a mistake (4096 x 4096 float64 is 128 MiB)
 
 
 def parse_size(text: str, what: str = "size") -> tuple[int, int]:
@@ -112,6 +121,23 @@ def _listing(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(best.values())
 
 
+def _broken_links(folder: Path) -> list[Path]:
+    """Entries of ``folder`` (not hidden) that are links which do not resolve: dangling, or part of a loop."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_symlink() and not p.exists())
+
+
+def _check_links(root: Path, folders: list[Path]) -> None:
+    """ValueError naming the first link under root that does not resolve (instead of leaving its file out)."""
+    broken = [p for folder in (root, *folders) for p in _broken_links(folder)]
+    if broken:
+        try:
+            target = os.readlink(broken[0])
+        except OSError:
+            target = "?"
+        raise ValueError(f"{len(broken)} link(s) under {root} do not resolve (dangling, or a loop), e.g. {broken[0]} "
+                         f"-> {target}; fix or remove them")
+
+
 def scan_folder(root: str | Path, class_to_idx: dict[str, int] | None = None,
                 suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> tuple[list[Path], list[int], dict[str, int]]:
     """List the supported files under root and label them.
@@ -135,6 +161,7 @@ def scan_folder(root: str | Path, class_to_idx: dict[str, int] | None = None,
         raise ValueError(f"data folder {root} is empty (expected ROOT/<user>/<files> or ROOT/<files>)")
     top_files = _listing(root, suffixes)
     subdirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    _check_links(root, subdirs)
     listings = {d: _listing(d, suffixes) for d in subdirs}
     class_dirs = [d for d in subdirs if listings[d]]
     if top_files and class_dirs:
@@ -224,9 +251,56 @@ def _decode_jet(rgb: np.ndarray, path: Path) -> np.ndarray:
     return level[nearest][inverse].reshape(rgb.shape[:2])
 
 
-def _read_image(path: Path, channels: int, colormap: str | None) -> np.ndarray:
+def _open_image(path: Path):
+    """PIL.Image.open(path), with an image above PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS; PIL warns
+    from that size and refuses twice it) a one-line ValueError before any pixel is decoded."""
     from PIL import Image
-    with Image.open(path) as im:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ValueError(f"{path}: {str(error).split(',')[0]} (PIL's decompression-bomb limit); an image this "
+                             "large is not a spectrogram to train on: resize it") from None
+
+
+def _jet_distance(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 -> (index of the nearest jet colour among the distinct 8-bit ones, per distinct pixel colour;
+    that colour's distance in RGB [0, 1] units, per distinct pixel colour; the pixels' index into the distinct
+    colours)."""
+    table = np.round(jet_lut() * 255)                                   # (256, 3)
+    colours = np.unique(table, axis=0)                                  # (U, 3): jet's flat run repeats a colour
+    pixels, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)        # (P, 3) distinct colours
+    p, c = pixels.astype(np.float64), colours
+    squared = (p * p).sum(1)[:, None] - 2 * p @ c.T + (c * c).sum(1)[None]              # (P, U) |p - c|^2
+    nearest = squared.argmin(axis=1)
+    distance = np.sqrt(np.maximum(squared[np.arange(len(p)), nearest], 0)) / 255        # (P,) in RGB [0, 1] units
+    return nearest, distance, inverse.reshape(-1)
+
+
+# A colour image counts as coloured (not greyscale saved as RGB) when its median pixel's channels differ by more
+# than this many 8-bit levels, and as a jet rendering when, besides, its pixels use at least JET_MIN_COLOURS of
+# jet's colours (a spectrogram spans many levels; a flat red or blue picture is not one).
+COLOURED_SPREAD = 16
+JET_MIN_COLOURS = 16
+
+
+def _refuse_jet_as_luma(rgb: np.ndarray, path: Path) -> None:
+    """ValueError with the --colormap hint when a colour image read as levels (no colormap) is a jet rendering:
+    coloured, with its median pixel within JET_TOLERANCE of a jet colour and many jet colours in use. Its luma would not be monotonic in the
+    level, so training on it would learn a scrambled spectrogram."""
+    spread = np.median(rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1))
+    if spread <= COLOURED_SPREAD:
+        return
+    nearest, distance, inverse = _jet_distance(rgb)
+    if np.median(distance[inverse]) <= JET_TOLERANCE and len(np.unique(nearest[inverse])) >= JET_MIN_COLOURS:
+        raise ValueError(f"{path}: a jet-coloured image (its pixels are jet colours), read as grey levels; pass "
+                         "--colormap jet (colormap='jet') to map the colours back to levels: jet's luma is not "
+                         "monotonic in the level")
+
+
+def _read_image(path: Path, channels: int, colormap: str | None) -> np.ndarray:
+    with _open_image(path) as im:
         im.load()
         if colormap == "jet":
             if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
@@ -241,6 +315,8 @@ def _read_image(path: Path, channels: int, colormap: str | None) -> np.ndarray:
         elif im.mode == "F":
             raise ValueError(f"{path}: floating-point images are not supported; save them as .npy")
         else:
+            if channels == 1 and im.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+                _refuse_jet_as_luma(np.asarray(im.convert("RGB")), path)
             target = "L" if channels == 1 else "RGB"                   # 'L' uses ITU-R 601 luma for colour
             x = np.asarray(im.convert(target), dtype=np.float64) / 255
             x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
@@ -294,8 +370,54 @@ def _npy_to_unit(v: np.ndarray, path: Path, npy_scale: str, dynamic_range_db: fl
     return (v - v.min()) / span * 2 - 1 if span > 0 else np.zeros_like(v)
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy header, checked before any data is read: the data the header describes must be
+    exactly what the file holds after it (a truncated file, or a header claiming 149 GB, is refused), at most
+    MAX_NPY_BYTES, and not Python objects."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                shape, _, dtype = np.lib.format._read_array_header(f, version)
+        except (ValueError, EOFError, SyntaxError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a .npy file (its header: {error})") from None
+        held = os.fstat(f.fileno()).st_size - f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{path}: holds Python objects (dtype {dtype}), not numbers")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if claimed != held:
+        raise ValueError(f"{path}: its header claims an array {tuple(shape)} of {dtype} ({claimed:,} bytes) but the "
+                         f"file holds {held:,} bytes of data (truncated or corrupt)")
+    if claimed > MAX_NPY_BYTES:
+        raise ValueError(f"{path}: an array {tuple(shape)} of {dtype} ({claimed / 2**30:.1f} GiB) is larger than a "
+                         f"spectrogram ({MAX_NPY_BYTES / 2**30:.0f} GiB at most)")
+    return tuple(shape), dtype
+
+
+def check_file(path: str | Path) -> None:
+    """Open ``path`` without decoding its pixels: a .npy header checked against the file (_npy_header), an image's
+    header and size (decompression-bomb limit) and, for PNG, every chunk's checksum (PIL's verify). ValueError
+    naming the file when it cannot be read; make_split runs it on every file."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            _npy_header(path)
+            return
+        with _open_image(path) as im:
+            im.verify()
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"cannot read {path}: {err}") from None
+    except (OSError, EOFError, SyntaxError) as err:
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+
+
 def _read_npy(path: Path, channels: int, npy_scale: str, dynamic_range_db: float,
               db_reference: str | float) -> np.ndarray:
+    _npy_header(path)                                                   # sizes checked before allocating
     v = np.load(path, allow_pickle=False)
     if v.ndim == 3 and v.shape[-1] in (1, 3) and v.shape[0] not in (1, 3):
         v = v.transpose(2, 0, 1)                                       # (H, W, C) -> (C, H, W)
@@ -336,7 +458,7 @@ def read_file(path: str | Path, channels: int = 1, npy_scale: str = "db", dynami
 # Splits
 # ----------------------------------------------------------------------------------------------------------------
 def split_indices(files: list[Path], labels: list[int], val_fraction: float, test_fraction: float, seed: int,
-                  group_regex: str | None = None) -> dict[str, list[int]]:
+                  group_regex: str | None = None, group_of: list[str] | None = None) -> dict[str, list[int]]:
     """Per-user split of file indices into {"train", "val", "test"}.
 
     Within each user the files (or recording groups) are shuffled by numpy.random.default_rng([seed, label]);
@@ -344,7 +466,8 @@ def split_indices(files: list[Path], labels: list[int], val_fraction: float, tes
     train, so the split depends only on the file names, the fractions and the seed. With group_regex, all
     files whose stems share the regex's first group (or whole match) stay in one split: windows cut from one
     recording then never straddle train and test (a recording-disjoint split: windows of one walk are nearly
-    copies of each other, so a file-level split would test on near-duplicates of training files).
+    copies of each other, so a file-level split would test on near-duplicates of training files). `group_of` (one
+    key per file, e.g. its recording from metadata.json: make_split) does the same without a regex and wins over it.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1, "
@@ -357,6 +480,7 @@ def split_indices(files: list[Path], labels: list[int], val_fraction: float, tes
         for i in idx:
             match = pattern.search(files[i].stem) if pattern else None
             key = (match.group(1) if match.groups() else match.group(0)) if match else files[i].name
+            key = group_of[i] if group_of is not None else key
             groups.setdefault(key, []).append(i)
         keys = sorted(groups)
         order = np.random.default_rng([seed, label]).permutation(len(keys))
@@ -395,18 +519,39 @@ def files_digest(names: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
 
 
+def recording_groups(root: str | Path, names: list[str]) -> list[str] | None:
+    """Each file's recording, from ROOT/metadata.json's "recording_of" ({"<user>/<stem>": recording}, written by
+    python -m ldm.radar and by the simulator's sessions); a file it does not list is its own recording. None when
+    the folder has no such metadata."""
+    try:
+        recording_of = json.loads((Path(root) / "metadata.json").read_text(encoding="utf-8"))["recording_of"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(recording_of, dict) or not recording_of:
+        return None
+    stems = [name.rsplit(".", 1)[0] for name in names]
+    return [str(recording_of.get(stem, stem)) for stem in stems]
+
+
 def make_split(root: str | Path, test_fraction: float = 0.25, val_fraction: float = 0.1, seed: int = 0,
                group_regex: str | None = None, suffixes: tuple[str, ...] = SUPPORTED_SUFFIXES) -> dict:
     """Decide the split of a data folder once: {"train", "val", "test"} lists of relative file names, per user
     (split_indices), plus what it was made from (fractions, seed, regex, class map, hash of the file list).
+    Without group_regex, the windows of one recording (or the walks of one simulated session) stay on one side when
+    ROOT/metadata.json says which recording each file belongs to (recording_groups).
 
     "test" is the held-out real data every identity figure is measured on: no stage may train on it. "val" is
     for decisions made during training (evaluations, thresholds). Write it with write_split.
     """
     files, labels, class_to_idx = scan_folder(root, suffixes=suffixes)
-    parts = split_indices(files, labels, val_fraction, test_fraction, seed, group_regex)
+    for path in files:                                                  # a corrupt file stops the first stage,
+        check_file(path)                                                # wherever the split would put it
     names = relative_names(root, files)
-    return {"format": SPLIT_FORMAT, "seed": seed, "group_regex": group_regex, "test_fraction": test_fraction,
+    groups = None if group_regex else recording_groups(root, names)
+    parts = split_indices(files, labels, val_fraction, test_fraction, seed, group_regex, groups)
+    return {"format": SPLIT_FORMAT, "seed": seed, "group_regex": group_regex,
+            "grouped_by": "group_regex" if group_regex else "metadata.json recording_of" if groups else "file",
+            "test_fraction": test_fraction,
             "val_fraction": val_fraction, "num_files": len(names), "files_sha256": files_digest(names),
             "class_to_idx": class_to_idx, **{part: [names[i] for i in parts[part]] for part in SPLIT_PARTS}}
 
@@ -434,10 +579,31 @@ def read_split(path: str | Path) -> dict:
     missing = [k for k in (*SPLIT_PARTS, "files_sha256", "class_to_idx") if k not in split]
     if missing:
         raise ValueError(f"{path}: split file lacks {missing}")
+    for part in SPLIT_PARTS:
+        if not (isinstance(split[part], list) and all(isinstance(name, str) for name in split[part])):
+            raise ValueError(f"{path}: \"{part}\" is {json.dumps(split[part])[:40]}; expected a list of file names "
+                             "(\"user/file\")")
+    users = split["class_to_idx"]
+    if not (isinstance(users, dict) and all(isinstance(i, int) and not isinstance(i, bool) for i in users.values())
+            and sorted(users.values()) == list(range(len(users)))):
+        raise ValueError(f"{path}: \"class_to_idx\" is {json.dumps(users)[:40]}; expected a map of user names to IDs "
+                         "0, 1, ...")
+    if not isinstance(split["files_sha256"], str):
+        raise ValueError(f"{path}: \"files_sha256\" is {json.dumps(split['files_sha256'])[:40]}; expected the hash "
+                         "string make_split wrote")
+    names = [name for part in SPLIT_PARTS for name in split[part]]
+    twice = sorted({name for name in names if names.count(name) > 1}) if len(set(names)) < len(names) else []
     overlap = (set(split["train"]) | set(split["val"])) & set(split["test"])
     if overlap:
         raise ValueError(f"{path}: {len(overlap)} file(s) are both in test and in train/val, "
                          f"e.g. {sorted(overlap)[0]}")
+    if twice:
+        raise ValueError(f"{path}: {len(twice)} file(s) are listed twice, e.g. {twice[0]}")
+    # make_split hashes the folder's file list, and its three lists hold every file once: they hash to the same.
+    if files_digest(names) != split["files_sha256"]:
+        raise ValueError(f"{path}: an edited split: its train/val/test lists ({len(names)} files) no longer hash to "
+                         "its files_sha256 (a file dropped from or added to a list, or the hash edited); use the "
+                         "split.json the first run wrote, or start from a new run (a new split)")
     return split
 
 
@@ -551,7 +717,7 @@ class SpectrogramFolder(Dataset):
             raise ValueError(f"{path} is {h}x{w} but resize='none' needs exactly {height}x{width}")
         if h < height or w < width:
             raise ValueError(f"{path} is {h}x{w}, smaller than the requested size {height}x{width} (height x width; "
-                             "no upsampling: choose a smaller size, or resize='pad')")
+                             "no upsampling: choose a smaller --size, or --resize pad)")
 
     def __len__(self) -> int:
         return len(self.files)
