@@ -1,6 +1,6 @@
 """python -m ldm.radar: convert raw radar recordings or another group's spectrograms into a training folder."""
 import sys
 
-from ldm.radar.chain import main
+from ldm.radar.datasets import main
 
 sys.exit(main())
