@@ -316,3 +316,4 @@ def test_default_valued_diffusers_options_are_accepted_and_others_refused_by_nam
         compat.UNet2DConditionModel(**UNET_KWARGS, class_embed_type="timestep")
     with pytest.raises(TypeError, match="not_a_key"):
         compat.AutoencoderKL(not_a_key=1)
+
