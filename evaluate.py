@@ -24,7 +24,9 @@ all of --real-test (then all of --real is training data). Without either the eva
   7. the report: where the test files came from (and their names), overall and per-user figures.
 Prints a table, writes the confusion-matrix PNG and then the JSON report (each atomically; the report records
 every option as resolved). Every option is checked and the output folders tested for writing before any work; bad
-input exits with status 2 and one line.
+input exits with status 2 and one line. No output may be, contain or lie inside an input (--real, --generated, the
+split file, --real-test, an existing --classifier), and no two outputs may share a path (--confusion-png equal to
+--out): a report never overwrites the split it was measured with.
 """
 from __future__ import annotations
 
@@ -37,9 +39,9 @@ import numpy as np
 import torch
 
 from ldm import cli, training
-from ldm.data import (SpectrogramFolder, check_split, files_digest, parse_size,
-                      read_split, relative_names, split_indices)
-from ldm.io import atomic_write
+from ldm.data import (SpectrogramFolder, check_split, common_size, files_digest, parse_size,
+                      read_split, relative_names, scan_folder, split_indices)
+from ldm.io import atomic_write, check_outputs_apart
 from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, condition_control_ratio, load_classifier,
                                 predict, save_classifier, train_classifier)
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
@@ -65,7 +67,8 @@ class EvaluateConfig:
                                          "--real's users; all of --real is training data")
     out: str = option("report.json", "JSON report path")
     confusion_png: str | None = option(None, "confusion-matrix image (default: <out>_confusion.png)")
-    size: str = option("64", "the classifier's input: N (N x N) or HxW (height x width), each side >= 16")
+    size: str | None = option(None, "the classifier's input: N (N x N) or HxW (height x width), each side >= 16 "
+                                    "(default: the size of the real files, the most common one if they differ)")
     resize: str = cli.resize_option()
     channels: int = option(1, "1: grayscale (RGB -> luma), 3: RGB", choices=(1, 3))
     colormap: str = cli.colormap_option()
@@ -301,15 +304,28 @@ def check_options(cfg: EvaluateConfig) -> tuple[tuple[int, int], dict | None, di
         raise ValueError(NO_TEST_SET)
     if cfg.split is not None and cfg.real_test is not None:
         raise ValueError("give --split or --real-test, not both (one source of real test files)")
-    size = parse_size(cfg.size, "--size")
-    if min(size) < 16:
-        raise ValueError(f"--size {cfg.size}: each side must be >= 16 (the classifier pools 4 times)")
+    if cfg.size is not None:
+        size = parse_size(cfg.size, "--size")
+        if min(size) < 16:
+            raise ValueError(f"--size {cfg.size}: each side must be >= 16 (the classifier pools 4 times)")
+    else:                                                               # the data's own size
+        size = common_size(scan_folder(cfg.real)[0])
+        if min(size) < 16:
+            raise ValueError(f"--real {cfg.real}: its files are {size[0]}x{size[1]}, but the classifier needs each "
+                             "side >= 16 (it pools 4 times); pass --size 16 --resize pad (or a larger --size with "
+                             "--resize pad)")
     if (cfg.v_max is None) != (cfg.duration is None):
         raise ValueError("--v-max and --duration go together (the image's velocity span and time span)")
     meta = simulator_metadata(cfg.real)
     if cfg.physics == "on" and cfg.v_max is None and meta is None:
         raise ValueError("--physics on needs --v-max and --duration (or the simulator's metadata.json in --real)")
     out, png = output_paths(cfg)
+    split_file = None if cfg.split is None else Path(cfg.split) / "split.json" if Path(cfg.split).is_dir() \
+        else Path(cfg.split)
+    saved = cfg.classifier is not None and Path(cfg.classifier).exists()     # read, else trained and written
+    check_outputs_apart({"--out": out, "--confusion-png": png, "--classifier": None if saved else cfg.classifier},
+                        {"--real": cfg.real, "--generated": cfg.generated, "--split": split_file,
+                         "--real-test": cfg.real_test, "--classifier": cfg.classifier if saved else None})
     for flag, path in (("--out", out), ("--confusion-png", png), ("--classifier", cfg.classifier)):
         if path is not None and Path(path).is_dir():
             raise ValueError(f"{flag} {path} is a folder, not a file")
