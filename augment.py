@@ -33,7 +33,7 @@ from ldm.radar import identity
 from ldm.radar.augment import (ClassicAugment, balanced_indices, class_margins, margin_filter, margin_threshold,
                                physics_filter, physics_ranges)
 from ldm.data import SpectrogramFolder, check_split, parse_size, read_split, relative_names
-from ldm.io import atomic_write
+from ldm.io import atomic_write, check_outputs_apart
 from ldm.radar.identity import ClassifierConfig, predict, train_classifier
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
 from ldm.metrics import json_safe, mean_ci
@@ -225,6 +225,9 @@ def check_options(cfg: AugmentConfig) -> tuple[list[int], tuple[int, int], dict]
     if Path(cfg.generated).resolve() == Path(cfg.real).resolve():
         raise ValueError("--generated is the --real folder: the synthetic samples would include the real test files")
     out = Path(cfg.out)
+    split_file = Path(cfg.split) / "split.json" if Path(cfg.split).is_dir() else Path(cfg.split)
+    check_outputs_apart({"--out": out, "its plot": out.with_suffix(".png")},
+                        {"--real": cfg.real, "--generated": cfg.generated, "--split": split_file})
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder, not a file")
     try:

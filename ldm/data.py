@@ -398,6 +398,34 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
+def native_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image or .npy file from its header, without decoding it."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        shape, _ = _npy_header(path)
+        if len(shape) == 3 and shape[-1] in (1, 3) and shape[0] not in (1, 3):
+            shape = shape[2:] + shape[:2]                               # (H, W, C) -> (C, H, W)
+        if len(shape) not in (2, 3):
+            raise ValueError(f"{path}: expected an array (H, W), (C, H, W) or (H, W, C), got {shape}")
+        return int(shape[-2]), int(shape[-1])
+    try:
+        with _open_image(path) as im:
+            width, height = im.size
+    except (OSError, EOFError, SyntaxError) as err:
+        raise ValueError(f"cannot read {path}: {type(err).__name__}: {err}") from None
+    return height, width
+
+
+def common_size(files: list[Path]) -> tuple[int, int]:
+    """The most common (height, width) among ``files`` (native_size; ties: the larger), read from their headers:
+    the size a folder's data naturally has."""
+    counts: dict[tuple[int, int], int] = {}
+    for path in files:
+        size = native_size(path)
+        counts[size] = counts.get(size, 0) + 1
+    return max(counts, key=lambda size: (counts[size], size))
+
+
 def check_file(path: str | Path) -> None:
     """Open ``path`` without decoding its pixels: a .npy header checked against the file (_npy_header), an image's
     header and size (decompression-bomb limit) and, for PNG, every chunk's checksum (PIL's verify). ValueError

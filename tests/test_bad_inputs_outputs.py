@@ -1,4 +1,4 @@
-"""Bad outputs of sample.py, evaluate.py and augment.py, and the run lock (ldm.lock): an output path that is, holds
+"""Bad outputs of sample.py and evaluate.py, and the run lock (ldm.lock): an output path that is, holds
 or lies in one of the command's inputs, two outputs of one command that collide, two processes writing one folder,
 and results that are not finite. Each case exits with status 2 (or raises the named exception) with one line that
 names what was wrong, and nothing is written."""
@@ -216,3 +216,73 @@ def test_no_nan_image_is_written_and_the_likely_cause_is_named(pipeline, tmp_pat
     with pytest.raises(SystemExit):                                     # --eta 5: refused as an option
         _sample(sample_args(pipeline, tmp_path / "s", "--eta", "5"), capsys)
     assert not (tmp_path / "s").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluate.py and fewshot.py: a report never lands on an input or on another output
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """Two users x 8 grey 32x48 PNGs, a run folder holding their split.json, and a folder of 'generated' PNGs."""
+    from ldm.data import make_split, write_split
+    from tests.helpers import png_folder
+    from PIL import Image
+    root = tmp_path_factory.mktemp("eval")
+    data, generated = root / "data", root / "gen"
+    data.mkdir()
+    generated.mkdir()
+    png_folder(data, 8, 32)
+    png_folder(generated, 3, 32)
+    for path in root.rglob("*.png"):                                    # 32 x 48 (height x width): not square
+        Image.open(path).resize((48, 32)).save(path)
+    (root / "run").mkdir()
+    write_split(root / "run" / "split.json", make_split(data, test_fraction=0.5, val_fraction=0.0))
+    return data, root / "run", generated
+
+
+def _evaluate(argv, capsys) -> tuple[int, str]:
+    import evaluate
+    capsys.readouterr()
+    code = evaluate.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_evaluate_refuses_outputs_that_meet_its_inputs_or_each_other(real_run, tmp_path, capsys):
+    data, run, generated = real_run
+    split = run / "split.json"
+    before = split.read_bytes()
+
+    def argv(*extra, split_arg=split):
+        return ["--real", str(data), "--generated", str(generated), "--split", str(split_arg), "--quiet", *extra]
+
+    cases = [
+        (argv("--out", str(split)), f"--out {split} is --split {split}, which this command reads"),
+        (argv("--out", str(split), split_arg=run), f"--out {split} is --split {split}, which this command reads"),
+        (argv("--out", str(generated / "report.json")), f"--out {generated / 'report.json'} lies inside --generated"),
+        (argv("--out", str(data)), f"--out {data} is --real {data}"),
+        (argv("--out", str(tmp_path / "r.json"), "--confusion-png", str(tmp_path / "r.json")),
+         f"--out {tmp_path / 'r.json'} is --confusion-png {tmp_path / 'r.json'}: two outputs of one command on one "
+         "path would replace each other; choose another --out"),
+        (argv("--out", str(tmp_path / "r.json"), "--classifier", str(tmp_path / "r.json")),
+         "--out " + str(tmp_path / "r.json") + " is --classifier"),
+    ]
+    for args, message in cases:
+        code, err = _evaluate(args, capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert split.read_bytes() == before and list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in run.iterdir()) == ["split.json"]
+
+
+def test_evaluate_size_follows_the_data_and_the_report_lands_beside_the_split(real_run, tmp_path, capsys):
+    data, run, generated = real_run
+    out = run / "report.json"                                           # beside the split: fine
+    code, err = _evaluate(["--real", str(data), "--generated", str(generated), "--split", str(run), "--out", str(out),
+                           "--quiet", "--epochs", "1", "--min-steps", "1", "--bootstrap", "10", "--pca-dims", "2",
+                           "--physics", "off"], capsys)
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["options"]["size"] == [32, 48]                        # the files' size, not a fixed 64
+    assert report["classifier"]["image_size"] == [32, 48]
+    out.unlink()
+    (run / "report_confusion.png").unlink()
+
