@@ -14,7 +14,7 @@ cross-attention tokens and/or its class embedding (--cond, see ldm/conditioning.
 is replaced by the null ID, so the same network serves classifier-free guidance.
 
 The LDM trains on the "train" part of the VAE run's split.json (copied into --out; --split names another one), so
-neither stage ever sees the held-out "test" files that evaluate.py and augment.py measure on.
+neither stage ever sees the held-out "test" files that evaluate.py measures on.
 
 The run folder (--out) holds config.json (every option as resolved), split.json, checkpoint.pt (everything needed
 to resume exactly), pipeline/ (a diffusers-layout folder: vae/, unet/, scheduler/ load in diffusers; embedder/ holds
@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -41,15 +40,14 @@ from pathlib import Path
 import torch
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ldm import cli, fast, io, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
-from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
+from ldm.data import SpectrogramFolder, parse_size, read_split
 from ldm.ddpm import DDPMScheduler
 from ldm.io import load_pretrained, read_json
 from ldm.layers import ResnetBlock2D
-from ldm.pipeline import Pipeline
+from ldm.pipeline import Pipeline, file_record, make_sampler
 from ldm.diffusion_loss import diffusion_loss
 from ldm.cli import option
 from ldm.training import batch_indices, resolve_data, resolve_split, sample_generators
@@ -151,7 +149,8 @@ class TrainLDMConfig:
     log_every: int = option(10, "steps between log.jsonl records", at_least=1)
     sample_every: int = option(500, "steps between EMA sample grids in samples/ (one row per user)", at_least=1)
     sample_per_user: int = option(4, "images per user in each grid", at_least=1, at_most=64)
-    sample_steps: int = option(50, "DDIM steps for the grids", at_least=1, at_most=1000)
+    sample_steps: int = option(50, "DDIM steps for the grids (at most 999: DDIM on the training schedule's 1000 "
+                                   "steps with Stable Diffusion's steps_offset 1)", at_least=1, at_most=999)
     sample_guidance: float = option(3.0, "classifier-free guidance scale for the grids", at_least=0, at_most=100)
     checkpoint_every: int = option(500, "steps between checkpoints", at_least=1)
     max_nonfinite: int = option(20, "consecutive NaN/Inf steps before the run stops", at_least=1)
@@ -177,9 +176,9 @@ MAY_CHANGE_ON_RESUME = ("steps", "resume", "overwrite", "out", "device", "progre
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_vae(path: str) -> tuple[torch.nn.Module, dict]:
-    """The frozen autoencoder of a train_vae.py run folder (its model/) or of a diffusers folder, and its raw
-    config.json (to tell a stored scaling factor from a default one)."""
+def load_vae(path: str) -> tuple[torch.nn.Module, dict, Path]:
+    """The frozen autoencoder of a train_vae.py run folder (its model/) or of a diffusers folder, its raw
+    config.json (to tell a stored scaling factor from a default one) and the folder it was read from."""
     folder = Path(path)
     if (folder / "model" / "config.json").is_file():
         folder = folder / "model"
@@ -193,7 +192,7 @@ def load_vae(path: str) -> tuple[torch.nn.Module, dict]:
     if raw.get("_class_name") not in ("AutoencoderKL", "VQModel"):
         raise ValueError(f"--vae {path}: holds a {raw.get('_class_name')}, expected an AutoencoderKL or a VQModel")
     vae = load_pretrained(folder).eval().requires_grad_(False)
-    return vae, raw
+    return vae, raw, folder
 
 
 def vae_image_size(raw_config: dict, path: str) -> tuple[int, int]:
@@ -344,6 +343,11 @@ def check_options(cfg: TrainLDMConfig) -> None:
         raise ValueError("--channels-last and --fsdp together are not supported: FSDP2 shards only contiguous "
                          "parameters (torch: 'FSDP does not support non-contiguous parameters yet'); use one of the "
                          "two")
+    try:   # the grids' sampler: its real step limit on the training schedule, found now rather than at the first grid
+        make_sampler("ddim", make_scheduler(cfg.prediction)).set_timesteps(cfg.sample_steps)
+    except ValueError as error:
+        raise ValueError(f"--sample-steps {cfg.sample_steps}: the sample grids' DDIM sampler cannot take that many "
+                         f"steps on the training schedule ({error})") from None
     if cfg.compile and cfg.fsdp:
         raise ValueError("--compile and --fsdp together are not supported: compiling the FSDP2-sharded UNet "
                          "recompiles per sharded module until torch._dynamo's recompile limit and runs the rest "
@@ -363,89 +367,218 @@ def parse_scaling_factor(text: str) -> str | float:
     return value
 
 
+def image_size(cfg: TrainLDMConfig, vae, raw_config: dict) -> tuple[int, int]:
+    """(height, width) of the training images: --size, else the VAE's; each side a multiple of its downsampling
+    factor, and for --data microdoppler a size the simulator makes (the error says where a size not typed came
+    from)."""
+    height, width = parse_size(cfg.size, "--size") if cfg.size else vae_image_size(raw_config, cfg.vae)
+    factor = vae.config.downsample_factor
+    if height % factor or width % factor:
+        raise ValueError(f"--size {cli.size_text(height, width)}: both sides must be multiples of the VAE's "
+                         f"downsampling factor {factor}")
+    if cfg.data == "microdoppler" and not cfg.size:
+        try:
+            training.check_simulator_size(height, width)
+        except ValueError:
+            raise ValueError(f"--data microdoppler (the default: no --data was given) simulates square spectrograms "
+                             f"of side 64, 128 or 256, but the VAE {cfg.vae} takes {cli.size_text(height, width)} "
+                             "images: pass --data DIR, the folder that VAE was trained on") from None
+    elif cfg.data == "microdoppler":
+        training.check_simulator_size(height, width)
+    return height, width
+
+
+def check_same_vae(cfg: TrainLDMConfig, vae_sha256: str, state: dict | None) -> None:
+    """The generator's provenance is one thing: a resumed run trains on the VAE it started with, and --init-unet
+    from an earlier pipeline/ continues in that pipeline's latent space (the same VAE weights)."""
+    if state is not None and state.get("vae_sha256") not in (None, vae_sha256):
+        raise ValueError(f"--vae {cfg.vae}: its weights are not those this run started with (SHA-256 "
+                         f"{vae_sha256[:12]}... now, {state['vae_sha256'][:12]}... in the checkpoint): the VAE was "
+                         "retrained or replaced; resume with the VAE it started with, or start a new --out")
+    if cfg.init_unet and (Path(cfg.init_unet).parent / "vae").is_dir():
+        theirs = training.weights_sha256(Path(cfg.init_unet).parent / "vae")
+        if theirs != vae_sha256:
+            raise ValueError(f"--init-unet {cfg.init_unet}: that UNet was trained on the latents of "
+                             f"{Path(cfg.init_unet).parent / 'vae'}, not of --vae {cfg.vae} (other weights); pass "
+                             "the VAE it was trained with")
+
+
+def check_split_against_vae(split: dict, vae_split_path: str | None, origin: str) -> None:
+    """No file the VAE trained on may be in this run's test part (which evaluate.py measures on), when the VAE run's
+    split is of the same data folder."""
+    if vae_split_path is None:
+        return
+    vae_split = read_split(vae_split_path)
+    if vae_split.get("files_sha256") != split.get("files_sha256"):
+        return
+    leaked = sorted(set(split["test"]) & set(vae_split["train"]))
+    if leaked:
+        raise ValueError(f"the split ({origin}) puts {len(leaked)} file(s) the VAE trained on in test (e.g. "
+                         f"{leaked[0]}; the VAE's split is {vae_split_path}): evaluation would measure on files a "
+                         "generator has seen; use the VAE run's split (leave out --split)")
+
+
+def latent_scale(cfg: TrainLDMConfig, raw_config: dict, state: dict | None, moments, shift: float) -> float:
+    """The latent scaling factor of this run (LDM paper, section 4.3.2): a resumed run's own; else the VAE's
+    config.json's (--scaling-factor config), 1/std of the training latents measured now ('auto', from ``moments``),
+    or the number given."""
+    if state is not None:
+        return state["scaling_factor"]
+    if cfg.scaling_factor == "config":
+        if raw_config.get("scaling_factor") is None:
+            raise ValueError(f"--vae {cfg.vae}: its config.json has no scaling_factor; pass --scaling-factor auto to "
+                             "measure 1/std of the training latents now (LDM paper, section 4.3.2) or a number")
+        return float(raw_config["scaling_factor"])
+    if cfg.scaling_factor == "auto":
+        generators = [torch.Generator().manual_seed(cfg.seed * 7919 + i) for i in range(len(moments[0]))]
+        return float(1.0 / (draw_latents(*moments, generators, cfg.posterior) - shift).std())
+    return parse_scaling_factor(cfg.scaling_factor)
+
+
+def load_weights(cfg: TrainLDMConfig, state: dict | None, model, ema) -> None:
+    """A resumed checkpoint's weights (before sharding: the checkpoint holds full state dicts)."""
+    if state is not None:
+        with training.checkpoint_parts(cfg.resume):
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+
+
+def load_optimizer(cfg: TrainLDMConfig, state: dict | None, model, opt, guard) -> int:
+    """A resumed checkpoint's optimizer state (cut to this process's shards under --fsdp), random state and
+    non-finite count; returns the number of EMA updates so far (0 for a new run)."""
+    if state is None:
+        return 0
+    with training.checkpoint_parts(cfg.resume):
+        opt_state = training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp else state["opt"]
+        for group in opt_state["param_groups"]:
+            group["fused"] = opt.defaults["fused"]                       # this run's --fused-adamw, not the saved one
+        opt.load_state_dict(opt_state)
+        training.set_rng_state(state["rng"])
+    guard.total = state.get("nonfinite_total", 0)
+    return state.get("ema_updates", state["step"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loss, the held-out loss, the sample grid
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def ldm_loss(denoiser, scheduler: DDPMScheduler, embedder: UserIDEmbedder, mean: torch.Tensor, std: torch.Tensor,
+             users: torch.Tensor, generators: list[torch.Generator], cfg: TrainLDMConfig, scale: float, shift: float
+             ) -> torch.Tensor:
+    """The LDM training loss of one batch (LDM paper, Eq. (2)), one step per line:
+
+        latents         E(x) = mean + std * eps   (a posterior sample per image; its mean with --posterior mean)
+        scaled latents  z0 = (E(x) - shift) * scale
+        IDs             each user ID replaced by the null ID with probability p_uncond (classifier-free guidance)
+        noised, prediction, loss: ldm.diffusion_loss (x_t = sqrt(a_t) z0 + sqrt(1 - a_t) noise, then
+                        mean ||target - denoiser(x_t, t, ID)||^2, target noise or v)
+
+    mean, std: (B, Cz, h, w) posterior moments from encode_moments; users: (B,) IDs. Image i draws everything from
+    generators[i], in this order: posterior noise, ID dropout, diffusion noise, timestep."""
+    latents = draw_latents(mean, std, generators, cfg.posterior)                 # (B, Cz, h, w)
+    z0 = ((latents - shift) * scale).to(users.device)                           # (B, Cz, h, w), unit variance
+    if cfg.channels_last:
+        z0 = z0.contiguous(memory_format=torch.channels_last)                   # stored NHWC
+    ids = embedder.drop_ids(users, cfg.p_uncond, generators)                     # (B,)
+    return diffusion_loss(denoiser, scheduler, z0, ids, generator=generators, min_snr_gamma=cfg.min_snr_gamma)
+
+
+def unsharded(module, cfg: TrainLDMConfig, info, copy_on_rank0) -> torch.nn.Module | None:
+    """``module`` (the model or the EMA) with all its weights, for evaluation, sampling and export on rank 0; None on
+    the other ranks. With --fsdp every process takes part in gathering the shards into rank 0's copy."""
+    if not cfg.fsdp:
+        return module if info.is_main else None
+    weights = training.gather_state_dict(module, keep=info.is_main)
+    if not info.is_main:
+        return None
+    copy_on_rank0.load_state_dict(weights)
+    return copy_on_rank0
+
+
+@torch.no_grad()
+def held_out_loss(denoiser, scheduler, z_val: torch.Tensor, ids_val: torch.Tensor, cfg: TrainLDMConfig,
+                  device) -> float | None:
+    """The diffusion loss of ``denoiser`` on the validation latents z_val (scaled posterior means, each repeated with
+    several draws), with noise and timesteps from fixed generators: every evaluation, the EMA and the raw weights see
+    the same draws. None off rank 0 (``denoiser`` None)."""
+    if denoiser is None:
+        return None
+    denoiser.eval()
+    generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(z_val))]
+    losses = [diffusion_loss(denoiser, scheduler, z_val[i:i + 64].to(device), ids_val[i:i + 64],
+                             generator=generators[i:i + 64], min_snr_gamma=cfg.min_snr_gamma) * len(z_val[i:i + 64])
+              for i in range(0, len(z_val), 64)]
+    return float(sum(losses) / len(z_val))
+
+
+def sample_grid(weights, vae, scheduler, cfg: TrainLDMConfig, num_users: int, path: Path) -> None:
+    """samples/step_N.png: --sample-per-user EMA samples of every user, one row each (rank 0: ``weights`` not None)."""
+    if weights is None:
+        return
+    images = Pipeline(weights, vae, scheduler).generate(list(range(num_users)), cfg.sample_per_user, cfg.sample_steps,
+                                                        cfg.sample_guidance, "ddim", cfg.seed,
+                                                        batch_size=cfg.sample_per_user, progress=False)
+    io.save_image(training.image_grid([images[u] for u in range(num_users)]), path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+CPU_RECIPE = "--preset tiny --batch-size 8 --steps 300 --sample-steps 20 --checkpoint-every 100"
+
+
 def train(cfg: TrainLDMConfig) -> int:
-    # ---- every option checked before anything is loaded or written ---------------------------------------------------
-    device = str(training.resolve_device(cfg.device))
+    # ---- set-up: every option checked before anything is loaded or written ------------------------------------------
     check_options(cfg)
-    cli.check_data_option(cfg.data)
-    out = Path(cfg.out)
-    cli.check_writable(out)
-    training.check_run_folder(out, cfg.resume, cfg.overwrite)
-    state = training.load_checkpoint(cfg.resume, "train_ldm.py", CHECKPOINT_KEYS) if cfg.resume else None
-    info = training.setup_distributed(device)
-    if device.startswith("cuda") and info.enabled:
-        device = f"cuda:{info.local_rank}"
-    torch.manual_seed(cfg.seed + info.rank)
+    vae, vae_raw, vae_folder = load_vae(cfg.vae)                      # frozen; moved to the device below
+    cfg = dataclasses.replace(cfg, size=cli.size_text(*image_size(cfg, vae, vae_raw)))   # what config.json records
+    run = training.start(cfg, "train_ldm.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
+    state, info, device, out = run.state, run.info, run.device, run.out
     if cfg.fsdp and not info.enabled:
         raise ValueError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N (N >= 2), "
                          "or drop --fsdp for one process")
     if cfg.compile and (problem := compile_problem(device)) is not None:
         raise ValueError(f"--compile: torch.compile does not work on this machine ({problem}); run without --compile")
-
-    # ---- the frozen autoencoder and its latent scale ---------------------------------------------------------------
-    vae, vae_raw_config = load_vae(cfg.vae)
+    vae_sha256 = training.weights_sha256(vae_folder)
+    check_same_vae(cfg, vae_sha256, state)
     vae.to(device)
-    channels, factor = vae.latent_channels, vae.config.downsample_factor
-    height, width = parse_size(cfg.size, "--size") if cfg.size else vae_image_size(vae_raw_config, cfg.vae)
-    if height % factor or width % factor:
-        raise ValueError(f"--size {cli.size_text(height, width)}: both sides must be multiples of the VAE's "
-                         f"downsampling factor {factor}")
-    if cfg.data == "microdoppler":
-        training.check_simulator_size(height, width)
-    shift = float(vae_raw_config.get("shift_factor") or 0.0)
-    cfg = dataclasses.replace(cfg, size=cli.size_text(height, width))   # resolved: what config.json records
-    if state is not None:
-        training.check_resume(state, cfg.resume, dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, cfg.steps)
 
     # ---- data: the training split, labelled by user ----------------------------------------------------------------
     root = resolve_data(cfg, info.is_main, info.local_rank)
-    split, split_origin = resolve_split(root, cfg.split or vae_run_split(cfg.vae), cfg.resume, dict(
+    vae_split = vae_run_split(cfg.vae)
+    split, split_origin = resolve_split(root, cfg.split or vae_split, cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
+    check_split_against_vae(split, vae_split, split_origin)
     if split_origin == "decided now" and info.is_main:
         print(f"note: --vae {cfg.vae} comes without a split.json, so a new split was decided; if that VAE was trained "
               "on this data folder, pass its run's split with --split, or its training files may be in the test part")
-    data_options = dict(size=(height, width), channels=vae.config.in_channels, resize=cfg.resize,
-                        npy_scale=cfg.npy_scale, dynamic_range_db=cfg.dynamic_range,
-                        db_reference=cli.db_reference(cfg.db_reference),
-                        colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
-                        class_to_idx=state["class_to_idx"] if state else None)
-    train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
-    class_to_idx = train_set.class_to_idx
-    num_users = len(class_to_idx)
+    options = dict(size=parse_size(cfg.size, "--size"), channels=vae.config.in_channels, resize=cfg.resize,
+                   npy_scale=cfg.npy_scale, dynamic_range_db=cfg.dynamic_range, cache=True,
+                   db_reference=cli.db_reference(cfg.db_reference), class_to_idx=state and state["class_to_idx"],
+                   colormap=None if cfg.colormap == "none" else cfg.colormap)
+    train_set = SpectrogramFolder(root, subset=split["train"], **options)             # never split["test"]
+    class_to_idx, num_users = train_set.class_to_idx, len(train_set.class_to_idx)
     x_train, y_train = train_set.tensors()                               # (N, C, H, W), (N,)
-    val_set = SpectrogramFolder(root, subset=split["val"], **data_options) if split["val"] else None
 
+    # ---- the latent scale: z0 = (E(x) - shift) * scale, decided here once for the whole run -----------------------
+    shift = float(vae_raw.get("shift_factor") or 0.0)
     moments = encode_moments(vae, x_train, device) if cfg.cache_latents or cfg.scaling_factor == "auto" else None
-    if state is not None:
-        scale = state["scaling_factor"]
-    elif cfg.scaling_factor == "config":
-        if vae_raw_config.get("scaling_factor") is None:
-            raise ValueError(f"--vae {cfg.vae}: its config.json has no scaling_factor; pass --scaling-factor auto to "
-                             "measure 1/std of the training latents now (LDM paper, section 4.3.2) or a number")
-        scale = float(vae_raw_config["scaling_factor"])
-    elif cfg.scaling_factor == "auto":
-        generators = [torch.Generator().manual_seed(cfg.seed * 7919 + i) for i in range(len(x_train))]
-        scale = float(1.0 / (draw_latents(*moments, generators, cfg.posterior) - shift).std())
-    else:
-        scale = parse_scaling_factor(cfg.scaling_factor)
-    if not cfg.cache_latents:
-        moments = None                                                   # measured the scale only; encode per step
-    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)   # z = vae.scale_latents(E(x)) from here on
+    scale = latent_scale(cfg, vae_raw, state, moments, shift)
+    moments = moments if cfg.cache_latents else None                     # else encoded per step
+    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)   # what the grids and pipeline/ decode with
+    if split["val"] and info.is_main:                                   # the held-out loss: several draws per image
+        x_val, y_val = SpectrogramFolder(root, subset=split["val"], **options).tensors()
+        repeats = max(1, 256 // len(x_val))
+        z_val = ((encode_moments(vae, x_val, device)[0] - shift) * scale).repeat(repeats, 1, 1, 1)
+        ids_val = y_val.repeat(repeats).to(device)
 
-    # ---- the denoiser: UNet + user-ID embedder ---------------------------------------------------------------------
-    latent_h, latent_w = height // factor, width // factor
-    unet = build_unet(cfg, channels, (latent_h, latent_w), num_users)
+    # ---- the denoiser (UNet + user-ID embedder), its EMA, the optimizer -------------------------------------------
+    unet = build_unet(cfg, vae.latent_channels, (x_train.shape[2] // vae.config.downsample_factor,
+                                                 x_train.shape[3] // vae.config.downsample_factor), num_users)
     embedder = UserIDEmbedder(num_users, unet.config.cross_attention_dim, cfg.num_tokens, cfg.cond, class_to_idx)
     check_compatible(unet.config, embedder)
-    if state is not None:
-        expected, found = unet.config.to_diffusers(), state["unet_config"]
-        if found.get("in_channels") != channels:
-            raise ValueError(f"--resume {cfg.resume}: the checkpoint's UNet takes {found.get('in_channels')} latent "
-                             f"channels, the VAE gives {channels}")
-        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
-        if differ or state["embedder_config"] != embedder.config():
-            raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model (different "
-                             f"{differ or 'ID embedder'}); use the same --preset/--unet-*/--cond/--num-tokens/--vae")
+    check_same_denoiser(cfg, unet, embedder, state, vae.latent_channels)
     model = ConditionedUNet(unet, embedder).to(device)
     if cfg.fsdp:   # every process starts from rank 0's initial weights (DDP does this when it wraps the model)
         for tensor in model.state_dict().values():
@@ -456,141 +589,57 @@ def train(cfg: TrainLDMConfig) -> int:
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    start_step, ema_updates = 0, 0
-    if state is not None:
-        with training.checkpoint_parts(cfg.resume):
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-    unsharded_copy = None
+    load_weights(cfg, state, model, ema)
+    rank0_copy = copy.deepcopy(ema) if cfg.fsdp and info.is_main else None  # rank 0: evaluation, sampling, export
     if cfg.fsdp:
-        unsharded_copy = copy.deepcopy(ema) if info.is_main else None  # rank 0: evaluation, sampling, export
         shard(model)
         shard(ema)                                                       # its shards match the model's
     fused = cfg.fused_adamw and torch.device(device).type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
-    scheduler = make_scheduler(cfg.prediction)
-    if state is not None:
-        with training.checkpoint_parts(cfg.resume):
-            ema_updates = state.get("ema_updates", state["step"])
-            opt_state = (training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp
-                         else state["opt"])
-            for group in opt_state["param_groups"]:
-                group["fused"] = opt.defaults["fused"]                   # this run's --fused-adamw, not the saved one
-            opt.load_state_dict(opt_state)
-            training.set_rng_state(state["rng"])
-        start_step = state["step"]
+    scheduler, guard = make_scheduler(cfg.prediction), training.NonFiniteGuard(cfg.max_nonfinite)
+    ema_updates = load_optimizer(cfg, state, model, opt, guard)
     forward = DistributedDataParallel(model) if info.enabled and not cfg.fsdp else model
     if cfg.compile:   # static shapes: every step has the same batch, and a dynamic-shape recompile is avoided
         forward = torch.compile(forward, dynamic=False)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
-    if info.is_main:
-        cleared = training.claim_run_folder(out, cfg.overwrite)
-        (out / "samples").mkdir(exist_ok=True)
-        training.write_run_config(out, "train_ldm.py", {**dataclasses.asdict(cfg), "device": device})
-        write_class_map(out / "class_to_idx.json", class_to_idx)
-        write_split(out / "split.json", split)
-        summary = [
-            f"data     {root}: {num_users} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} files; "
-            f"split ({split_origin}) {len(split['train'])} train / {len(split['val'])} held-out loss / "
-            f"{len(split['test'])} held-out test (never used)",
-            f"model    UNet {sum(p.numel() for p in unet.parameters()):,} parameters + ID table "
-            f"{sum(p.numel() for p in embedder.parameters()):,} on {channels}x{latent_h}x{latent_w} latents of "
-            f"{cfg.vae} (frozen, scaling factor {scale:.5f})",
-            f"device   {device}" + (f" x {info.world_size} processes ({'FSDP' if cfg.fsdp else 'DDP'}); global rank 0 "
-                                    f"runs on {socket.gethostname()} and alone writes" if info.enabled else ""),
-            f"run      {out.resolve()} " + (f"(resumed at step {start_step} of {cfg.steps})" if state is not None
-                                            else f"({cfg.steps} steps)"), *cleared]
-        print("\n".join(summary), flush=True)
-    log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
-    log.truncate_after(start_step)
-    guard = training.NonFiniteGuard(cfg.max_nonfinite)
-    if state is not None:
-        guard.total = state.get("nonfinite_total", 0)
+    log = training.claim(run, class_to_idx, split, [
+        f"data     {root}: {num_users} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} files; "
+        f"split ({split_origin}) {len(split['train'])} train / {len(split['val'])} held-out loss / "
+        f"{len(split['test'])} held-out test (never used)",
+        f"model    UNet {sum(p.numel() for p in unet.parameters()):,} parameters + ID table "
+        f"{sum(p.numel() for p in embedder.parameters()):,} on {vae.latent_channels}x{unet.config.sample_size} "
+        f"latents of {cfg.vae} (frozen, scaling factor {scale:.5f})" + (" with FSDP" if cfg.fsdp else "")])
+    if training.finished_before(run, log, out / "pipeline"):
+        print(f"the run is already finished at step {cfg.steps} and pipeline/ holds its export; pass --steps N > "
+              f"{cfg.steps} to train further")
+        return 0
 
-    def unsharded(module: torch.nn.Module) -> torch.nn.Module | None:
-        """``module`` (the model or the EMA) with all its weights, for evaluation, sampling and export on rank 0; None
-        on the other ranks. With --fsdp every process takes part in gathering the shards into rank 0's copy."""
-        if not cfg.fsdp:
-            return module if info.is_main else None
-        weights = training.gather_state_dict(module, keep=info.is_main)
-        if not info.is_main:
-            return None
-        unsharded_copy.load_state_dict(weights)
-        return unsharded_copy
-
-    def save_checkpoint(step: int) -> None:
+    def save(step: int) -> None:
         if cfg.fsdp:   # full state dicts, as without --fsdp; every process takes part in gathering them
             weights = {"model": training.gather_state_dict(model, info.is_main),
                        "ema": training.gather_state_dict(ema, info.is_main),
                        "opt": training.gather_optimizer_state(opt, info.is_main)}
-        elif info.is_main:
+        else:
             weights = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
-        if not info.is_main:
-            return
-        if not all(bool(torch.isfinite(t).all()) for part in ("model", "ema") for t in weights[part].values()
-                   if t.is_floating_point()):
-            raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
-        training.save_checkpoint({
-            "step": step, "script": "train_ldm.py", "unet_config": unet.config.to_diffusers(),
-            "embedder_config": embedder.config(),
-            "train_config": dataclasses.asdict(cfg), "class_to_idx": class_to_idx, "scaling_factor": scale,
-            **weights, "ema_updates": ema_updates, "rng": training.rng_state(), "nonfinite_total": guard.total,
-        }, out / "checkpoint.pt")
-
-    # The held-out loss: the validation latents (posterior means) with noise and timesteps drawn from fixed
-    # generators, so every evaluation, and the EMA and raw weights, see the same draws.
-    if val_set is not None and info.is_main:
-        x_val, y_val = val_set.tensors()
-        repeats = max(1, 256 // len(x_val))                              # several (noise, t) draws per image
-        mean_val, _ = encode_moments(vae, x_val, device)                # (N, Cz, h, w), the posterior means
-        z_val = vae.scale_latents(mean_val).repeat(repeats, 1, 1, 1)
-        ids_val = y_val.repeat(repeats).to(device)
-
-    @torch.no_grad()
-    def held_out_loss(denoiser) -> float | None:
-        if denoiser is None:                                             # not rank 0
-            return None
-        denoiser.eval()
-        generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + i) for i in range(len(z_val))]
-        losses = [diffusion_loss(denoiser, scheduler, z_val[i:i + 64].to(device), ids_val[i:i + 64],
-                                 generator=generators[i:i + 64], min_snr_gamma=cfg.min_snr_gamma) * len(z_val[i:i + 64])
-                  for i in range(0, len(z_val), 64)]
-        return float(sum(losses) / len(z_val))
-
-    def sample_grid(step: int) -> None:
-        weights = unsharded(ema)
-        if weights is None:                                              # not rank 0
-            return
-        users = list(range(num_users))
-        images = Pipeline(weights, vae, scheduler).generate(
-            users, cfg.sample_per_user, cfg.sample_steps, cfg.sample_guidance, "ddim", cfg.seed,
-            batch_size=cfg.sample_per_user, progress=False)
-        io.save_image(training.image_grid([images[u] for u in users]), out / "samples" / f"step_{step:06d}.png")
+        training.write_checkpoint(run, step, weights, unet_config=unet.config.to_diffusers(),
+                                  embedder_config=embedder.config(), class_to_idx=class_to_idx, scaling_factor=scale,
+                                  vae_sha256=vae_sha256, ema_updates=ema_updates, nonfinite_total=guard.total)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_ldm",
-               disable=not (cfg.progress and info.is_main))
-    timer, images_seen, running, steps_run, last_eval = time.perf_counter(), 0, 0.0, 0, None
-    for step in bar:
+    loop = training.Loop(run, save, "train_ldm", CPU_RECIPE)
+    losses, images_seen, timer, last_eval = [], 0, time.perf_counter(), None
+    for step in loop:
         model.train()
         opt.zero_grad(set_to_none=True)
         idx = batch_indices(len(train_set), step, cfg.batch_size, cfg.seed, info)
-        if moments is not None:
-            mean, std = moments[0][idx], moments[1][idx]
-        else:
-            mean, std = encode_moments(vae, x_train[idx], device)
-        # Every random draw of image i at this step comes from its own generator, in this order: posterior noise
-        # (posterior "sample"), ID dropout, diffusion noise, timestep. So resume is exact and N DDP processes draw
-        # what one process with the N-fold batch would.
+        mean, std = (moments[0][idx], moments[1][idx]) if moments is not None else encode_moments(vae, x_train[idx],
+                                                                                                  device)
         generators = sample_generators(cfg.seed, idx, step)
-        z = vae.scale_latents(draw_latents(mean, std, generators, cfg.posterior)).to(device)
-        if cfg.channels_last:
-            z = z.contiguous(memory_format=torch.channels_last)        # (B, Cz, h, w), stored NHWC
-        ids = embedder.drop_ids(y_train[idx].to(device), cfg.p_uncond, generators)
         with autocast:
-            loss = diffusion_loss(forward, scheduler, z, ids, generator=generators, min_snr_gamma=cfg.min_snr_gamma)
+            loss = ldm_loss(forward, scheduler, embedder, mean, std, y_train[idx].to(device), generators, cfg, scale,
+                            shift)
         loss.backward()
         if guard.check(loss.detach(), model.parameters(), info if cfg.fsdp else None):   # FSDP: shards differ
             if cfg.grad_clip > 0:
@@ -598,47 +647,63 @@ def train(cfg: TrainLDMConfig) -> int:
             opt.step()
             ema_updates += 1
             training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
-
+        losses.append(loss.detach())
         images_seen += cfg.batch_size * info.world_size
-        running, steps_run = running + loss.item(), steps_run + 1
+
         done = step + 1
-        if info.is_main:
-            bar.set_postfix(loss=f"{loss.item():.4f}", skipped=guard.total)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            seconds = time.perf_counter() - timer
-            mean_loss = training.all_reduce_mean(torch.tensor([running / steps_run], dtype=torch.float64), info)
-            log.write({"step": done, "loss": float(mean_loss), "images_per_s": images_seen / max(seconds, 1e-9),
-                       "skipped_steps": guard.total})
-            timer, images_seen, running, steps_run = time.perf_counter(), 0, 0.0, 0
-        if val_set is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            last_eval = {"ema_val_loss": held_out_loss(unsharded(ema)), "raw_val_loss": held_out_loss(unsharded(model))}
+            mean_loss = training.all_reduce_mean(torch.stack(losses).double().mean().cpu().reshape(1), info)
+            log.write({"step": done, "loss": float(mean_loss), "images_per_s": images_seen / max(
+                time.perf_counter() - timer, 1e-9), "skipped_steps": guard.total})
+            losses, images_seen, timer = [], 0, time.perf_counter()
+        if split["val"] and (done % cfg.eval_every == 0 or done == cfg.steps):
+            last_eval = {name: held_out_loss(unsharded(m, cfg, info, rank0_copy), scheduler, z_val if info.is_main
+                                             else None, ids_val if info.is_main else None, cfg, device)
+                         for name, m in (("ema_val_loss", ema), ("raw_val_loss", model))}
             log.write({"step": done, "eval": True, **last_eval})
+            loop.write(f"step {done}: held-out loss {last_eval['ema_val_loss']:.4f} (EMA), "
+                       f"{last_eval['raw_val_loss']:.4f} (raw)" if info.is_main else "")
         if done % cfg.sample_every == 0 or done == cfg.steps:
-            sample_grid(done)
+            sample_grid(unsharded(ema, cfg, info, rank0_copy), vae, scheduler, cfg, num_users,
+                        out / "samples" / f"step_{done:06d}.png")
             if info.is_main:
                 training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(done)
+            loop.checkpoint(done)
 
-    # ---- export: a diffusers-layout pipeline of the EMA weights ------------------------------------------------------
-    exported = unsharded(ema if cfg.export == "ema" else model)
+    # ---- save: a diffusers-layout pipeline of the exported weights --------------------------------------------------
+    exported = unsharded(ema if cfg.export == "ema" else model, cfg, info, rank0_copy)
     if info.is_main:
-        io.replace_folder(out / "pipeline", Pipeline(exported, vae, scheduler).save_pretrained)       # a kill at any moment keeps the old pipeline/
+        seen = set(split["train"])                                      # what it saw, for provenance.json ...
+        if vae_split is not None and read_split(vae_split)["files_sha256"] == split["files_sha256"]:
+            seen |= set(read_split(vae_split)["train"])                 # ... with its VAE's training files
+        provenance = {"trained_on": file_record(sorted(seen)), "enrolled": {}}
+        pipeline = Pipeline(exported, vae, scheduler, provenance)
+        io.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
+        log.write({"step": cfg.steps, "exported": True})
         training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
-        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); latent scaling factor {scale:.5f}; "
-              f"pipeline/ holds the {'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")
-        if last_eval is not None:
-            print(f"  held-out loss: EMA weights {last_eval['ema_val_loss']:.4f}, raw weights "
-                  f"{last_eval['raw_val_loss']:.4f}")
-        print(f"  checkpoint  {out / 'checkpoint.pt'}\n  pipeline    {out / 'pipeline'}\n  log         "
-              f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
-    training.teardown_distributed(info)
+        training.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (
+            [f"  held-out loss: EMA weights {last_eval['ema_val_loss']:.4f}, raw weights "
+             f"{last_eval['raw_val_loss']:.4f}"] if last_eval is not None else []))
     return 0
 
 
+def check_same_denoiser(cfg: TrainLDMConfig, unet, embedder, state: dict | None, channels: int) -> None:
+    """A resumed checkpoint must hold this denoiser: the UNet's config and the ID embedder's."""
+    if state is None:
+        return
+    expected, found = unet.config.to_diffusers(), state["unet_config"]
+    if found.get("in_channels") != channels:
+        raise ValueError(f"--resume {cfg.resume}: the checkpoint's UNet takes {found.get('in_channels')} latent "
+                         f"channels, the VAE gives {channels}")
+    differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+    if differ or state["embedder_config"] != embedder.config():
+        raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model (different "
+                         f"{differ or 'ID embedder'}); use the same --preset/--unet-*/--cond/--num-tokens/--vae")
+
+
 def main(argv: list[str] | None = None) -> int:
-    cfg = cli.parse_config(TrainLDMConfig, argv, __doc__.split("\n\n")[0])
-    return cli.run_main(train, cfg)
+    return training.main(train, TrainLDMConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

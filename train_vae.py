@@ -11,7 +11,7 @@ balanced against the reconstruction gradient at the decoder's last layer. Adam(0
 
 The first run on a data folder decides its split (per user: train, val, and the held-out test files no generator
 may see; --holdout-fraction, --val-fraction, --group-regex) and writes it to split.json, which train_ldm.py,
-evaluate.py and augment.py reuse. The weights that are evaluated and exported are an EMA whose decay warms up as
+evaluate.py and fewshot.py reuse. The weights that are evaluated and exported are an EMA whose decay warms up as
 diffusers' EMAModel does (ldm.training.ema_decay); every evaluation also reports the raw weights.
 
 The run folder (--out) holds config.json (every option as resolved), split.json, checkpoint.pt (everything needed
@@ -33,11 +33,10 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ldm import cli, io, metrics, training
 from ldm.radar import identity
-from ldm.data import SpectrogramFolder, parse_size, write_class_map, write_split
+from ldm.data import SpectrogramFolder, parse_size
 from ldm.autoencoder_losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                                     reconstruction_loss)
 from ldm.cli import option
@@ -70,7 +69,7 @@ class TrainVAEConfig:
     split: str | None = option(None, "reuse this split.json (or run folder holding one) instead of deciding a new "
                                      "split; a resumed run reuses its own")
     holdout_fraction: float = option(0.25, "new split: fraction of each user's files held out as the real test set "
-                                           "that no generator sees (evaluate.py and augment.py measure on it)",
+                                           "that no generator sees (evaluate.py measures on it)",
                                      at_least=0, below=1)
     val_fraction: float = option(0.1, "new split: fraction of each user's files held out for evaluations during "
                                       "training", at_least=0, below=1)
@@ -201,6 +200,61 @@ def build_model(cfg: TrainVAEConfig):
     return AutoencoderKL(config) if cfg.model == "kl" else VQModel(config)
 
 
+def data_options(cfg: TrainVAEConfig, state: dict | None) -> dict:
+    """How SpectrogramFolder reads the files: --size, --channels and the loader options (a resumed run keeps its
+    checkpoint's user-name -> ID map)."""
+    return dict(size=parse_size(cfg.size, "--size"), channels=cfg.channels, resize=cfg.resize,
+                npy_scale=cfg.npy_scale, dynamic_range_db=cfg.dynamic_range,
+                db_reference=cli.db_reference(cfg.db_reference),
+                colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
+                class_to_idx=state["class_to_idx"] if state else None)
+
+
+def check_same_model(cfg: TrainVAEConfig, model, state: dict | None) -> None:
+    """A resumed checkpoint must hold this model (kind and config; the measured latent statistics aside)."""
+    if state is None:
+        return
+    expected, found = model.config.to_diffusers(), state["model_config"]
+    differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k)
+                    and k not in ("scaling_factor", "latents_mean", "latents_std"))
+    if state.get("model_kind") != cfg.model or differ:
+        raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model ({state.get('model_kind')} "
+                         f"with different {differ or 'kind'}); use the same --model/--preset/--size/--channels")
+
+
+def load_state(cfg: TrainVAEConfig, state: dict | None, model, ema, opt, disc, opt_disc, guard) -> int:
+    """Load a resumed checkpoint into the models, optimizers, random state and non-finite count; returns the number
+    of EMA updates so far (0 for a new run)."""
+    if state is None:
+        return 0
+    with training.checkpoint_parts(cfg.resume):
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        if disc is not None and state.get("disc") is not None:   # else saved before it existed (a shorter --steps)
+            disc.load_state_dict(state["disc"])
+            opt_disc.load_state_dict(state["opt_disc"])
+        training.set_rng_state(state["rng"])
+        if cfg.model == "vq":
+            for name, buffer in model.quantize.named_buffers():
+                buffer.copy_(state["quantizer_buffers"][name])
+    guard.total = state.get("nonfinite_total", 0)
+    return state.get("ema_updates", state["step"])
+
+
+def identity_classifier(cfg: TrainVAEConfig, train_set, info):
+    """The identity classifier the evaluations score reconstructions with (rank 0, labelled data, --eval-classifier),
+    trained now on the training split; None otherwise."""
+    if not (cfg.eval_classifier and len(train_set.class_to_idx) > 1 and info.is_main):
+        return None
+    print("training the identity classifier the evaluations use (on the training split; --no-eval-classifier "
+          "skips it)", flush=True)
+    x_train, y_train = train_set.tensors()
+    return identity.train_classifier(x_train, y_train, identity.ClassifierConfig(
+        num_classes=len(train_set.class_to_idx), in_channels=cfg.channels, seed=cfg.seed),
+        progress=cfg.progress and sys.stderr.isatty())
+
+
 @torch.no_grad()
 def reconstruct(model, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """Reconstructions (through the posterior mode, or the codebook) of x, in batches, in eval mode (a VQ
@@ -224,6 +278,19 @@ def evaluate(model, x_val: torch.Tensor, y_val: torch.Tensor, classifier, device
     return result
 
 
+def evaluate_both(ema, model, x_val, y_val, classifier, device) -> dict:
+    """evaluate() of the EMA and of the raw weights: an EMA that lags far behind the raw weights shows here."""
+    return {"ema": evaluate(ema, x_val, y_val, classifier, device),
+            "raw": evaluate(model, x_val, y_val, classifier, device)}
+
+
+def describe_eval(result: dict) -> str:
+    """One line of evaluate_both()'s figures (or of one of its entries)."""
+    return "; ".join(f"{name} weights: held-out PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}"
+                     + (f", identity {r['acc_reconstruction']:.1%} on reconstructions vs {r['acc_original']:.1%} on "
+                        "originals" if "acc_original" in r else "") for name, r in result.items())
+
+
 @torch.no_grad()
 def latent_statistics(model, x: torch.Tensor, device, generator: torch.Generator, batch_size: int = 32) -> dict:
     """1/std of the latents the diffusion model will see (LDM paper, section 4.3.2: posterior samples for KL, the
@@ -241,51 +308,86 @@ def latent_statistics(model, x: torch.Tensor, device, generator: torch.Generator
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Training
+# The loss
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainVAEConfig) -> int:
-    # ---- every option checked before anything is loaded or written ---------------------------------------------------
-    device = str(training.resolve_device(cfg.device))
-    check_options(cfg)
-    height, width = parse_size(cfg.size, "--size")
-    cfg = dataclasses.replace(cfg, size=cli.size_text(height, width))   # resolved: what config.json records
-    cli.check_data_option(cfg.data)
-    out = Path(cfg.out)
-    cli.check_writable(out)
-    training.check_run_folder(out, cfg.resume, cfg.overwrite)
-    state = training.load_checkpoint(cfg.resume, "train_vae.py", CHECKPOINT_KEYS) if cfg.resume else None
-    if state is not None:
-        training.check_resume(state, cfg.resume, dataclasses.asdict(cfg), MAY_CHANGE_ON_RESUME, cfg.steps)
-    info = training.setup_distributed(device)
-    if device.startswith("cuda") and info.enabled:
-        device = f"cuda:{info.local_rank}"
-    torch.manual_seed(cfg.seed + info.rank)
+def vae_loss(cfg: TrainVAEConfig, forward, disc, perceptual, last_layer: torch.Tensor, x: torch.Tensor,
+             generators: list[torch.Generator], disc_active: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The autoencoder's loss on one micro-batch x: (B, C, H, W) in [-1, 1]. Returns (loss, reconstruction, parts).
 
-    # ---- data ----------------------------------------------------------------------------------------------------
+        loss = rec + regulariser + d_weight * g
+        rec         = per-image L1 (or L2) summed over pixels [+ perceptual_weight * pixels * LPIPS]
+        regulariser = kl_weight * KL(q(z|x) || N(0, I))   (KL; a posterior sample per image from its generator)
+                    | codebook + beta * commitment loss   (VQ)
+        g           = -mean D(x_rec), the PatchGAN generator loss (from --disc-start)
+        d_weight    = disc_weight * ||grad_L rec|| / ||grad_L g|| at the decoder's last layer L (VQGAN, Eq. 7)
+
+    ``parts`` holds the detached terms as tensors (kl or vq, rec, and g, d_weight while the discriminator is on): the
+    caller sums them and reads them once per log interval, so no part costs a host sync per micro-step."""
+    if cfg.model == "kl":
+        x_rec, posterior = forward(x, sample_posterior=True, generator=generators)
+        kl = posterior.kl().mean()
+        regulariser, parts = cfg.kl_weight * kl, {"kl": kl.detach()}
+    else:   # k-means init / dead-code restart draw from the first image's generator (see ldm/vq.py)
+        x_rec, vq_loss, _ = forward(x, generator=generators[0])
+        regulariser, parts = vq_loss, {"vq": vq_loss.detach()}
+    rec = reconstruction_loss(x.float(), x_rec.float(), cfg.rec_loss)
+    if perceptual is not None:   # the LDM code adds the per-image LPIPS to every pixel's error
+        rec = rec + cfg.perceptual_weight * x[0].numel() * perceptual(x.float(), x_rec.float()).mean()
+    loss = rec + regulariser
+    if disc_active:
+        gen_loss = -disc(x_rec).mean()
+        d_weight = cfg.disc_weight * adaptive_generator_weight(rec, gen_loss, last_layer)
+        loss = loss + d_weight * gen_loss
+        parts.update(g=gen_loss.detach(), d_weight=d_weight)
+    parts["rec"] = rec.detach()
+    return loss, x_rec, parts
+
+
+def log_record(cfg: TrainVAEConfig, sums: dict, steps: int, info, model) -> dict:
+    """The log.jsonl record of the last log interval: each part's mean over its finite steps and the processes (the
+    one host sync of the interval), the weighted KL term (what loss.png draws beside rec), and for VQ the codebook
+    usage."""
+    names = sorted(sums)
+    means = training.all_reduce_mean(torch.stack([sums[k].double() for k in names]).cpu() / max(steps, 1), info)
+    record = dict(zip(names, means.tolist()))
+    if "kl" in record:
+        record["kl_term"] = cfg.kl_weight * record["kl"]
+    record["loss"] = record["rec"] + record.get("kl_term", 0.0) + record.get("vq", 0.0)
+    if cfg.model == "vq":
+        record["perplexity"] = float(model.quantize.perplexity)
+        record["dead_codes"] = float(model.quantize.dead_fraction())
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+CPU_RECIPE = "--preset tiny --size 32 --batch-size 8 --steps 300 --disc-weight 0 --checkpoint-every 100"
+CURVES = ["rec", "kl_term", "vq", "g", "d"]   # loss.png: the terms as they enter the loss
+
+
+def train(cfg: TrainVAEConfig) -> int:
+    # ---- set-up: every option checked before anything is loaded or written ------------------------------------------
+    check_options(cfg)
+    cfg = dataclasses.replace(cfg, size=cli.size_text(*parse_size(cfg.size, "--size")))   # what config.json records
+    run = training.start(cfg, "train_vae.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
+    state, info, device, out = run.state, run.info, run.device, run.out
+
+    # ---- data: the split's train files, and held-out images spread over the users ----------------------------------
     root = resolve_data(cfg, info.is_main)
     split, split_origin = resolve_split(root, cfg.split, cfg.resume, dict(
         test_fraction=cfg.holdout_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed, group_regex=cfg.group_regex))
-    data_options = dict(size=(height, width), channels=cfg.channels, resize=cfg.resize, npy_scale=cfg.npy_scale,
-                        dynamic_range_db=cfg.dynamic_range, db_reference=cli.db_reference(cfg.db_reference),
-                        colormap=None if cfg.colormap == "none" else cfg.colormap, cache=True,
-                        class_to_idx=state["class_to_idx"] if state else None)
-    train_set = SpectrogramFolder(root, subset=split["train"], **data_options)      # never split["test"]
-    val_set = SpectrogramFolder(root, subset=split["val"], **data_options) if split["val"] else train_set
+    train_set = SpectrogramFolder(root, subset=split["train"], **data_options(cfg, state))     # never split["test"]
+    val_set = SpectrogramFolder(root, subset=split["val"], **data_options(cfg, state)) if split["val"] else train_set
     x_val, y_val = val_set.tensors()
-    x_val, y_val = x_val[:cfg.eval_images], y_val[:cfg.eval_images]
+    shown = training.spread_over_users(y_val, cfg.eval_images)
+    x_val, y_val = x_val[shown], y_val[shown]
 
-    # ---- models and optimizers -----------------------------------------------------------------------------------
+    # ---- the autoencoder, its EMA, the discriminator, their optimizers -------------------------------------------
     model = build_model(cfg)
-    if state is not None:
-        expected, found = model.config.to_diffusers(), state["model_config"]
-        differ = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k)
-                        and k not in ("scaling_factor", "latents_mean", "latents_std"))
-        if state.get("model_kind") != cfg.model or differ:
-            raise ValueError(f"--resume {cfg.resume}: the checkpoint is for another model "
-                             f"({state.get('model_kind')} with different {differ or 'kind'}); use the same "
-                             "--model/--preset/--size/--channels")
+    check_same_model(cfg, model, state)
     model.to(device)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -296,193 +398,112 @@ def train(cfg: TrainVAEConfig) -> int:
                               generator=torch.Generator().manual_seed(cfg.seed)).to(device) if use_disc else None
     opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if use_disc else None
     perceptual = LPIPS.from_file(cfg.lpips).to(device) if cfg.lpips else None
-    start_step, ema_updates = 0, 0
-    if state is not None:
-        with training.checkpoint_parts(cfg.resume):
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            ema_updates = state.get("ema_updates", state["step"])
-            opt.load_state_dict(state["opt"])
-            if use_disc and state.get("disc") is not None:   # else saved before it existed (a shorter --steps): new
-                disc.load_state_dict(state["disc"])
-                opt_disc.load_state_dict(state["opt_disc"])
-            training.set_rng_state(state["rng"])
-            if cfg.model == "vq":
-                for name, buffer in model.quantize.named_buffers():
-                    buffer.copy_(state["quantizer_buffers"][name])
-        start_step = state["step"]
-    ddp_model = DistributedDataParallel(model) if info.enabled else model
+    guard = training.NonFiniteGuard(cfg.max_nonfinite)
+    ema_updates = load_state(cfg, state, model, ema, opt, disc, opt_disc, guard)
+    forward = DistributedDataParallel(model) if info.enabled else model
+    forward = torch.compile(forward) if cfg.compile else forward
     ddp_disc = DistributedDataParallel(disc) if info.enabled and use_disc else disc
-    forward = torch.compile(ddp_model) if cfg.compile else ddp_model
-    last_layer = model.decoder.conv_out.weight
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
-    if info.is_main:
-        cleared = training.claim_run_folder(out, cfg.overwrite)
-        (out / "samples").mkdir(exist_ok=True)
-        training.write_run_config(out, "train_vae.py", {**dataclasses.asdict(cfg), "device": device})
-        write_class_map(out / "class_to_idx.json", train_set.class_to_idx)
-        write_split(out / "split.json", split)
-        summary = [
-            f"data     {root}: {len(split['class_to_idx'])} user(s), "
-            f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split "
-            f"({split_origin}) {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} "
-            f"held-out test",
-            f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{height}x{width} -> latents "
-            f"1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} parameters"
-            + (f"; discriminator from step {cfg.disc_start}" if use_disc else ""),
-            f"device   {device}" + (f" x {info.world_size} processes" if info.enabled else ""),
-            f"run      {out.resolve()} " + (f"(resumed at step {start_step} of {cfg.steps})" if state is not None
-                                            else f"({cfg.steps} steps)"), *cleared]
-        print("\n".join(summary), flush=True)
-    log = training.JsonlLog(out / "log.jsonl", enabled=info.is_main)
-    log.truncate_after(start_step)
-    classifier = None
-    labelled = len(train_set.class_to_idx) > 1
-    if cfg.eval_classifier and labelled and info.is_main:
-        x_train, y_train = train_set.tensors()
-        classifier = identity.train_classifier(x_train, y_train, identity.ClassifierConfig(
-            num_classes=len(train_set.class_to_idx), in_channels=cfg.channels, seed=cfg.seed), progress=cfg.progress)
-    guard = training.NonFiniteGuard(cfg.max_nonfinite)
-    if state is not None:
-        guard.total = state.get("nonfinite_total", 0)
+    log = training.claim(run, train_set.class_to_idx, split, [
+        f"data     {root}: {len(split['class_to_idx'])} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} "
+        f"files; split ({split_origin}) {len(split['train'])} train / {len(split['val'])} val / "
+        f"{len(split['test'])} held-out test",
+        f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{cfg.size} -> latents "
+        f"1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} parameters"
+        + (f"; discriminator from step {cfg.disc_start}" if use_disc else "")])
+    if training.finished_before(run, log, out / "model"):
+        print(f"the run is already finished at step {cfg.steps} and model/ holds its export; pass --steps N > "
+              f"{cfg.steps} to train further")
+        return 0
+    classifier = identity_classifier(cfg, train_set, info)
 
-    def save_checkpoint(step: int) -> None:
-        if not info.is_main:
-            return
-        if not training.all_finite(model) or not training.all_finite(ema):
-            raise training.NonFiniteError(f"step {step}: the weights are not finite; not saving them")
-        training.save_checkpoint({
-            "step": step, "script": "train_vae.py", "model_kind": cfg.model,
-            "model_config": model.config.to_diffusers(),
-            "train_config": dataclasses.asdict(cfg), "class_to_idx": train_set.class_to_idx,
-            "model": model.state_dict(), "ema": ema.state_dict(), "ema_updates": ema_updates, "opt": opt.state_dict(),
+    def save(step: int) -> None:
+        training.write_checkpoint(run, step, {
+            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
             "disc": disc.state_dict() if use_disc else None, "opt_disc": opt_disc.state_dict() if use_disc else None,
-            "rng": training.rng_state(), "nonfinite_total": guard.total,
-            # the VQ codebook statistics (EMA counts, usage) are not in the state dict; keep them for exact resume
-            "quantizer_buffers": dict(model.quantize.named_buffers()) if cfg.model == "vq" else None,
-        }, out / "checkpoint.pt")
+        }, model_kind=cfg.model, model_config=model.config.to_diffusers(), class_to_idx=train_set.class_to_idx,
+            ema_updates=ema_updates, nonfinite_total=guard.total,
+            # the VQ codebook statistics (EMA counts, usage) are not in the state dict; kept for exact resume
+            quantizer_buffers=dict(model.quantize.named_buffers()) if cfg.model == "vq" else None)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc="train_vae",
-               disable=not (cfg.progress and info.is_main))
-    timer, images_seen, last_eval = time.perf_counter(), 0, None
-    for step in bar:
+    loop = training.Loop(run, save, "train_vae", CPU_RECIPE)
+    sums, finite_steps, images_seen, timer, last_eval = {}, 0, 0, time.perf_counter(), None
+    for step in loop:
         disc_active = use_disc and step >= cfg.disc_start
         model.train()
         opt.zero_grad(set_to_none=True)
-        parts = {"rec": 0.0, "kl": 0.0, "vq": 0.0, "g": 0.0, "d": 0.0, "d_weight": 0.0}
-        micro_batches = []
+        micro_batches, parts = [], {}
         for micro in range(cfg.grad_accum):
             idx = batch_indices(len(train_set), step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed, info)
             x = torch.stack([train_set[i][0] for i in idx]).to(device)
             generators = sample_generators(cfg.seed, idx, step * cfg.grad_accum + micro)
             with autocast:
-                if cfg.model == "kl":
-                    x_rec, posterior = forward(x, sample_posterior=True, generator=generators)
-                    kl = posterior.kl().mean()
-                    regulariser = cfg.kl_weight * kl
-                    parts["kl"] += kl.item() / cfg.grad_accum
-                else:
-                    # k-means init / dead-code restart draw from the first image's generator; under DDP the
-                    # codebook statistics are summed over the processes and rank 0's codebook wins (ldm/vq.py)
-                    x_rec, vq_loss, _ = forward(x, generator=generators[0])
-                    regulariser = vq_loss
-                    parts["vq"] += vq_loss.item() / cfg.grad_accum
-                rec = reconstruction_loss(x.float(), x_rec.float(), cfg.rec_loss)
-                if perceptual is not None:   # the LDM code adds the per-image LPIPS to every pixel's error
-                    rec = rec + cfg.perceptual_weight * x[0].numel() * perceptual(x.float(), x_rec.float()).mean()
-                loss = rec + regulariser
-                if disc_active:
-                    gen_loss = -ddp_disc(x_rec).mean()
-                    d_weight = cfg.disc_weight * adaptive_generator_weight(rec, gen_loss, last_layer)
-                    loss = loss + d_weight * gen_loss
-                    parts["g"] += gen_loss.item() / cfg.grad_accum
-                    parts["d_weight"] = d_weight.item()
+                loss, x_rec, micro_parts = vae_loss(cfg, forward, ddp_disc, perceptual, model.decoder.conv_out.weight,
+                                                    x, generators, disc_active)
             (loss / cfg.grad_accum).backward()
-            parts["rec"] += rec.item() / cfg.grad_accum
+            for name, value in micro_parts.items():
+                parts[name] = parts.get(name, 0) + value / cfg.grad_accum
             micro_batches.append((x, x_rec.detach()))
 
-        # generator step; the discriminator's gradients from the generator loss are discarded
-        finite = guard.check(loss.detach(), model.parameters())
-        if finite:
+        finite = guard.check(loss.detach(), model.parameters())       # generator step (the discriminator's
+        if finite:                                                    # gradients from g are discarded)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             ema_updates += 1
             training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
-
-        # discriminator step, on detached reconstructions: only the discriminator changes here
-        if disc_active and finite:
+        if disc_active and finite:                                    # discriminator step on detached reconstructions
             opt_disc.zero_grad(set_to_none=True)
             for x, x_rec in micro_batches:
                 with autocast:
                     d_loss = hinge_discriminator_loss(ddp_disc(x), ddp_disc(x_rec))
                 (d_loss / cfg.grad_accum).backward()
-                parts["d"] += d_loss.item() / cfg.grad_accum
+                parts["d"] = parts.get("d", 0) + d_loss.detach() / cfg.grad_accum
             if guard.check(d_loss.detach(), disc.parameters()):
                 opt_disc.step()
-
+        if finite:
+            sums = {k: sums.get(k, 0) + v for k, v in parts.items()}
+            finite_steps += 1
         images_seen += cfg.batch_size * cfg.grad_accum * info.world_size
+
         done = step + 1
-        if info.is_main:
-            bar.set_postfix(rec=f"{parts['rec']:.1f}", skipped=guard.total)
         if done % cfg.log_every == 0 or done == cfg.steps:
-            seconds = time.perf_counter() - timer
-            averaged = training.all_reduce_mean(torch.tensor(list(parts.values()), dtype=torch.float64), info)
-            parts = dict(zip(parts, averaged.tolist()))                  # the mean over processes
-            record = {"step": done, "loss": parts["rec"] + cfg.kl_weight * parts["kl"] + parts["vq"], **parts,
-                      "images_per_s": images_seen / max(seconds, 1e-9), "skipped_steps": guard.total}
-            if cfg.model == "vq":
-                record["perplexity"] = float(model.quantize.perplexity)
-                record["dead_codes"] = float(model.quantize.dead_fraction())
-            log.write(record)
-            timer, images_seen = time.perf_counter(), 0
+            record = log_record(cfg, sums, finite_steps, info, model) if sums else {}
+            log.write({"step": done, **record, "skipped_steps": guard.total,
+                       "images_per_s": images_seen / max(time.perf_counter() - timer, 1e-9)})
+            sums, finite_steps, images_seen, timer = {}, 0, 0, time.perf_counter()
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
-            rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]
+            rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]   # one image of each user in turn
             io.save_image(training.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
-            # both sets of weights: an EMA that lags far behind the raw weights shows here
-            last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
-                         "raw": evaluate(model, x_val, y_val, classifier, device)}
+            last_eval = evaluate_both(ema, model, x_val, y_val, classifier, device)
             log.write({"step": done, "eval": True, **last_eval})
-            training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
+            loop.write(f"step {done}: " + describe_eval(last_eval))
+            training.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(done)
+            loop.checkpoint(done)
 
-    # ---- export --------------------------------------------------------------------------------------------------
+    # ---- save: model/ with its measured latent scale ----------------------------------------------------------------
     if info.is_main:
         exported = ema if cfg.export == "ema" else model.eval()               # training is over
-        x_train, _ = train_set.tensors()
-        stats = latent_statistics(exported, x_train, device, torch.Generator().manual_seed(cfg.seed))
+        stats = latent_statistics(exported, train_set.tensors()[0], device, torch.Generator().manual_seed(cfg.seed))
         log.write({"step": cfg.steps, "latent_statistics": True, "weights": cfg.export, **stats})
-        if cfg.model == "vq":   # diffusers' VQModel config has only the scaling factor
-            stats = {"scaling_factor": stats["scaling_factor"]}
-        exported.config = dataclasses.replace(exported.config, **stats)
-
-        io.replace_folder(out / "model", exported.save_pretrained)             # a kill at any moment keeps the old model/ whole
-        if last_eval is None:                                            # resumed at the last step
-            last_eval = {"ema": evaluate(ema, x_val, y_val, classifier, device),
-                         "raw": evaluate(model, x_val, y_val, classifier, device)}
-        training.plot_curves(log.read(), ["rec", "kl", "vq", "g", "d"], out / "loss.png", title="train_vae losses")
-        print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); model/ holds the "
-              f"{'EMA' if cfg.export == 'ema' else 'raw'} weights (--export {cfg.export})")
-        for name in ("ema", "raw"):
-            final = last_eval[name]
-            print(f"  {name:>3} weights: held-out PSNR {final['psnr']:.2f} dB, SSIM {final['ssim']:.4f}"
-                  + (f", identity accuracy {final['acc_reconstruction']:.1%} on reconstructions vs "
-                     f"{final['acc_original']:.1%} on originals" if "acc_original" in final else ""))
-        print(f"  latent scaling factor {stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})")
-        print(f"  checkpoint  {out / 'checkpoint.pt'}\n  model       {out / 'model'}\n  log         "
-              f"{out / 'log.jsonl'}\n  loss curve  {out / 'loss.png'}\n  samples     {out / 'samples'}")
-    training.teardown_distributed(info)
+        keep = ("scaling_factor",) if cfg.model == "vq" else tuple(stats)   # diffusers' VQModel: only the factor
+        exported.config = dataclasses.replace(exported.config, **{k: stats[k] for k in keep})
+        io.replace_folder(out / "model", exported.save_pretrained)       # a kill at any moment keeps the old model/
+        log.write({"step": cfg.steps, "exported": True})
+        last_eval = last_eval or evaluate_both(ema, model, x_val, y_val, classifier, device)   # resumed at the end
+        training.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
+        training.report(run, guard, out / "model", [f"  {describe_eval(last_eval)}", f"  latent scaling factor "
+                        f"{stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})"])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = cli.parse_config(TrainVAEConfig, argv, __doc__.split("\n\n")[0])
-    return cli.run_main(train, cfg)
+    return training.main(train, TrainVAEConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import itertools
 import json
 import math
 import os
 import random
 import re
+import resource
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 from PIL import Image, ImageDraw
 
-from ldm import io, lock
+from ldm import cli, io, lock
 from ldm.cli import RunError, flag, size_text
 from ldm.data import check_split, make_split, parse_size, read_split
 from ldm.io import torch_load_weights_only
@@ -266,12 +271,47 @@ def _numpy_state_from_dict(state: dict):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically (ldm.io.atomic_write): a full disk or a kill keeps the previous checkpoint."""
+    """Write ``state`` atomically (ldm.io.atomic_write): a full disk or a kill keeps the previous checkpoint. A failed
+    write is reported with the operating system's reason (torch.save itself would say only "unexpected pos ..."):
+    "No space left on device", "Permission denied", or "File too large" with this process's file-size limit."""
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            recorder = _RecordingWriter(f)
+            try:
+                torch.save(state, recorder)
+            except RuntimeError:
+                if recorder.error is None:
+                    raise
+                raise _explained(recorder.error) from None
 
     io.atomic_write(path, write)
+
+
+class _RecordingWriter:
+    """A file's write() that keeps the first OSError it raised: torch.save swallows it into a RuntimeError."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _explained(error: OSError) -> OSError:
+    """The OSError with its reason completed where the bare one misleads: a file-size limit names the limit."""
+    if error.errno == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            return OSError(error.errno, f"{error.strerror}: this process may write files of at most "
+                                        f"{limit / 2**20:.1f} MiB (ulimit -f)")
+    return error
 
 
 def load_checkpoint(path: str | os.PathLike, script: str | None = None, keys: tuple[str, ...] = ()) -> dict:
@@ -578,7 +618,9 @@ def run_folder_entries(out: Path) -> list[str]:
 
 def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
     """A run writes into a folder of its own: ``out`` must be empty or missing, unless this run resumes the run that
-    is in it (--resume naming ``out`` or its checkpoint) or --overwrite moves it aside (claim_run_folder)."""
+    is in it (--resume naming ``out`` or its checkpoint) or --overwrite moves it aside (claim_run_folder). A folder
+    that a live process writes (ldm.lock) is refused in every case, naming that process."""
+    lock.check_unlocked(out)
     resumed = None if resume is None else (Path(resume) if Path(resume).is_dir() else Path(resume).parent)
     if resumed is not None and resumed.resolve() == out.resolve():
         if overwrite:
@@ -588,6 +630,10 @@ def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
     if not entries or overwrite:
         return
     shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+    if "checkpoint.pt" not in entries:
+        raise ValueError(f"--out {out} holds a run that stopped before its first checkpoint ({shown}), so there is "
+                         "nothing to resume; start it again with --overwrite (the old folder is moved aside to "
+                         f"{out.name}.old-<time>), or choose a new --out")
     raise ValueError(f"--out {out} already holds a run ({shown}); continue it with --resume {out}, or choose a new "
                      f"--out (--overwrite moves the old folder aside to {out.name}.old-<time>)")
 
@@ -598,6 +644,7 @@ def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
     (ldm.io.remove_stale_temps). Returns what was done, one phrase each, for the start-up summary."""
     done = []
     if overwrite and run_folder_entries(out):
+        lock.check_unlocked(out)                                        # never move a live run aside
         stamp = time.strftime("%Y%m%d-%H%M%S")
         names = (f"{out.name}.old-{stamp}" + (f"-{n}" if n else "") for n in itertools.count())
         aside = next(out.with_name(name) for name in names if not out.with_name(name).exists())
@@ -611,3 +658,292 @@ def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
 def write_run_config(out: Path, script: str, options: dict) -> None:
     """OUT/config.json: the script and every resolved option of this run (the checkpoint keeps a copy)."""
     io.write_json({"script": script, **options}, out / "config.json")
+
+
+def resumed_folder(resume: str) -> Path:
+    """The run folder a --resume value names (the folder itself, or the folder of its checkpoint file)."""
+    return Path(resume) if Path(resume).is_dir() or not Path(resume).suffix else Path(resume).parent
+
+
+def saved_options(resume: str, fields: set[str]) -> dict:
+    """The options the run named by --resume was started with: its config.json, else its checkpoint's copy; only
+    those of ``fields``; {} when neither can be read (the resume itself then says why)."""
+    folder = resumed_folder(resume)
+    try:
+        saved = io.read_json(folder / "config.json") if (folder / "config.json").is_file() else \
+            load_checkpoint(resume).get("train_config") or {}
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in saved.items() if k in fields}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A training script's life: main() -> start() -> claim() -> Loop -> write_checkpoint() -> report()
+# ----------------------------------------------------------------------------------------------------------------
+# Options a resumed run never takes from the run it resumes: where it runs and how it was started.
+NOT_RESUMED = ("resume", "overwrite", "out", "device")
+
+
+def main(train, config_class, argv: list[str] | None, doc: str) -> int:
+    """A training script's main(): parse the options (with --resume RUN, every option not given is the run's own,
+    from its config.json, and --out defaults to RUN), then run ``train(cfg)`` as ldm.cli.run_main does, with the
+    interrupt reported truthfully: which step --resume continues from, or that there is nothing to resume."""
+    description = doc.split("\n\n")[0]
+    cfg = cli.parse_config(config_class, argv, description)
+    if cfg.resume is not None:
+        fields = {f.name for f in dataclasses.fields(config_class)} - set(NOT_RESUMED)
+        defaults = {**saved_options(cfg.resume, fields), "out": str(resumed_folder(cfg.resume))}
+        cfg = cli.parse_config(config_class, argv, description, defaults=defaults)
+
+    def guarded(cfg) -> int:
+        try:
+            return train(cfg)
+        except Interrupted as stop:
+            print(f"\n{stop}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print("\n" + interrupted_message(Path(cfg.out)), file=sys.stderr)
+            return 130
+        finally:
+            while _OPEN_RUNS:                                            # this run's lock, signal handler, ...
+                _OPEN_RUNS.pop().close()
+
+    return cli.run_main(guarded, cfg)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended the loop after a step whose checkpoint was written; ``str()`` says how to continue."""
+
+
+def interrupted_message(out: Path) -> str:
+    """What an interrupt outside the loop (or a second Ctrl-C inside it) leaves: the last checkpoint, or nothing."""
+    try:
+        step = load_checkpoint(out)["step"]
+    except (OSError, ValueError):
+        return f"interrupted; {out} holds no checkpoint, so there is nothing to resume (run the command again" + \
+            (", with --overwrite)" if run_folder_entries(out) else ")")
+    return f"interrupted; the last checkpoint ({out / 'checkpoint.pt'}, step {step}) is kept: --resume {out} " \
+           f"continues from step {step}"
+
+
+# What is open while a run runs (its folder's lock, the Ctrl-C handler); main() closes them however train() ends.
+_OPEN_RUNS: list[contextlib.ExitStack] = []
+
+# Environment variables torchrun sets; a process that finds some of them without torchrun would wait for peers that
+# never come.
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def check_launch_environment() -> None:
+    """Refuse leftover torchrun variables: a process not started by torchrun (no TORCHELASTIC_RUN_ID) that finds
+    RANK, WORLD_SIZE, LOCAL_RANK or MASTER_* but not the full set a manual multi-process launch needs would hang
+    waiting for processes that do not exist."""
+    found = [name for name in LAUNCH_VARIABLES if name in os.environ]
+    if not found or "TORCHELASTIC_RUN_ID" in os.environ:
+        return
+    needed = [name for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if needed:
+        raise ValueError(f"the environment sets {', '.join(f'{n}={os.environ[n]}' for n in found)} but not "
+                         f"{', '.join(needed)}, and this process was not started by torchrun: a run in one process "
+                         f"needs them unset (unset {' '.join(found)}); several processes are launched with torchrun")
+
+
+@dataclass
+class Run:
+    """A started run: its resolved options, device, processes, the checkpoint it resumes (or None) and where it
+    writes. ``start`` makes it; ``claim`` takes its folder; everything it opens is closed when main() returns."""
+    cfg: object
+    script: str
+    device: str
+    info: Distributed
+    state: dict | None
+    out: Path
+    stack: contextlib.ExitStack
+
+    @property
+    def start_step(self) -> int:
+        return self.state["step"] if self.state is not None else 0
+
+
+def start(cfg, script: str, checkpoint_keys: tuple[str, ...], may_change: tuple[str, ...]) -> Run:
+    """Every check that needs no data and no model, then the processes: the device exists, --data is a folder (or
+    'microdoppler'), --out and its samples/ are writable and free (not another run's, not locked by a live process),
+    the checkpoint of --resume is this script's and was trained with these options; then torchrun's process group
+    (leftover torchrun variables refused) and the seed of this process."""
+    device = str(resolve_device(cfg.device))
+    cli.check_data_option(cfg.data)
+    out = Path(cfg.out)
+    cli.check_writable(out)
+    if (out / "samples").is_dir():
+        cli.check_writable(out / "samples", "--out")                    # found now, not after hours of training
+    check_run_folder(out, cfg.resume, cfg.overwrite)
+    state = load_checkpoint(cfg.resume, script, checkpoint_keys) if cfg.resume else None
+    if state is not None:
+        check_resume(state, cfg.resume, dataclasses.asdict(cfg), may_change, cfg.steps)
+    check_launch_environment()
+    info = setup_distributed(device)
+    if device.startswith("cuda") and info.enabled:
+        device = f"cuda:{info.local_rank}"
+    torch.manual_seed(cfg.seed + info.rank)
+    stack = contextlib.ExitStack()
+    stack.callback(teardown_distributed, info)
+    _OPEN_RUNS.append(stack)
+    return Run(cfg, script, device, info, state, out, stack)
+
+
+def claim(run: Run, class_to_idx: dict, split: dict, summary: list[str]) -> JsonlLog:
+    """Take the run folder (rank 0, after every check passed): lock it for this process (ldm.lock), move an old run
+    aside with --overwrite, write config.json, class_to_idx.json and split.json, print the start-up summary (the
+    caller's lines, then the run's). Returns the run's log with the records of steps after the checkpoint dropped."""
+    from ldm.data import write_class_map, write_split
+    log = JsonlLog(run.out / "log.jsonl", enabled=run.info.is_main)
+    if not run.info.is_main:
+        return log
+    cfg, out = run.cfg, run.out
+    cleared = claim_run_folder(out, cfg.overwrite)
+    run.stack.enter_context(lock.hold_run_lock(out))
+    (out / "samples").mkdir(exist_ok=True)
+    write_run_config(out, run.script, {**dataclasses.asdict(cfg), "device": run.device})
+    write_class_map(out / "class_to_idx.json", class_to_idx)
+    write_split(out / "split.json", split)
+    where = f"{run.device}" + (f" x {run.info.world_size} processes; global rank 0 runs on {socket.gethostname()} "
+                               "and alone writes" if run.info.enabled else "")
+    steps = f"(resumed at step {run.start_step} of {cfg.steps})" if run.state is not None else f"({cfg.steps} steps)"
+    print("\n".join([*summary, f"device   {where}", f"run      {out.resolve()} {steps}", *cleared]), flush=True)
+    log.truncate_after(run.start_step)
+    return log
+
+
+def write_checkpoint(run: Run, step: int, weights: dict, **extra) -> None:
+    """OUT/checkpoint.pt of ``step`` (rank 0 only): ``weights`` (state dicts: "model", "ema", optimizers, ...) must be
+    finite, then they are written atomically with the run's options, the random state and ``extra``."""
+    if not run.info.is_main:
+        return
+    for part in ("model", "ema"):
+        if not all(bool(torch.isfinite(t).all()) for t in weights[part].values() if t.is_floating_point()):
+            raise NonFiniteError(f"step {step}: the weights are not finite; not saving them")
+    save_checkpoint({"step": step, "script": run.script, "train_config": dataclasses.asdict(run.cfg), **weights,
+                     "rng": rng_state(), **extra}, run.out / "checkpoint.pt")
+
+
+def finished_before(run: Run, log: JsonlLog, export: Path) -> bool:
+    """Whether a resumed run has nothing left to do: its checkpoint is at --steps and the export of that step was
+    written whole (the log records it), so the final work is not redone."""
+    return run.state is not None and run.start_step == run.cfg.steps and export.is_dir() and any(
+        r.get("exported") and r.get("step") == run.cfg.steps for r in log.read())
+
+
+def report(run: Run, guard: NonFiniteGuard, export: Path, lines: list[str]) -> None:
+    """The final report: steps, skipped steps, which weights were exported, the caller's figures, and where each file
+    of the run is."""
+    if not run.info.is_main:
+        return
+    out, cfg = run.out, run.cfg
+    weights = "EMA" if cfg.export == "ema" else "raw"
+    print(f"\nfinished {cfg.steps} steps ({guard.total} skipped as non-finite); {export.name}/ holds the {weights} "
+          f"weights (--export {cfg.export})", *lines, sep="\n")
+    for name, path in (("checkpoint", "checkpoint.pt"), (export.name, export.name), ("log", "log.jsonl"),
+                       ("loss curve", "loss.png"), ("samples", "samples")):
+        print(f"  {name:<11} {out / path}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop: progress, the duration estimate, Ctrl-C
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Loop:
+    """The steps of a run, ``for step in Loop(...)``: a progress bar (only on a terminal: a log file gets no carriage
+    returns), the duration estimate after the first steps (and when the first checkpoint comes), and Ctrl-C.
+
+    The first Ctrl-C asks the loop to stop after the step under way; the caller's ``checkpoint(step)`` then writes
+    that step (unless it just did) and the run ends with Interrupted, saying which step --resume continues from. A
+    second Ctrl-C stops at once (the last checkpoint is kept). Several processes agree on stopping every step.
+    ``cpu_recipe``: options of a run sized for a CPU, named when this one would take more than an hour."""
+
+    def __init__(self, run: Run, checkpoint, desc: str, cpu_recipe: str):
+        from tqdm.auto import tqdm
+        self.run, self.save, self.cpu_recipe = run, checkpoint, cpu_recipe
+        self.saved_step, self.stop_requested, self.times = run.start_step, False, []
+        self.bar = tqdm(total=run.cfg.steps, initial=run.start_step, desc=desc, dynamic_ncols=True,
+                        disable=not (run.cfg.progress and run.info.is_main and sys.stderr.isatty()))
+        run.stack.callback(self.bar.close)
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, self._on_interrupt)
+            run.stack.callback(signal.signal, signal.SIGINT, previous)
+
+    def _on_interrupt(self, signum, frame) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nCtrl-C: stopping after this step and writing its checkpoint (Ctrl-C again stops at once, keeping "
+              "the last checkpoint)", file=sys.stderr, flush=True)
+
+    def checkpoint(self, step: int) -> None:
+        self.save(step)
+        self.saved_step = step
+
+    def write(self, text: str) -> None:
+        """Print a line on rank 0 without breaking the progress bar."""
+        if self.run.info.is_main:
+            self.bar.write(text, file=sys.stdout)
+
+    def __iter__(self):
+        run = self.run
+        for step in range(run.start_step, run.cfg.steps):
+            yield step
+            self.bar.update(1)
+            self.times.append(time.perf_counter())
+            if len(self.times) == 3:                                     # the first step pays warm-ups: skip it
+                self._estimate(step + 1, (self.times[2] - self.times[0]) / 2)
+            if self._agreed_stop():
+                if self.saved_step != step + 1:
+                    self.checkpoint(step + 1)
+                raise Interrupted(f"interrupted after step {step + 1}: its checkpoint is written "
+                                  f"({run.out / 'checkpoint.pt'}); --resume {run.out} continues from step {step + 1}")
+
+    def _agreed_stop(self) -> bool:
+        if not self.run.info.enabled:
+            return self.stop_requested
+        flag = torch.tensor([1 if self.stop_requested else 0], device=self.run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _estimate(self, done: int, seconds_per_step: float) -> None:
+        cfg = self.run.cfg
+        left = (cfg.steps - done) * seconds_per_step
+        first = min(cfg.steps, (done // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
+        self.write(f"time     {seconds_per_step:.3g} s a step on {self.run.device}: about {duration(left)} to step "
+                   f"{cfg.steps}; the next checkpoint (step {first}) in about {duration((first - done) * seconds_per_step)}")
+        if left > 3600:
+            self.write(f"note     that is more than an hour on {self.run.device}; a run sized for a CPU takes minutes: "
+                       f"{self.cpu_recipe} (docs/training.md, 'A run on a CPU')")
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 20 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def spread_over_users(labels: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of up to ``count`` items taking the users in turn (the first item of each user, then the second, ...),
+    so a picture of ``count`` images shows every user rather than the first one's."""
+    per_user = [torch.nonzero(labels == u).flatten().tolist() for u in torch.unique(labels).tolist()]
+    order = [items[i] for i in range(max(map(len, per_user), default=0)) for items in per_user if i < len(items)]
+    return torch.tensor(order[:count], dtype=torch.long)
+
+
+def weights_sha256(folder: str | os.PathLike) -> str:
+    """SHA-256 over the weight files of a model folder (name and bytes of each *.safetensors / *.bin, sorted): what
+    a resumed train_ldm.py run compares to know that its frozen VAE is the one it started with."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.bin")):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

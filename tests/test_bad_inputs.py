@@ -153,7 +153,9 @@ NEW_RUN_CASES = {
     "ldm_scaling_factor_word": ("ldm", ["--scaling-factor", "measured"], ["--scaling-factor", "'measured'"]),
     "ldm_sample_steps_zero": ("ldm", ["--sample-steps", "0"], ["--sample-steps must be >= 1"]),
     "ldm_sample_steps_beyond_training": ("ldm", ["--sample-steps", "2000"],
-                                         ["--sample-steps must be >= 1 and <= 1000"]),
+                                         ["--sample-steps must be >= 1 and <= 999"]),
+    "ldm_sample_steps_beyond_ddim": ("ldm", ["--sample-steps", "1000"],   # issue 27: failed at the first grid
+                                     ["--sample-steps must be >= 1 and <= 999, got 1000"]),
     "ldm_sample_per_user_zero": ("ldm", ["--sample-per-user", "0"], ["--sample-per-user must be >= 1"]),
     "ldm_p_uncond_one": ("ldm", ["--p-uncond", "1"], ["--p-uncond must be >= 0 and < 1"]),
     "ldm_num_tokens_zero": ("ldm", ["--num-tokens", "0"], ["--num-tokens must be >= 1"]),
