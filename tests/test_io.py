@@ -357,3 +357,19 @@ def test_remove_stale_temps_restores_a_folder_moved_aside_and_clears_only_dead_p
     assert sorted(os.listdir(tmp_path)) == [f".log.jsonl.tmp-{os.getpid()}", "model", "pipeline"]
     assert (tmp_path / "pipeline" / "model_index.json").read_text() == "{}"
     assert len(done) == 4 and f"restored pipeline from .pipeline.old-{dead}" in done
+
+
+def test_outputs_apart_from_inputs_compares_resolved_paths(tmp_path):
+    """Two spellings of one folder (a link, '..') are one path: an output through a link into an input is refused."""
+    from ldm.io import check_outputs_apart
+    (tmp_path / "data" / "alice").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "data", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"^--out \S+alias/alice/x.png lies inside --real \S+/data, which this "
+                                         r"command reads: it never writes into its inputs; choose another --out$"):
+        check_outputs_apart({"--out": tmp_path / "alias" / "alice" / "x.png"}, {"--real": tmp_path / "data"})
+    with pytest.raises(ValueError, match=r"^--out \S+ contains --real "):
+        check_outputs_apart({"--out": tmp_path / "x" / ".."}, {"--real": tmp_path / "data"})
+    with pytest.raises(ValueError, match=r"^--a \S+r.json is --b \S+r.json: two outputs of one command on one path"):
+        check_outputs_apart({"--a": tmp_path / "r.json", "--b": tmp_path / "alias" / ".." / "r.json"}, {})
+    check_outputs_apart({"--out": tmp_path / "datafile", "--grid": tmp_path / "data_grid.png"},   # prefixes only
+                        {"--real": tmp_path / "data", "--model": None})
