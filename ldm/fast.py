@@ -119,7 +119,7 @@ class FastResnetBlock2D(ResnetBlock2D):
         h = self.conv2(self.dropout(_silu_into(h)))
 
         if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+            x = self.conv_shortcut(x.contiguous() if self.training else x)    # as the plain block (and diffusers)
         h = _add_into(h, x)
         return h if self.output_scale_factor == 1.0 else h / self.output_scale_factor
 
