@@ -9,7 +9,8 @@ that no generator trained on: split["test"] of the split.json the training runs 
 all of --real-test (then all of --real is training data). Without either the evaluation refuses to run. Steps:
   1. the real data: the classifier's training files (split train + val, or all of --real), the generators'
      training files (split train, or all of --real) and the real test files; test files whose pixels equal a
-     training file's are dropped and listed;
+     training file's are dropped and listed; a generator whose provenance (sample.py's record GENERATED.json)
+     names a test file among those it trained or enrolled on is refused, naming the file;
   2. the evaluation CNN, trained on the real training files (or loaded with --classifier PATH, only if it records
      that it was trained on exactly these files; a missing PATH is trained and then saved there);
   3. accuracies with 95% Wilson intervals, overall and per user: real test (the ceiling), train-on-real-test-on-
@@ -41,7 +42,8 @@ import torch
 from ldm import cli, training
 from ldm.data import (SpectrogramFolder, check_split, common_size, files_digest, parse_size,
                       read_split, relative_names, scan_folder, split_indices)
-from ldm.io import atomic_write, check_outputs_apart
+from ldm.io import atomic_write, check_outputs_apart, read_json
+from ldm.pipeline import check_provenance
 from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, condition_control_ratio, load_classifier,
                                 predict, save_classifier, train_classifier)
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
@@ -347,6 +349,28 @@ def _check_folder(flag: str, path: Path) -> None:
         raise ValueError(f"{flag} {path}: cannot write into {path.parent}") from None
 
 
+def generator_provenance(generated: str, test_names: list[str]) -> dict:
+    """Check what the generator of --generated saw: sample.py's record GENERATED.json beside the folder holds its
+    pipeline's provenance (ldm.pipeline.check_provenance). A generator that saw a test file is refused, naming the
+    file; without a record or a provenance in it the check cannot be made, and the report says so."""
+    folder = Path(generated).resolve()
+    record_path = folder.with_name(folder.name + ".json")
+    record = read_json(record_path) if record_path.is_file() else {}
+    provenance = record.get("provenance")
+    if provenance is None:
+        print(f"evaluate.py: the provenance of {generated} is unknown (no {record_path.name} from sample.py beside it, "
+              "or its pipeline records no provenance.json): nothing shows that its generator never saw a test file",
+              file=sys.stderr)
+        return {"record": str(record_path) if record else None, "checked": False}
+    try:
+        check_provenance(provenance, set(test_names))
+    except ValueError as error:
+        raise ValueError(f"--generated {generated} ({record_path.name}): {error}") from None
+    return {"record": str(record_path), "checked": True,
+            "trained_on_sha256": provenance["trained_on"]["sha256"],
+            "enrolled": {person: entry["sha256"] for person, entry in provenance["enrolled"].items()}}
+
+
 def evaluate(cfg: EvaluateConfig) -> dict:
     (height, width), split, meta = check_options(cfg)                   # before any slow work
     dynamic_range = cfg.dynamic_range or (meta["radar"]["dynamic_range_db"] if meta else 50.0)
@@ -381,6 +405,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         x_fit, y_fit, fit_names, x_ref = x_real, y_real, names, x_real
         source = {"from": "--real-test", "path": str(cfg.real_test), "classifier_trained_on": "all of --real",
                   "generators_trained_on": "all of --real (assumed)"}
+    provenance = generator_provenance(cfg.generated, test_names)       # refuses a generator that saw a test file
     # A test file with the pixels of a training file (a duplicate, or a .png next to its .npy) is not held out.
     same = nearest_neighbour_distances(x_test, x_fit) < SAME_PIXELS_RMS * x_test[0].numel() ** 0.5
     dropped = [n for n, s in zip(test_names, same.tolist()) if s]
@@ -484,6 +509,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "options": {**asdict(cfg), "size": [height, width], "dynamic_range": dynamic_range},
         "real": str(cfg.real), "generated": str(cfg.generated), "class_to_idx": real.class_to_idx,
         "split": source, "real_test_files": test_names, "real_test_dropped_as_duplicates": dropped,
+        "generator_provenance": provenance,
         "counts": {"real_classifier_train": len(fit_names), "real_generator_train": len(x_ref),
                    "real_test": len(test_names), "generated": len(yg),
                    "skipped_real": len(real.skipped), "skipped_generated": len(gen.skipped)},

@@ -12,7 +12,8 @@ dpm++2m (DPM-Solver++(2M), Lu et al. 2022; good samples in 15-20 steps), euler (
 
 Writes OUT/<user name>/<i>.png (8-bit, [-1, 1] -> [0, 255]; and <i>.npy, float32 (C, H, W) in [0, 1], with
 --save-npy: read it back with npy_scale "unit") and, next to OUT, OUT_grid.png with one row per user and OUT.json,
-the record of the run (every option as resolved, the users and how many images each got); both outside OUT, so that
+the record of the run (every option as resolved, the users, how many images each got, and the pipeline's provenance:
+the real files that trained and enrolled it, which evaluate.py checks against its test files); both outside OUT, so that
 OUT stays a pure ROOT/<user>/files folder that evaluate.py reads. OUT is one run's, like a training run folder: an
 OUT that holds anything is refused (--overwrite moves it aside to OUT.old-<time>, never deleted), and a second
 sample.py writing the same OUT at the same time is refused naming the first (ldm.lock). No output may be, contain
@@ -282,11 +283,15 @@ def run(cfg: SampleConfig) -> int:
             kept, rows = write_samples(cfg, pipe, users, names, judge, out, target, grid)
             write_json({"format": "ldm-samples-1", "options": {**asdict(cfg), "device": str(device)},
                         "out": str(out), "grid": str(grid) if rows else None, "users": {names[u]: u for u in users},
-                        "images": {names[u]: len(kept[u]) for u in users}}, record)
+                        "images": {names[u]: len(kept[u]) for u in users},
+                        "provenance": pipe.provenance}, record)   # what the generator saw; evaluate.py checks it
     except BaseException:                                               # an error or Ctrl-C: no empty OUT left
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
+    if pipe.provenance is None:
+        print(f"sample.py: {cfg.model} does not record which files trained it (no provenance.json), so {record} "
+              "says the provenance is unknown", file=sys.stderr)
     if judge is None:
         print(f"wrote {cfg.num} image(s) for each of {len(users)} user(s) to {out}/<user>/, the grid {grid} and "
               f"the record {record}")

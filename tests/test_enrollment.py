@@ -1,0 +1,296 @@
+"""ldm.enrollment and enroll.py: new people learned from k shots with the base frozen (base weights torch.equal before
+and after, and equal in the new pipeline and its folder, which diffusers' UNet reads); the provenance of every
+pipeline through train_ldm.py, enroll.py, sample.py and evaluate.py, and its refusals; and an enrolled person's
+samples recognised by a classifier trained only on that person's held-out files, on a briefly trained pipeline."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel as RefUNet
+from PIL import Image
+
+import enroll as enroll_script
+import evaluate
+import sample
+import train_ldm
+from ldm.conditioning import ConditionedUNet, UserIDEmbedder
+from ldm.data import files_digest, make_split, write_split
+from ldm.ddpm import DDPMScheduler
+from ldm.enrollment import EnrollConfig, enroll
+from ldm.pipeline import PROVENANCE_NAME, Pipeline, check_provenance, file_record
+from ldm.unet import UNet2DConditionModel, UNetConfig
+from ldm.vae import AutoencoderKL, VAEConfig
+from tests.helpers import perturb_
+
+BASE = {"alice": 0, "bob": 1, "carol": 2}
+SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                clip_sample=False, steps_offset=1)
+FAST = EnrollConfig(steps=6, batch_size=4, lr=5e-2)
+
+
+def tiny_pipeline(route: str = "both", provenance: dict | None = None) -> Pipeline:
+    """Three people, random weights, 16x16 images (8x8x4 latents)."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1, sample_size=16,
+                                            scaling_factor=0.5))
+    unet = UNet2DConditionModel(dataclasses.replace(UNetConfig.preset("tiny"), sample_size=8,
+                                                    num_class_embeds=None if route == "cross" else len(BASE) + 1))
+    perturb_(unet), perturb_(vae)
+    embedder = UserIDEmbedder(len(BASE), 32, 4, route, BASE)
+    return Pipeline(ConditionedUNet(unet, embedder).eval(), vae.eval(), DDPMScheduler(**SCHEDULE), provenance)
+
+
+def shots_of(names, k: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shots = {name: torch.rand(k, 1, 16, 16, generator=g) * 2 - 1 for name in names}
+    return shots, {name: [f"{name}/{i:02d}.png" for i in range(k)] for name in names}
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.clone() for key, value in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Enrolment changes only the new rows
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["both", "cross", "class"])
+def test_enrolment_learns_only_the_new_rows_and_leaves_the_base_bit_identical(route, tmp_path):
+    base = tiny_pipeline(route)
+    before, vae_before = state(base.denoiser), state(base.vae)
+    shots, sources = shots_of(["zoe", "dan"])
+    new = enroll(base, shots, sources, FAST, progress=False)
+
+    # the base pipeline is untouched
+    assert all(torch.equal(before[k], v) for k, v in base.denoiser.state_dict().items())
+    assert all(torch.equal(vae_before[k], v) for k, v in base.vae.state_dict().items())
+    assert base.users == ["alice", "bob", "carol"]
+    # old people keep their IDs, new ones follow in name order, the null ID is last
+    assert new.users == ["alice", "bob", "carol", "dan", "zoe"] and new.embedder.null_id == 5
+    after = new.denoiser.state_dict()
+    tables = {"embedder.embedding", "unet.class_embedding.weight"}
+    assert set(after) == set(before)
+    for key, value in before.items():
+        if key not in tables:
+            assert torch.equal(after[key], value), key                  # every UNet weight, bit for bit
+    assert all(torch.equal(v, vae_before[k]) for k, v in new.vae.state_dict().items())
+    read = {"both": tables, "cross": {"embedder.embedding"}, "class": {"unet.class_embedding.weight"}}[route]
+    for key in tables & set(before):
+        old, grown = before[key], after[key]
+        assert grown.shape[0] == old.shape[0] + 2
+        assert torch.equal(grown[:3], old[:3]) and torch.equal(grown[-1], old[-1])   # old rows, the null row
+        if key in read:
+            assert not torch.equal(grown[3], old[:3].mean(0))          # the new rows trained off their start
+            assert not torch.equal(grown[3], grown[4])                 # ... each towards its own shots
+        else:                                                          # the "class" route never reads the tokens
+            assert torch.equal(grown[3], old[:3].mean(0)) and torch.equal(grown[4], old[:3].mean(0))
+
+    # the old people's samples are the base pipeline's, to the bit
+    old_images = base.generate([0, 2], 2, steps=3, seed=1, progress=False)
+    new_images = new.generate([0, 2], 2, steps=3, seed=1, progress=False)
+    assert all(torch.equal(old_images[u], new_images[u]) for u in (0, 2))
+
+
+def test_the_enrolled_folder_loads_in_ldm_and_in_diffusers_with_the_base_weights(tmp_path):
+    base = tiny_pipeline(provenance={"trained_on": file_record(["alice/1.png", "bob/2.png"]), "enrolled": {}})
+    base.save_pretrained(tmp_path / "base")
+    shots, sources = shots_of(["zoe"])
+    new = enroll(Pipeline.from_pretrained(tmp_path / "base"), shots, sources, FAST, progress=False)
+    new.save_pretrained(tmp_path / "new")
+    loaded = Pipeline.from_pretrained(tmp_path / "new")
+    assert loaded.users == ["alice", "bob", "carol", "zoe"] and loaded.provenance == new.provenance
+
+    # diffusers' UNet reads the grown folder; its output for the new person equals ours
+    ref = RefUNet.from_pretrained(tmp_path / "new", subfolder="unet").eval()
+    base_ref = RefUNet.from_pretrained(tmp_path / "base", subfolder="unet").eval()
+    assert ref.config.num_class_embeds == 5
+    base_weights = base_ref.state_dict()
+    for key, value in ref.state_dict().items():
+        if key != "class_embedding.weight":
+            assert torch.equal(value, base_weights[key]), key
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700])
+    table = loaded.embedder.embedding.detach()
+    ids = torch.tensor([3, 4])                                          # zoe, the null ID
+    with torch.no_grad():
+        expected = ref(x, t, encoder_hidden_states=table[ids], class_labels=ids).sample
+        ours = loaded.denoiser(x, t, ids)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_low_rank_adapter_changes_only_the_cross_attention_keys_and_values_by_rank_r():
+    base = tiny_pipeline()
+    before = state(base.denoiser)
+    shots, sources = shots_of(["zoe"])
+    new = enroll(base, shots, sources, dataclasses.replace(FAST, lora_rank=2), progress=False)
+    after = new.denoiser.state_dict()
+    adapted = [k for k in before if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
+    assert adapted
+    for key, value in before.items():
+        if key in adapted:
+            change = after[key] - value
+            assert 0 < torch.linalg.matrix_rank(change.double(), rtol=1e-6) <= 2, key
+        elif key not in ("embedder.embedding", "unet.class_embedding.weight"):
+            assert torch.equal(after[key], value), key
+    assert new.provenance["enrolled"]["zoe"]["lora_rank"] == 2
+
+
+def test_bad_shots_are_refused_in_one_line():
+    base = tiny_pipeline()
+    shots, sources = shots_of(["zoe"])
+    cases = [
+        (({"bob": shots["zoe"]}, {"bob": sources["zoe"]}), "'bob' is already a person of the base pipeline"),
+        (({"zoe": shots["zoe"][:, :, :8]}, sources), r"expected \(k, 1, 16, 16\), the pipeline's image size"),
+        (({"zoe": shots["zoe"] * 3}, sources), r"in \[-1, 1\]"),
+        ((shots, {"zoe": sources["zoe"][:2]}), "expected the 3 distinct file names"),
+        ((shots, {"eve": sources["zoe"]}), "must name the same people"),
+        (({}, {}), "at least one new person"),
+    ]
+    for (s, src), message in cases:
+        with pytest.raises(ValueError, match=message) as error:
+            enroll(base, s, src, FAST, progress=False)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        EnrollConfig(steps=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_provenance_refuses_a_generator_that_saw_a_test_file_or_more_shots_than_allowed():
+    base = tiny_pipeline(provenance={"trained_on": file_record(["alice/00.png", "bob/03.png"]), "enrolled": {}})
+    shots, sources = shots_of(["zoe"], k=4)
+    new = enroll(base, shots, sources, FAST, progress=False)
+    record = new.provenance["enrolled"]["zoe"]
+    assert record["files"] == sorted(sources["zoe"]) and record["sha256"] == files_digest(sources["zoe"])
+    assert new.provenance["trained_on"] == base.provenance["trained_on"]
+
+    check_provenance(new.provenance, {"alice/01.png", "zoe/07.png"}, {"zoe": 4})     # fair: passes
+    with pytest.raises(ValueError, match=r"saw the test file bob/03.png \(trained on it\)"):
+        check_provenance(new.provenance, {"bob/03.png", "zoe/07.png"}, None)
+    with pytest.raises(ValueError, match=r"saw the test file zoe/02.png \(enrolled zoe from it\)"):
+        check_provenance(new.provenance, {"zoe/02.png"}, {"zoe": 4})
+    with pytest.raises(ValueError, match=r"saw 4 files of the scored person zoe \(e.g. zoe/00.png\), more than the "
+                                         r"2 the scored method may see"):
+        check_provenance(new.provenance, set(), {"zoe": 2})
+    with pytest.raises(ValueError, match=r"saw 1 files of the scored person alice \(e.g. alice/00.png\)"):
+        check_provenance(new.provenance, set(), {"alice": 0})          # a base person trained the generator
+    with pytest.raises(ValueError, match="provenance is unknown"):
+        check_provenance(None, set(), None)
+    unknown_base = enroll(tiny_pipeline(), shots, sources, FAST, progress=False)
+    assert unknown_base.provenance["trained_on"] is None
+    with pytest.raises(ValueError, match="training files are not recorded"):
+        check_provenance(unknown_base.provenance, set(), None)
+
+
+def test_provenance_is_saved_with_the_folder_and_an_edited_list_is_refused(tmp_path):
+    provenance = {"trained_on": file_record(["alice/00.png"]), "enrolled": {}}
+    tiny_pipeline(provenance=provenance).save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / PROVENANCE_NAME).read_text()) == provenance
+    assert Pipeline.from_pretrained(tmp_path / "p").provenance == provenance
+    tiny_pipeline().save_pretrained(tmp_path / "p")                     # no provenance: no stale file left
+    assert not (tmp_path / "p" / PROVENANCE_NAME).exists() and Pipeline.from_pretrained(tmp_path / "p").provenance is None
+    edited = {"trained_on": {**provenance["trained_on"], "files": ["bob/00.png"]}, "enrolled": {}}
+    tiny_pipeline().save_pretrained(tmp_path / "p")
+    (tmp_path / "p" / PROVENANCE_NAME).write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        Pipeline.from_pretrained(tmp_path / "p")
+
+
+def png_people(root, people, per_person: int, size: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for person in people:
+        (root / person).mkdir(parents=True)
+        for i in range(per_person):
+            Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).save(root / person / f"{i:02d}.png")
+    return root
+
+
+def test_the_chain_train_ldm_enroll_sample_evaluate_carries_the_provenance_and_evaluate_refuses(tmp_path, capsys):
+    # train_ldm.py records the split's train files (and its VAE's)
+    data = png_people(tmp_path / "base_data", ["alice", "bob"], 6)
+    vae_dir = tmp_path / "vae"
+    torch.manual_seed(0)
+    AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1, sample_size=16,
+                                      scaling_factor=0.5)).save_pretrained(vae_dir)
+    assert train_ldm.main(["--data", str(data), "--vae", str(vae_dir), "--out", str(tmp_path / "run"), "--preset",
+                           "tiny", "--steps", "2", "--batch-size", "2", "--no-progress", "--sample-steps", "2",
+                           "--sample-per-user", "1"]) == 0
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    base = Pipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert base.provenance == {"trained_on": file_record(split["train"]), "enrolled": {}}
+
+    # enroll.py: the new people's --shots files are drawn, recorded, and the rest listed as unused
+    new_data = png_people(tmp_path / "new_data", ["eve", "zed"], 5, seed=1)
+    out = tmp_path / "enrolled"
+    assert enroll_script.main(["--pipeline", str(tmp_path / "run" / "pipeline"), "--data", str(new_data), "--out",
+                               str(out), "--shots", "2", "--steps", "3", "--batch-size", "2", "--no-progress"]) == 0
+    record = json.loads((out / "enroll.json").read_text())
+    enrolled = Pipeline.from_pretrained(out / "pipeline")
+    assert enrolled.users == ["alice", "bob", "eve", "zed"]
+    for person in ("eve", "zed"):
+        assert len(record["shots"][person]) == 2 and len(record["unused"][person]) == 3
+        assert enrolled.provenance["enrolled"][person]["files"] == record["shots"][person]
+    assert enrolled.provenance["trained_on"] == base.provenance["trained_on"]
+
+    # sample.py copies it into its record
+    samples = tmp_path / "samples"
+    assert sample.main(["--model", str(out / "pipeline"), "--out", str(samples), "--num", "2", "--steps", "2",
+                        "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "samples.json").read_text())["provenance"] == enrolled.provenance
+
+    # evaluate.py refuses when a file the generator enrolled eve from is in its test part, naming the file
+    real = tmp_path / "real"
+    for folder in (data, new_data):
+        for person in folder.iterdir():
+            (real / person.name).mkdir(parents=True)
+            for f in person.iterdir():
+                (real / person.name / f.name).write_bytes(f.read_bytes())
+    leaky = make_split(real, test_fraction=0.4, val_fraction=0.0, seed=0)
+    shot = record["shots"]["eve"][0]
+    if shot not in leaky["test"]:                                       # put the shot on the test side
+        leaky["train"].remove(shot)
+        leaky["test"] = sorted(leaky["test"] + [shot])
+    write_split(tmp_path / "leaky.json", leaky)
+    capsys.readouterr()
+    assert evaluate.main(["--real", str(real), "--split", str(tmp_path / "leaky.json"), "--generated", str(samples),
+                          "--out", str(tmp_path / "report.json"), "--size", "16", "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"the generator saw the test file {shot} (enrolled eve from it)" in error and "\n" not in error
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_enroll_py_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, capsys):
+    tiny_pipeline().save_pretrained(tmp_path / "base")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(flat / "0.png")
+    few = png_people(tmp_path / "few", ["eve"], 2)
+    known = png_people(tmp_path / "known", ["bob"], 4)
+    cases = [
+        (["--data", str(few), "--shots", "3"], "eve has 2 file(s), fewer than --shots 3"),
+        (["--data", str(known)], "'bob' is already a person of --pipeline"),
+        (["--data", str(flat)], "is a flat folder"),
+        (["--data", str(tmp_path / "missing")], "no such folder"),
+        (["--data", str(few), "--shots", "2", "--out", str(few / "out")], "which this command reads"),
+        ([], "--data is required"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        argv = ["--pipeline", str(tmp_path / "base"), "--out", str(tmp_path / "out"), "--no-progress", *extra]
+        assert enroll_script.main(argv) == 2, extra
+        error = capsys.readouterr().err.strip()
+        assert message in error and error.count("\n") == 0, (extra, error)
+        assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An enrolled person's samples are that person's
+# ----------------------------------------------------------------------------------------------------------------
