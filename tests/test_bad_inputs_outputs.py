@@ -286,3 +286,22 @@ def test_evaluate_size_follows_the_data_and_the_report_lands_beside_the_split(re
     out.unlink()
     (run / "report_confusion.png").unlink()
 
+
+
+def test_a_real_ctrl_c_in_sample_exits_130_without_a_traceback_and_leaves_nothing(pipeline, tmp_path):
+    """SIGINT to a running sample.py (as Ctrl-C sends it), once it is sampling: one line, status 130, and no OUT,
+    no hidden folder, no grid and no record left behind."""
+    out = tmp_path / "s"
+    process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *sample_args(pipeline, out, "--steps", "999",
+                                                                                      "--num", "64")],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".s.tmp-") for p in tmp_path.iterdir()):   # the hidden folder: sampling began
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr == "interrupted\n" and "Traceback" not in stdout
+    assert list(tmp_path.iterdir()) == []
