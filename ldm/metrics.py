@@ -8,6 +8,11 @@ the protocol.
     pca_basis                       the reduced feature space Frechet distance is measured in
     wilson_interval, mean_ci,       95% intervals: a binomial proportion (accuracies), the mean of repeats,
     bootstrap, percentile_interval  and any statistic of resampled sets (distances)
+    hierarchical_bootstrap,         few-shot experiments: accuracies resampled over generator seeds, shot draws
+    accuracy_estimate,              and test persons; a proportion clustered by person; bootstrap p-values and
+    clustered_proportion,           Holm's step-down adjustment with intervals that agree with it; accuracy
+    bootstrap_p_value, holm_adjust, intervals clipped to [0, 1]
+    holm_levels, unit_interval
     nearest_neighbour_distances,    the memorisation check: is each generated sample closer to a training
     memorisation_ratios,            sample than real test samples are?
     memorisation_summary
@@ -222,6 +227,114 @@ def bootstrap(statistic, labels: list[torch.Tensor], num_resamples: int = 200,
                for set_groups in groups]
         rows.append(np.atleast_1d(np.asarray(statistic(*idx), dtype=np.float64)))
     return np.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Few-shot experiments: hierarchical bootstrap, person-clustered proportions, Holm's multiplicity control
+# ----------------------------------------------------------------------------------------------------------------
+def unit_interval(low: float, high: float) -> tuple[float, float]:
+    """An interval of a proportion (an accuracy) clipped to [0, 1]."""
+    return min(max(low, 0.0), 1.0), min(max(high, 0.0), 1.0)
+
+
+def hierarchical_bootstrap(hits: list, totals, num_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of accuracies measured in a few-shot experiment, resampled at every level of its design:
+    generator seeds, then shot draws within each seed, then the scored test files clustered by person.
+
+    hits: one array per generator seed s, (D_s, P, V): hits[s][d, p, v] = how many of person p's test files
+    variant v classified correctly in shot draw d (D_s draws, P persons, V variants). totals: (P,) test files per
+    person. The accuracy of a (seed, draw) unit is sum_p hits / sum_p totals; the estimate is its mean over draws,
+    then over seeds (accuracy_estimate). A replicate draws S seeds with replacement, for each drawn seed D_s of its
+    draws with replacement, and one multinomial weight per person (P persons drawn with replacement; the same
+    persons are scored in every unit, so they are drawn once per replicate), and recomputes the estimate with
+    sum_p w_p hits / sum_p w_p totals. Variants share every draw, so differences of columns are paired.
+    Returns (num_resamples, V) float64, each value in [0, 1]."""
+    hits = [np.asarray(h, dtype=np.float64) for h in hits]
+    totals = np.asarray(totals, dtype=np.float64)
+    if not hits or any(h.ndim != 3 or len(h) == 0 or h.shape[1:] != hits[0].shape[1:] for h in hits):
+        raise ValueError("hits must be a non-empty list of (draws >= 1, persons, variants) arrays of one "
+                         f"persons x variants shape, got {[np.shape(h) for h in hits]}")
+    if totals.shape != (hits[0].shape[1],) or (totals <= 0).any():
+        raise ValueError(f"totals must be ({hits[0].shape[1]},) positive test-file counts, got {totals}")
+    if any((h < 0).any() or (h > totals[None, :, None]).any() for h in hits):
+        raise ValueError("hits must lie in [0, totals] for every person")
+    rng = np.random.default_rng(seed)
+    num_seeds, persons = len(hits), len(totals)
+    out = np.empty((num_resamples, hits[0].shape[2]))
+    for r in range(num_resamples):
+        w = rng.multinomial(persons, np.full(persons, 1 / persons)).astype(np.float64)   # (P,) person weights
+        denominator = float(w @ totals)
+        seed_means = []
+        for s in rng.integers(num_seeds, size=num_seeds):
+            draws = hits[s][rng.integers(len(hits[s]), size=len(hits[s]))]              # (D_s, P, V)
+            seed_means.append(np.einsum("dpv,p->v", draws, w) / denominator / len(draws))
+        out[r] = np.mean(seed_means, axis=0)
+    return out
+
+
+def accuracy_estimate(hits: list, totals) -> np.ndarray:
+    """The point estimate hierarchical_bootstrap resamples: per (seed, draw) sum_p hits / sum_p totals, averaged over
+    draws, then over seeds. Returns (V,)."""
+    totals = np.asarray(totals, dtype=np.float64)
+    return np.mean([np.asarray(h, np.float64).sum(axis=1).mean(axis=0) / totals.sum() for h in hits], axis=0)
+
+
+def clustered_proportion(hits, totals, num_resamples: int = 2000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """A proportion of samples that cluster by person (e.g. generated samples identified as their requested person),
+    with a percentile-bootstrap interval that resamples persons, not samples: samples of one person share that
+    person's generator conditioning, so they are not independent trials. hits, totals: (P,) per person.
+    Returns (sum hits / sum totals, low, high), the interval within [0, 1]."""
+    hits, totals = np.asarray(hits, np.float64), np.asarray(totals, np.float64)
+    if hits.ndim != 1 or hits.shape != totals.shape or len(hits) == 0 or (totals <= 0).any():
+        raise ValueError(f"need (P,) hits and positive totals, got {hits.shape} and {totals.shape}")
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(hits), np.full(len(hits), 1 / len(hits)), size=num_resamples)   # (R, P)
+    low, high = percentile_interval((weights @ hits) / (weights @ totals), level)
+    return float(hits.sum() / totals.sum()), *unit_interval(low, high)
+
+
+def bootstrap_p_value(values, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of "the statistic equals null" from its R replicates: twice the smaller tail,
+    each tail counted as (replicates on that side of null, null included, + 1) / (R + 1), at most 1. The + 1 keeps
+    a p-value from being 0 with finitely many replicates (its floor is 2 / (R + 1)). The percentile interval at
+    level 1 - a excludes null about when this p-value is below a."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        raise ValueError("bootstrap_p_value needs finite replicates")
+    below, above = (np.sum(v <= null) + 1) / (len(v) + 1), (np.sum(v >= null) + 1) / (len(v) + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def holm_adjust(p_values) -> np.ndarray:
+    """Holm's (1979) step-down adjusted p-values: with p_(1) <= ... <= p_(m), the adjusted value of the i-th
+    smallest is max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where the adjusted value is below alpha
+    controls the family-wise error rate at alpha. Returned in the input order."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or ((p < 0) | (p > 1) | ~np.isfinite(p)).any():
+        raise ValueError(f"p_values must be a 1-d list in [0, 1], got {p_values!r}")
+    m, order = len(p), np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    return adjusted
+
+
+def holm_levels(p_values, alpha: float = 0.05) -> np.ndarray:
+    """Confidence levels for intervals that agree with Holm's decisions: the i-th smallest p-value is tested at
+    alpha / (m - i + 1); its interval gets level 1 - alpha / (m - i + 1) while every smaller p-value was rejected.
+    From the first hypothesis Holm keeps on, every remaining one gets that step's level, so none of their
+    intervals excludes the null where Holm does not reject. Returned in the input order."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    m, order = len(p), np.argsort(p, kind="stable")
+    levels, stopped = np.empty(m), None
+    for i, j in enumerate(order):
+        if stopped is None and p[j] > alpha / (m - i):
+            stopped = i
+        levels[j] = 1 - alpha / (m - (i if stopped is None else stopped))
+    return levels
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Bad input to sample.py, evaluate.py, augment.py and the data / classifier loaders behind them: each case exits with
+"""Bad input to sample.py, evaluate.py, fewshot.py and the data / classifier loaders behind them: each case exits with
 status 2 (or raises the named exception) before any work, with one line naming the offending option, file or key,
 no traceback, and no output left behind (not even a partial one)."""
 import json
@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-import augment
 import evaluate
 import sample
 from ldm.radar import simulator as md
@@ -169,26 +168,29 @@ def test_evaluate_needs_real_and_names_a_corrupt_metadata_json(files, tmp_path, 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# augment.py
+# fewshot.py
 # ----------------------------------------------------------------------------------------------------------------
-AUGMENT_CASES = {
-    "size_malformed": (["--size", "big"], ["--size 'big': expected N"]),
+FEWSHOT_CASES = {
+    "shots_malformed": (["--shots", "4,x"], ["--shots must be a comma list"]),
+    "shots_zero": (["--shots", "0,4"], ["--shots must all be >= 1"]),
+    "shots_twice": (["--shots", "4,4"], ["--shots must be a non-empty comma list of distinct"]),
     "threads_zero": (["--threads", "0"], ["--threads must be >= 1"]),
-    "time_scale_half": (["--time-scale", "0.5"], ["--time-scale must be >= 0 and < 0.5"]),
-    "margin_quantile_two": (["--margin-quantile", "2"], ["--margin-quantile must be >= 0 and <= 1"]),
-    "gain_nan": (["--gain-db", "nan"], ["--gain-db must be a finite number"]),
-    "out_inside_a_file": (["--out", "{root}/a_file/a.json"], ["--out", "a_file"]),
-    "out_is_a_folder": (["--out", "{root}"], ["--out", "is a folder, not a file"]),
+    "lr_nan": (["--enroll-lr", "nan"], ["--enroll-lr must be a finite number"]),
+    "pipeline_without_split": (["--pipeline", "{root}/pipeline"], ["--pipeline and --base-split go together"]),
+    "pipeline_two_seeds": (["--pipeline", "{root}/pipeline", "--base-split", "{root}/split.json",
+                            "--generator-seeds", "2"], ["--generator-seeds 1"]),
+    "data_missing": (["--data", "{root}/nowhere"], ["--data", "nowhere"]),
+    "out_inside_a_file": (["--out", "{root}/a_file/run"], ["--out", "a_file"]),
 }
 
 
-@pytest.mark.parametrize("case", AUGMENT_CASES)
-def test_augment_refuses_before_training(case, files, tmp_path, capsys):
-    extra, named = AUGMENT_CASES[case]
-    argv = ["--real", str(files / "real"), "--generated", str(files / "gen"), "--split", str(files / "split.json"),
-            "--out", str(tmp_path / "a.json"), "--shots", "2", "--no-progress", *[a.format(root=files) for a in extra]]
+@pytest.mark.parametrize("case", FEWSHOT_CASES)
+def test_fewshot_refuses_before_any_work(case, files, tmp_path, capsys):
+    import fewshot
+    extra, named = FEWSHOT_CASES[case]
+    argv = ["--out", str(tmp_path / "run"), "--no-progress", *[a.format(root=files) for a in extra]]
     before = {p.name for p in files.iterdir()}
-    fails(augment.main, argv, capsys, *named)
+    fails(fewshot.main, argv, capsys, *named)
     assert not list(tmp_path.iterdir()) and not left_behind(files, before)
 
 

@@ -1,9 +1,9 @@
 """Data augmentation for few-shot radar person identification: the classic baseline and two filters for synthetic
-spectrograms (the experiment itself is augment.py; docs/augmentation.md explains it).
+spectrograms (the few-shot experiment itself is fewshot.py; docs/augmentation.md explains it).
 
-    ClassicAugment      label-preserving spectrogram transforms (time shift, small Doppler shift, small scaling
-                        along Doppler and time, amplitude jitter in dB): the baseline synthetic data must beat;
-                        a callable for the ``augment`` hook of ldm.metrics.train_classifier
+    ClassicAugment      label-preserving spectrogram transforms (time shift and scaling, Doppler frequency shift,
+                        drifting frequency disturbance and scaling, amplitude jitter in dB): the `classic`
+                        baseline; a callable for the ``augment`` hook of ldm.radar.identity.train_classifier
     class_margins,      margin filter: keep a synthetic sample when a classifier trained on real data prefers the
     margin_threshold,   requested person by a margin p_requested - max_other above a threshold chosen on real
     margin_filter       validation data
@@ -16,6 +16,7 @@ Images are in [-1, 1], where -1 is the bottom of the display range (e.g. -50 dB 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,16 +37,21 @@ class ClassicAugment:
       1. time: resample the columns at (j - c) / s_t + c + shift (c the centre column), with a uniform time scale
          s_t in [1 - time_scale, 1 + time_scale] (a slightly faster or slower gait) and, if ``time_shift``, a
          uniform shift in [0, W) (a new gait phase); columns wrap around, as a walk continues in time;
-      2. Doppler: resample the rows at (i - c) / s_d + c + d, with s_d in [1 - doppler_scale, 1 + doppler_scale]
-         about the centre row (0 m/s on a symmetric velocity axis: all body velocities scale together) and
-         d in [-doppler_shift, doppler_shift] * H rows; rows from outside the image read as -1 (the noise floor);
+      2. Doppler: resample the rows at (i - c) / s_d + c + d + e(j), with s_d in [1 - doppler_scale,
+         1 + doppler_scale] about the centre row (0 m/s on a symmetric velocity axis: all body velocities scale
+         together), a frequency shift d uniform in [-doppler_shift, doppler_shift] * H rows (the whole body
+         walks a little faster or slower towards the radar), and a frequency disturbance that drifts over time,
+         e(j) = a sin(2 pi f j / W + phi) with a uniform in [-doppler_disturbance, doppler_disturbance] * H rows,
+         f uniform in [0.5, 2] cycles per image and phi uniform (the walking speed wanders within one recording);
+         rows from outside the image read as -1 (the noise floor). Shift and disturbance are the Doppler-axis
+         transforms of RadarSpecAugment-style augmentation;
       3. amplitude: add g dB, g uniform in [-gain_db, gain_db] (x + 2 g / dynamic_range_db), clipped to [-1, 1].
     Resampling is linear. All amounts 0 (and time_shift False) return the input unchanged.
 
-    Walking speed and cadence are what tells people apart, so the defaults stay within the spread one person shows
-    from walk to walk (in the built-in simulator, measured at 32x32: torso velocity about 0.03 m/s and cadence
-    about 1.5% standard deviation). Larger amounts blur identities: with a Doppler shift of +-1% of the height
-    (+-0.125 m/s), 8-shot accuracy on the simulator fell from about 0.96 to 0.88-0.93.
+    Walking speed and cadence are what tells people apart, so the amounts that help are those within the spread one
+    person shows from walk to walk; fewshot.py expresses them in units of that spread, measured on the base people,
+    and chooses the multiple on the base people's validation files (docs/augmentation.md). The defaults here are the
+    small amounts of the earlier experiment.
     """
     time_shift: bool = True
     time_scale: float = 0.02        # relative, e.g. 0.02 = +-2% cadence
@@ -53,14 +59,18 @@ class ClassicAugment:
     doppler_scale: float = 0.02     # relative, e.g. 0.02 = +-2% of every body velocity
     gain_db: float = 3.0            # +-dB added to the whole image
     dynamic_range_db: float = 50.0  # dB spanned by [-1, 1]
+    doppler_disturbance: float = 0.0   # fraction of the image height: peak of the slowly drifting Doppler offset
 
     def __post_init__(self):
         for name in ("time_scale", "doppler_scale"):
             if not 0 <= getattr(self, name) < 0.5:
                 raise ValueError(f"{name} must lie in [0, 0.5), got {getattr(self, name)}")
-        if not 0 <= self.doppler_shift < 0.5 or self.gain_db < 0 or self.dynamic_range_db <= 0:
-            raise ValueError(f"need 0 <= doppler_shift < 0.5, gain_db >= 0, dynamic_range_db > 0; got "
-                             f"{self.doppler_shift}, {self.gain_db}, {self.dynamic_range_db}")
+        for name in ("doppler_shift", "doppler_disturbance"):
+            if not 0 <= getattr(self, name) < 0.5:
+                raise ValueError(f"{name} must lie in [0, 0.5) (a fraction of the image height), got "
+                                 f"{getattr(self, name)}")
+        if self.gain_db < 0 or self.dynamic_range_db <= 0:
+            raise ValueError(f"need gain_db >= 0, dynamic_range_db > 0; got {self.gain_db}, {self.dynamic_range_db}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> (B, C, H, W) in [-1, 1]; random draws come from ``generator`` only (the
@@ -68,15 +78,20 @@ class ClassicAugment:
         if x.dim() != 4 or not x.is_floating_point():
             raise ValueError(f"ClassicAugment needs a float (B, C, H, W) batch, got {x.dtype} {tuple(x.shape)}")
         b, _, h, w = x.shape
-        u = torch.rand(b, 5, generator=generator, dtype=torch.float64)   # (B, 5) uniform draws, one row per sample
+        u = torch.rand(b, 8, generator=generator, dtype=torch.float64)   # (B, 8) uniform draws, one row per sample
         time_scale = 1 + self.time_scale * (2 * u[:, 0] - 1)
         time_shift = u[:, 1] * w if self.time_shift else torch.zeros(b, dtype=torch.float64)
         doppler_scale = 1 + self.doppler_scale * (2 * u[:, 2] - 1)
         doppler_shift = self.doppler_shift * h * (2 * u[:, 3] - 1)
         gain_db = self.gain_db * (2 * u[:, 4] - 1)
+        amplitude = self.doppler_disturbance * h * (2 * u[:, 5] - 1)                  # (B,) rows
+        cycles, phase = 0.5 + 1.5 * u[:, 6], 2 * math.pi * u[:, 7]
+        j = torch.arange(w, dtype=torch.float64)
+        drift = amplitude[:, None] * torch.sin(2 * math.pi * cycles[:, None] * j / w + phase[:, None])   # (B, W)
 
         columns = _source_positions(w, time_scale, time_shift).to(x.device)       # (B, W)
-        rows = _source_positions(h, doppler_scale, doppler_shift).to(x.device)    # (B, H)
+        rows = _source_positions(h, doppler_scale, doppler_shift)                  # (B, H)
+        rows = (rows[:, :, None] + drift[:, None, :]).to(x.device)                 # (B, H, W): per column
         x = _resample(x, columns, dim=-1, circular=True)
         x = _resample(x, rows, dim=-2, circular=False)
         x = x + (2 * gain_db / self.dynamic_range_db).to(x)[:, None, None, None]
@@ -92,9 +107,13 @@ def _source_positions(n: int, scale: torch.Tensor, shift: torch.Tensor) -> torch
 
 def _resample(x: torch.Tensor, positions: torch.Tensor, dim: int, circular: bool) -> torch.Tensor:
     """Linear interpolation of x: (B, C, H, W) along dim (-2 rows, -1 columns) at per-sample fractional source
-    positions (B, n) in pixels. Circular: positions wrap modulo n; otherwise outside the image reads as -1."""
+    positions in pixels: (B, n), or for rows (B, H, W) (a row position per column). Circular: positions wrap
+    modulo n; otherwise outside the image reads as -1."""
     n = x.shape[dim]
-    shape = (x.shape[0], 1, n, 1) if dim == -2 else (x.shape[0], 1, 1, n)   # broadcasts over C and the other axis
+    if positions.dim() == 3:                                           # (B, H, W): broadcasts over C only
+        shape = (x.shape[0], 1, *positions.shape[1:])
+    else:
+        shape = (x.shape[0], 1, n, 1) if dim == -2 else (x.shape[0], 1, 1, n)   # over C and the other axis
     low = positions.floor()
     weight = (positions - low).to(x.dtype).view(shape)                 # share of the upper neighbour
     values = []
