@@ -130,9 +130,11 @@ def check_outputs(cfg: SampleConfig, out: Path, grid: Path, record: Path) -> Non
     is new or empty unless --overwrite (and then not being written by a live process), and OUT (or, when it does
     not exist yet, the folder it will be made in) and the grid's folder take a file. ValueError naming the option
     otherwise."""
+    split_file = None if cfg.split is None else Path(cfg.split) / "split.json" if Path(cfg.split).is_dir() \
+        else Path(cfg.split)                                            # --split RUN reads RUN/split.json only
     check_outputs_apart({"--out": out, "--grid": grid, "the record": record},
                         {"--model": cfg.model, "--classifier": cfg.classifier, "--real": cfg.real,
-                         "--split": cfg.split})
+                         "--split": split_file})
     entries = training.run_folder_entries(out)
     if entries and not cfg.overwrite:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
