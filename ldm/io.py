@@ -484,6 +484,8 @@ def build_model(cls: type, config, state_dict: dict[str, torch.Tensor], source,
     """Instantiate ``cls(config)`` on the meta device and assign the state dict's tensors to it (no second copy).
 
     Floating tensors are cast to ``dtype`` (default float32, as diffusers' from_pretrained without torch_dtype).
+    The model comes back in eval mode, as diffusers' from_pretrained returns it (train mode changes the numbers:
+    ResnetBlock2D makes its input contiguous in training, as diffusers does); call ``.train()`` to train it.
     """
     dtype = dtype or torch.float32
     state_dict = {k: v.to(dtype=dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
@@ -494,6 +496,7 @@ def build_model(cls: type, config, state_dict: dict[str, torch.Tensor], source,
     left_on_meta = [name for name, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left_on_meta:
         raise RuntimeError(f"{cls.__name__} has tensors that are not in its state dict: {left_on_meta[:5]}")
+    model.eval()
     return model.to(device) if device is not None else model
 
 
@@ -608,6 +611,13 @@ def save_pipeline(path: str | os.PathLike, components: dict, *, pipeline_class: 
         component.save_pretrained(folder / name)
         index[name] = [library, class_name]
     write_json(index, folder / PIPELINE_INDEX_NAME)
+    # diffusers knows neither the pipeline class nor ldm's components: the files that let it open the folder with
+    # DiffusionPipeline.from_pretrained(path, custom_pipeline="pipeline", trust_remote_code=True) (docs/compat.md)
+    from ldm.compat.pipeline_file import write_diffusers_files
+    write_diffusers_files(folder, pipeline_class, list(components),
+                          {name: LDM_COMPONENT_CLASSES[entry[1]] for name, entry in index.items()
+                           if isinstance(entry, list) and entry[0] == "ldm"},
+                          lambda text, file: atomic_write(file, lambda tmp: tmp.write_text(text, encoding="utf-8")))
 
 
 def load_pipeline(path: str | os.PathLike, dtype: torch.dtype | None = None,

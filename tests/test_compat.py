@@ -317,3 +317,21 @@ def test_default_valued_diffusers_options_are_accepted_and_others_refused_by_nam
     with pytest.raises(TypeError, match="not_a_key"):
         compat.AutoencoderKL(not_a_key=1)
 
+
+
+def test_an_exported_pipeline_opens_in_diffusers_without_network(tmp_path, monkeypatch):
+    from tests.test_pipeline import tiny_pipeline
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "pipe", custom_pipeline="pipeline",
+                                                         trust_remote_code=True)
+    assert type(loaded).__name__ == "UserIDLatentDiffusionPipeline"
+    assert isinstance(loaded.unet, diffusers.UNet2DConditionModel) and isinstance(loaded.vae, diffusers.AutoencoderKL)
+    assert isinstance(loaded.scheduler, diffusers.DDPMScheduler)
+    for ours, theirs in ((pipe.denoiser.unet, loaded.unet), (pipe.vae, loaded.vae), (pipe.denoiser.embedder,
+                                                                                      loaded.embedder)):
+        for key, value in ours.state_dict().items():
+            assert torch.equal(theirs.state_dict()[key], value), key
+    ids = torch.tensor([0, 2])
+    assert torch.equal(loaded.embedder(ids), pipe.denoiser.embedder(ids))
