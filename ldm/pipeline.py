@@ -23,8 +23,10 @@ The folder is diffusers' pipeline layout, so diffusers reads each model and the 
     pipeline/provenance.json      which real files trained the pipeline and which enrolled each added person
                                   (ldm.enrollment); a folder without it loads with provenance None (unknown)
 
-diffusers has no pipeline class for ID conditioning, so the index names a class of its own (DiffusionPipeline
-refuses to load the whole folder) and the README shows the loop with diffusers' components.
+diffusers has no pipeline class for ID conditioning, so the index names a class of its own; save_pipeline writes a
+pipeline.py (and embedder/ldm.py) beside it, so DiffusionPipeline.from_pretrained(folder, custom_pipeline="pipeline",
+trust_remote_code=True) opens the folder offline (docs/compat.md), and the README shows the loop with diffusers'
+components.
 """
 from __future__ import annotations
 
