@@ -130,6 +130,20 @@ def read_glasgow_dat(path: str | Path) -> tuple[FmcwRadar, np.ndarray, dict]:
     return radar, values.reshape(-1, samples), units                    # sweep after sweep: (M, N)
 
 
+def write_glasgow_dat(path: str | Path, iq: np.ndarray, radar: FmcwRadar) -> None:
+    """Write dechirped I/Q (chirps, samples_per_sweep) in the Glasgow .dat layout, the inverse of read_glasgow_dat:
+    carrier (Hz), sweep time (ms), samples per sweep, bandwidth (Hz), then one MATLAB-style sample per line
+    (`12.5+3i`). For examples and for feeding other radars' recordings to tools that read the Glasgow files."""
+    iq = np.asarray(iq)
+    if iq.ndim != 2:
+        raise ValueError(f"iq must be (chirps, samples_per_sweep), got shape {iq.shape}")
+    header = f"{radar.carrier_hz:.0f}\n{radar.chirp_s * 1e3:g}\n{iq.shape[1]}\n{radar.bandwidth_hz:.0f}\n"
+    body = "\n".join(f"{z.real:.6g}{z.imag:+.6g}i" for z in iq.reshape(-1))
+    from ldm.io import atomic_write
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(header + body + "\n", encoding="ascii"))
+
+
 def _line(text: str, index: int) -> str:
     """Line `index` (from 0) of text as written, for an error message."""
     return text.splitlines()[index].strip()[:40]
@@ -633,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     for key, campaign in meta["campaigns"].items():
         people = campaign["people"]
-        print(f"campaign {key} ({Path(campaign['folder']).name}): {len(people)} people: {', '.join(people)}")
+        print(f"campaign {key} ({Path(campaign['folder']).name}): {len(people)} "
+              f"{'person' if len(people) == 1 else 'people'}: {', '.join(people)}")
     short = sum(r["windows"] == 0 for r in meta["recordings"])
     print(f"wrote {meta['windows']} spectrograms ({meta['height']}x{meta['width']}, +-{meta['v_max_mps']:.2f} m/s, "
           f"{meta['duration_s']:.2f} s) of {len(meta['persons'])} person(s) from {len(meta['recordings'])} file(s) "
