@@ -1,5 +1,5 @@
 """`make demo`: simulated radar data -> VAE -> user-ID-conditioned LDM -> samples of every user -> evaluation on
-held-out real files -> the few-shot augmentation experiment.
+held-out real files -> the few-shot identification experiment, reduced.
 
     python scripts/demo.py                       # CPU: 32x32 spectrograms, tiny models, about 7 minutes on 2 cores
     python scripts/demo.py --profile realistic   # the same on the harder, more physical simulator profile
@@ -7,9 +7,11 @@ held-out real files -> the few-shot augmentation experiment.
 
 Every stage is one of the project's own commands, run as a subprocess and echoed, so the demo doubles as a
 walk-through: python -m ldm.radar.simulator, train_vae.py (which decides the split and writes vae/split.json),
-train_ldm.py (which reuses it), sample.py, evaluate.py and augment.py (which measure on the split's held-out test
-files only). Outputs go to runs/demo/ (runs/demo-realistic/ for --profile realistic; --out); the closing report is
-report.md there, the sample grid samples_grid.png, the augmentation plot augmentation.png.
+train_ldm.py (which reuses it), sample.py, evaluate.py (which measures on the split's held-out test files only) and
+fewshot.py, reduced: NOVEL further simulated people, never seen by the generator, are enrolled into it from k = 4
+shots each and identified by every variant of docs/augmentation.md (one generator seed, a few shot draws; the full
+protocol is fewshot.py on its own). Outputs go to runs/demo/ (runs/demo-realistic/ for --profile realistic; --out);
+the closing report is report.md there, the sample grid samples_grid.png, the few-shot plot fewshot/fewshot.png.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from ldm.cli import option, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = 8
+NOVEL = 4            # further people for the few-shot step: simulated with the same seed, so users 0-7 are the same
 
 # Sizes per device. CPU: the simulator's 64x64 spectrograms resized to 32x32 (f = 2 -> 16x16x4 latents), so the whole
 # demo fits 7 minutes on 2 cores. CUDA: 128x128 and the microdoppler presets (f = 8 -> 16x16x4 latents).
@@ -42,14 +45,20 @@ SETTINGS = {
         "ldm": ["--preset", "tiny", "--unet-channels", "32,64", "--unet-attention", "0,1", "--unet-heads", "4",
                 "--context-dim", "64", "--steps", "1000", "--batch-size", "32", "--lr", "1e-3", "--ema-decay", "0.995",
                 "--cache-latents", "--posterior", "mean"],
-        "num": 32, "sample_steps": 25, "guidance": 3.0, "eval_epochs": 20, "shots": "4,8", "augment_seeds": 5,
+        "num": 32, "sample_steps": 25, "guidance": 3.0, "eval_epochs": 20,
+        # the reduced few-shot protocol: one generator (this demo's), k = 4, 3 shot draws, 2 tuning draws
+        "fewshot": ["--shots", "4", "--draws", "3", "--size", "32", "--samples", "32", "--sample-steps", "25",
+                    "--test-per-person", "12", "--tune-draws", "2", "--classic-multiples", "0,1,2",
+                    "--resamples", "1000"],
     },
     "cuda": {
         "sim_size": 128, "size": 128, "per_user": 64,
         "vae": ["--preset", "microdoppler", "--steps", "6000", "--batch-size", "16", "--disc-start", "3000"],
         "ldm": ["--preset", "microdoppler", "--steps", "20000", "--batch-size", "64", "--lr", "1e-4",
                 "--cache-latents"],
-        "num": 64, "sample_steps": 50, "guidance": 3.0, "eval_epochs": 30, "shots": "4,8,16", "augment_seeds": 5,
+        "num": 64, "sample_steps": 50, "guidance": 3.0, "eval_epochs": 30,
+        "fewshot": ["--shots", "4", "--draws", "5", "--size", "128", "--samples", "64", "--sample-steps", "50",
+                    "--test-per-person", "16"],
     },
 }
 
@@ -90,7 +99,36 @@ def _value(cell: dict | None, percent: bool = True) -> str:
     return f"{cell['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def write_report(out: Path, device: str, profile: str, evaluation: dict, augmentation: dict, vae_eval: dict,
+def fewshot_section(f: dict) -> list[str]:
+    """The report's few-shot section from fewshot.py's fewshot.json (the reduced protocol)."""
+    novel, runs = f["people"]["novel"], f["rows"][0] if f["rows"] else {}
+    lines = ["", "## A new person from 4 spectrograms (reduced few-shot protocol)", "",
+             f"**Reduced protocol**: {len(novel)} novel people ({', '.join(novel)}) that the generator never saw, "
+             f"{f['people']['test_per_person'][novel[0]]} scored test files each; one generator seed (this demo's "
+             f"LDM, trained on the {len(f['people']['base'])} base people), {runs.get('draws', ['?'])[0]} shot "
+             "draws, k = 4. Each draw enrols the novel people into the generator from the same 4 shots every "
+             "variant gets. The full protocol (3 generator seeds, 20 draws, k = 1, 2, 4, 8) is `python fewshot.py`; "
+             "docs/augmentation.md has its design and result. Brackets: 95% intervals resampling shot draws and "
+             "test persons.", "",
+             "| k | variant | accuracy on the novel people's test files |", "|---|---|---|"]
+    for r in f["rows"]:
+        lines.append(f"| {r['shots']} | {r['variant']} | {r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
+    if f.get("oracle"):
+        o = f["oracle"]
+        lines.append(f"| all | oracle (all {o['pool_files_per_person']} pool files per person: the ceiling) | "
+                     f"{o['accuracy']:.3f} [{o['ci'][0]:.3f}, {o['ci'][1]:.3f}] |")
+    p = f.get("primary")
+    if p:
+        lines += ["", f"Primary contrast (fixed before the run): {p['variant']} minus the best non-generative "
+                      f"variant ({p['against']}) = **{p['difference']:+.3f}** [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]."]
+    for r in f["identity_of_samples"]:
+        lines.append(f"At k = {r['shots']}, enrolled samples identified as their person by the oracle classifier: "
+                     f"{r['accuracy']:.1%} "
+                     f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (clustered by person; chance {r['chance']:.1%}).")
+    return lines
+
+
+def write_report(out: Path, device: str, profile: str, evaluation: dict, fewshot: dict, vae_eval: dict,
                  timings: dict, guidance: float) -> Path:
     o, d, m = evaluation["overall"], evaluation["distances"], evaluation["memorisation"]
     users = len(evaluation["class_to_idx"])
@@ -122,25 +160,7 @@ def write_report(out: Path, device: str, profile: str, evaluation: dict, augment
         s = m[space]
         lines.append(f"| {space} | {s['fraction_closer']:.1%} | [{s['fraction_closer_ci'][0]:.1%}, "
                      f"{s['fraction_closer_ci'][1]:.1%}] | {'yes' if s['copying_suspected'] else 'no'} |")
-    a = augmentation
-    lines += ["", "## Augmentation: k real spectrograms per person, with and without generated ones", "",
-              f"Identity classifiers trained on k real training files per person (drawn from the split's train "
-              f"part, {len(a['seeds'])} seeds), tested on the {a['counts']['real_test']} held-out real files. "
-              "`classic`: time/Doppler shift and scaling and gain jitter; `+synthetic`: all generated samples; "
-              "`+margin`/`+physics`: generated samples kept by that filter (docs/augmentation.md). Gains are paired "
-              "per seed, with 95% Student-t intervals.", "",
-              "| k | variant | accuracy | gain over real only | gain over classic | generated kept |",
-              "|---|---|---|---|---|---|"]
-    def with_ci(value: float, low_high: list, signed: bool) -> str:
-        fmt = "+.3f" if signed else ".3f"
-        return f"{value:{fmt}}" + ("" if low_high[0] is None else f" [{low_high[0]:{fmt}}, {low_high[1]:{fmt}}]")
-
-    for r in a["rows"]:
-        gain = "(baseline)" if r["variant"] == "real" else with_ci(r["gain"], r["gain_ci"], True)
-        over_classic = ("(baseline)" if r["variant"] == "classic" else
-                        with_ci(r["gain_over_classic"], r["gain_over_classic_ci"], True))
-        lines.append(f"| {r['shots']} | {r['variant']} | {with_ci(r['accuracy'], r['accuracy_ci'], False)} | "
-                     f"{gain} | {over_classic} | {r['kept']:.0f} |")
+    lines += fewshot_section(fewshot)
     lines += ["", "VAE reconstructions of the held-out val files: EMA weights (exported) PSNR "
               f"{vae_eval['ema']['psnr']:.2f} dB, "
               f"raw weights {vae_eval['raw']['psnr']:.2f} dB.", "",
@@ -152,17 +172,17 @@ def write_report(out: Path, device: str, profile: str, evaluation: dict, augment
     lines += ["", "## Stage times (wall clock)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     lines += ["", "Files: `samples_grid.png` (one row per person), `evaluation.json`, `evaluation_confusion.png`, "
-                  "`augmentation.json`, `augmentation.png`, `vae/` (with `split.json`), `ldm/pipeline/`.", ""]
+                  "`fewshot/fewshot.json`, `fewshot/fewshot.png`, `vae/` (with `split.json`), `ldm/pipeline/`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def simulated(data: Path, profile: str, per_user: int, size: int, seed: int) -> bool:
+def simulated(data: Path, profile: str, per_user: int, size: int, seed: int, users: int = USERS) -> bool:
     """Whether data/ already holds this simulation (an older metadata.json without a profile is the classic one)."""
     meta = simulator_metadata(data)
     return (meta is not None and meta.get("profile", {}).get("name", "classic") == profile and meta["size"] == size
-            and meta["seed"] == seed and len(meta["samples"]) == USERS * per_user)
+            and meta["seed"] == seed and len(meta["samples"]) == users * per_user)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,19 +210,27 @@ def main(argv: list[str] | None = None) -> int:
     run([py, "evaluate.py", "--real", str(data), "--split", split, "--generated", str(out / "samples"), "--out",
          str(out / "evaluation.json"), "--size", str(cfg["size"]), "--epochs", str(cfg["eval_epochs"]),
          "--seed", seed, "--quiet"], timings, "evaluate")
-    run([py, "augment.py", "--real", str(data), "--split", split, "--generated", str(out / "samples"), "--out",
-         str(out / "augmentation.json"), "--size", str(cfg["size"]), "--shots", cfg["shots"], "--seeds",
-         str(cfg["augment_seeds"]), "--seed", seed, "--no-progress"], timings, "augment")
+    # the few-shot step: the same simulation with NOVEL more people, whom this demo's generator never saw
+    novel_data = out / "fewshot_data"
+    if not simulated(novel_data, args.profile, cfg["per_user"], cfg["sim_size"], args.seed, USERS + NOVEL):
+        run([py, "-m", "ldm.radar.simulator", "--out", str(novel_data), "--profile", args.profile, "--users",
+             str(USERS + NOVEL), "--per-user", str(cfg["per_user"]), "--size", str(cfg["sim_size"]), "--seed", seed,
+             "--quiet", "--overwrite"], timings, "simulate_novel")
+    if (out / "fewshot").exists():                                     # a rerun: the previous one moves aside
+        (out / "fewshot").rename(out / f"fewshot.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    run([py, "fewshot.py", "--data", str(novel_data), "--pipeline", str(out / "ldm" / "pipeline"), "--base-split",
+         split, "--novel", str(NOVEL), "--generator-seeds", "1", "--out", str(out / "fewshot"), *cfg["fewshot"],
+         "--no-progress"], timings, "fewshot")
     timings["total"] = time.perf_counter() - total
 
     evaluation = json.loads((out / "evaluation.json").read_text())
-    augmentation = json.loads((out / "augmentation.json").read_text())
-    report = write_report(out, args.device, args.profile, evaluation, augmentation,
+    fewshot = json.loads((out / "fewshot" / "fewshot.json").read_text())
+    report = write_report(out, args.device, args.profile, evaluation, fewshot,
                           last_eval(out / "vae" / "log.jsonl"), timings, cfg["guidance"])
     o = evaluation["overall"]
     print(f"\ndemo finished in {timings['total'] / 60:.1f} min")
     print(f"  report       {report}\n  sample grid  {out / 'samples_grid.png'}\n"
-          f"  augmentation {out / 'augmentation.png'}")
+          f"  few-shot     {out / 'fewshot' / 'fewshot.png'}")
     print(f"  identity accuracy on generated samples {_value(o['trts_accuracy'])} (real held-out "
           f"{_value(o['real_test_accuracy'])}, chance {1 / len(evaluation['class_to_idx']):.1%})")
     return 0
