@@ -405,6 +405,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         x_fit, y_fit, fit_names, x_ref = x_real, y_real, names, x_real
         source = {"from": "--real-test", "path": str(cfg.real_test), "classifier_trained_on": "all of --real",
                   "generators_trained_on": "all of --real (assumed)"}
+    gen = SpectrogramFolder(cfg.generated, class_to_idx=real.class_to_idx, **load)   # a bad folder: one line first
+    x_gen, y_gen = gen.tensors()
     provenance = generator_provenance(cfg.generated, test_names)       # refuses a generator that saw a test file
     # A test file with the pixels of a training file (a duplicate, or a .png next to its .npy) is not held out.
     same = nearest_neighbour_distances(x_test, x_fit) < SAME_PIXELS_RMS * x_test[0].numel() ** 0.5
@@ -416,8 +418,6 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         test_names = [n for n in test_names if n not in dropped]
         if len(test_names) == 0:
             raise ValueError("every real test file has the pixels of a training file: nothing is held out")
-    gen = SpectrogramFolder(cfg.generated, class_to_idx=real.class_to_idx, **load)
-    x_gen, y_gen = gen.tensors()
     k, classes = len(real.classes), real.classes
     recipe = ClassifierConfig(num_classes=k, in_channels=cfg.channels,
                               image_size=height if height == width else (height, width), epochs=cfg.epochs,
