@@ -173,3 +173,37 @@ def test_a_float16_pipeline_generates_without_blaming_the_callers_dtype(tmp_path
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
     # float16 weights and latents: the same images to half precision's rounding, not other images
     assert (images - full.generate([1], 2, steps=3, seed=1, progress=False)[1]).abs().max() < 0.05
+
+
+def test_step_limits_are_where_diffusers_own_samplers_break():
+    """step_limit(kind): the most steps whose timesteps diffusers' own scheduler also gives as distinct values inside
+    the schedule; one more repeats a timestep (DPM-Solver++: a zero step, NaN images) or leaves the schedule."""
+    from diffusers import DDIMScheduler as RefDDIM, DPMSolverMultistepScheduler as RefDPM
+    from diffusers import EulerDiscreteScheduler as RefEuler
+    from ldm.pipeline import step_limit
+    pipe = tiny_pipeline()
+    schedule = {key: SCHEDULE[key] for key in ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
+                                               "steps_offset")}          # what make_sampler hands on
+    references = {"ddim": RefDDIM(**SCHEDULE, set_alpha_to_one=False), "dpm++2m": RefDPM(**schedule),
+                  "euler": RefEuler(**schedule)}
+    for kind, ref in references.items():
+        limit = step_limit(kind, pipe.scheduler)
+        ref.set_timesteps(limit)
+        assert len(set(ref.timesteps.tolist())) == limit and int(ref.timesteps.max()) <= 999, kind
+        if limit < 1000:
+            ref.set_timesteps(limit + 1)
+            broken = len(set(ref.timesteps.tolist())) < limit + 1 or int(ref.timesteps.max()) > 999
+            assert broken, kind
+    assert (step_limit("ddim", pipe.scheduler), step_limit("dpm++2m", pipe.scheduler),
+            step_limit("euler", pipe.scheduler)) == (999, 999, 1000)
+    with pytest.raises(ValueError, match=r"^steps=1000: the dpm\+\+2m sampler takes at most 999 steps"):
+        pipe.generate([0], 1, steps=1000, sampler="dpm++2m", progress=False)
+    with pytest.raises(ValueError, match=r"^eta=5.0: DDIM's eta lies in \[0, 1\]"):
+        pipe.generate([0], 1, steps=2, eta=5.0, progress=False)
+
+
+def test_a_schedule_with_betas_outside_0_1_is_refused_when_the_pipeline_is_built():
+    pipe = tiny_pipeline()
+    with pytest.raises(ValueError, match=r"^scheduler: its betas must lie in \(0, 1\], but beta_schedule='linear', "
+                                         r"beta_start=0.0001, beta_end=2.0 give"):
+        Pipeline(pipe.denoiser, pipe.vae, DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=2.0))
