@@ -152,6 +152,13 @@ def test_train_mode_outputs_and_gradients_equal_diffusers(name, kwargs, inputs):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def test_compat_never_imports_diffusers():
+    import subprocess
+    import sys
+    code = "import sys, ldm.compat; sys.exit('diffusers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_compat_classes_are_the_plain_classes():
     assert issubclass(compat.AutoencoderKL, vae.AutoencoderKL) and issubclass(compat.VQModel, vq.VQModel)
     assert issubclass(compat.UNet2DConditionModel, unet.UNet2DConditionModel)
