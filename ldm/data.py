@@ -287,8 +287,8 @@ JET_MIN_COLOURS = 16
 
 def _refuse_jet_as_luma(rgb: np.ndarray, path: Path) -> None:
     """ValueError with the --colormap hint when a colour image read as levels (no colormap) is a jet rendering:
-    coloured, with its median pixel within JET_TOLERANCE of a jet colour and many jet colours in use. Its luma would not be monotonic in the
-    level, so training on it would learn a scrambled spectrogram."""
+    coloured, with its median pixel within JET_TOLERANCE of a jet colour and many jet colours in use. Its luma would
+    not be monotonic in the level, so training on it would learn a scrambled spectrogram."""
     spread = np.median(rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1))
     if spread <= COLOURED_SPREAD:
         return

@@ -195,12 +195,15 @@ def image_seed(seed: int, user: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") % 2**63
 
 
-def step_limit(kind: str, scheduler: DDPMScheduler) -> int:
+def step_limit(kind: str, scheduler: DDPMScheduler, at_most: int | None = None) -> int:
     """The most sampling steps sampler ``kind`` takes on ``scheduler``'s training schedule: the largest n up to
-    num_train_timesteps whose timesteps all lie in the schedule and are distinct (DDIM and DDPM with steps_offset 1
-    stop at N - 1; DPM-Solver++ repeats a timestep at N and divides by the zero step). 0 when none works."""
+    num_train_timesteps (and up to ``at_most``) whose timesteps all lie in the schedule and are distinct (DDIM and
+    DDPM with steps_offset 1 stop at N - 1; DPM-Solver++ repeats a timestep at N and divides by the zero step).
+    0 when none works."""
     sampler = make_sampler(kind, scheduler)
-    for n in range(scheduler.config.num_train_timesteps, 0, -1):
+    top = scheduler.config.num_train_timesteps
+    top = top if at_most is None else min(at_most, top)
+    for n in range(top, 0, -1):
         try:
             sampler.set_timesteps(n)
         except ValueError:
@@ -356,8 +359,8 @@ class Pipeline:
                              "values make the step's variance exceed what the schedule allows (NaN images)")
         if not math.isfinite(guidance):
             raise ValueError(f"guidance={guidance}: expected a finite scale (1 = conditional model only)")
-        limit = self.step_limit(sampler)
-        if steps > limit:
+        if step_limit(sampler, self.scheduler, at_most=steps) < steps:       # steps itself is checked first
+            limit = self.step_limit(sampler)
             raise ValueError(f"steps={steps}: the {sampler} sampler takes at most {limit} steps on this pipeline's "
                              f"schedule of {self.scheduler.config.num_train_timesteps} training timesteps (beyond "
                              "that its timesteps repeat or leave the schedule)")
@@ -391,7 +394,8 @@ class Pipeline:
         """One line: ``what`` holds NaN or Inf, and the likely cause, checked in order: non-finite weights, the
         latent scaling (scaling_factor in vae/config.json), the guidance scale, the sampler and its step count."""
         for part, model in (("UNet", self.unet), ("user-ID embedder", self.embedder), ("autoencoder", self.vae)):
-            bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+            bad = [name for name, t in model.state_dict().items()
+                   if t.is_floating_point() and not torch.isfinite(t).all()]
             if bad:
                 return (f"{what} hold NaN or Inf: the {part}'s weights do ({len(bad)} tensor(s), e.g. {bad[0]}); "
                         "the pipeline is broken (a diverged or damaged export), export it again")

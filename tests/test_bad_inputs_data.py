@@ -176,7 +176,8 @@ def test_evaluate_with_a_broken_split_exits_2_in_one_line(split_file, tmp_path, 
     code = evaluate.main(["--real", str(data), "--generated", str(data), "--split", str(path), "--out",
                           str(tmp_path / "report.json"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and err == f'evaluate.py: error: {path}: "train" is null; expected a list of file names ("user/file")\n'
+    assert code == 2
+    assert err == f'evaluate.py: error: {path}: "train" is null; expected a list of file names ("user/file")\n'
 
 
 def test_a_too_small_file_names_the_resize_option_not_python(tmp_path):
