@@ -287,6 +287,19 @@ def test_evaluate_size_follows_the_data_and_the_report_lands_beside_the_split(re
     (run / "report_confusion.png").unlink()
 
 
+def test_fewshot_refuses_an_experiment_folder_on_its_inputs(real_run, tmp_path, capsys):
+    import fewshot
+    data, run, _ = real_run
+    before = sorted(p.name for p in data.iterdir())
+    cases = [(["--data", str(data), "--out", str(data)], f"--out {data} is or lies in --data {data}"),
+             (["--data", str(data), "--out", str(data / "fs")], f"--out {data / 'fs'} is or lies in --data {data}")]
+    for argv, message in cases:
+        capsys.readouterr()
+        assert fewshot.main(argv + ["--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in data.iterdir()) == before
+
 
 def test_a_real_ctrl_c_in_sample_exits_130_without_a_traceback_and_leaves_nothing(pipeline, tmp_path):
     """SIGINT to a running sample.py (as Ctrl-C sends it), once it is sampling: one line, status 130, and no OUT,
