@@ -65,7 +65,11 @@ def hold_run_lock(folder: str | os.PathLike, what: str = "--out"):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = _acquire(path, what)
+    try:
+        fd = _acquire(path, what)
+    except PermissionError as error:            # a read-only folder, or a lock file of another user
+        raise ValueError(f"{path.parent}: cannot write its lock file {path.name} ({error.strerror}); choose "
+                         f"another {what}") from None
     try:
         record = (f"{os.getpid()}\n{socket.gethostname()}\n{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                   f"{' '.join(['python', *sys.argv])[:300]}\n")
@@ -89,6 +93,10 @@ def _acquire(path: Path, what: str) -> int:
             holder = _describe(path) or "another process"
             raise ValueError(f"{path.parent} is being written by {holder}; wait for it to finish or stop it, "
                              f"or choose another {what}") from None
+        except OSError as error:                # a file system without locks (some network mounts): ENOLCK
+            os.close(fd)
+            raise ValueError(f"{path.parent}: cannot take its write lock {path.name} ({error.strerror}); choose "
+                             f"another {what} on a local file system") from None
         # The holder before us may have unlinked the file between our open and our flock: then we locked a file
         # nobody else can see, and must lock the one now at ``path`` instead.
         try:
