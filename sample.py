@@ -55,7 +55,7 @@ from ldm import cli, fast, lock, training
 from ldm.radar import identity
 from ldm.radar.augment import class_margins, physics_filter, physics_ranges
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
-from ldm.io import atomic_write, check_outputs_apart, temp_name, write_json
+from ldm.io import atomic_write, check_outputs_apart, remove_stale_temps, temp_name, write_json
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
 from ldm.radar.identity import load_classifier, predict
 from ldm.pipeline import SAMPLERS, Pipeline
@@ -310,6 +310,8 @@ def write_samples(cfg: SampleConfig, pipe: Pipeline, users: list[int], names: di
                   target: Path, grid: Path) -> tuple[dict, list]:
     """Generate, filter and write the images (into a hidden folder, then moved into OUT) and the grid. Returns
     ({user: kept images}, the grid rows)."""
+    for done in remove_stale_temps(target.parent, name=target.name):   # a killed run's hidden folder
+        print(f"sample.py: {done} (left by a killed run)")
     staging = temp_name(target)                                         # hidden until every image is written
     staging.mkdir(parents=True)
     try:

@@ -233,17 +233,17 @@ def is_temp_name(name: str) -> bool:
     return _TEMP_PATTERN.fullmatch(name) is not None
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[str]:
     """Clear what killed processes left in ``folder``: temporary files and folders (``.NAME.tmp-PID``) are deleted,
     and a folder moved aside by replace_folder (``.NAME.old-PID``) is put back when NAME is missing (the crash came
     between the two renames), else deleted. Only names of processes that are no longer alive on this machine are
-    touched. Returns what was done, one phrase per entry."""
+    touched, and with ``name`` only those of that NAME. Returns what was done, one phrase per entry."""
     folder, done = Path(folder), []
     if not folder.is_dir():
         return done
     for entry in sorted(folder.iterdir()):
         match = _TEMP_PATTERN.fullmatch(entry.name)
-        if not match or _pid_alive(int(match["pid"])):
+        if not match or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
             continue
         target = folder / match["name"]
         if match["kind"] == "old" and not target.exists():

@@ -318,3 +318,13 @@ def test_a_real_ctrl_c_in_sample_exits_130_without_a_traceback_and_leaves_nothin
     assert process.returncode == 130, stderr
     assert stderr == "interrupted\n" and "Traceback" not in stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_sample_runs_hidden_folder_is_cleared_by_the_next_run(pipeline, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                         # a PID no process has now
+    left = tmp_path / f".s.tmp-{dead.pid}"
+    (left / "alice").mkdir(parents=True)
+    (tmp_path / f".other.tmp-{dead.pid}").mkdir()                       # another output's: not sample.py's to touch
+    assert _sample(sample_args(pipeline, tmp_path / "s"), capsys)[0] == 0
+    _only(tmp_path, "s", "s.json", "s_grid.png", f".other.tmp-{dead.pid}")
