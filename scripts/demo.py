@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
          "--sample-every", "1000000", "--sample-per-user", "8", *common], timings, "train_ldm")
     run([py, "sample.py", "--model", str(out / "ldm" / "pipeline"), "--user", "all", "--num", str(cfg["num"]),
          "--steps", str(cfg["sample_steps"]), "--guidance", str(cfg["guidance"]), "--batch-size", "32",
-         "--out", str(out / "samples"), "--device", args.device, "--seed", seed, "--no-progress"], timings, "sample")
+         "--out", str(out / "samples"), "--device", args.device, "--seed", seed, "--no-progress", "--overwrite"],
+        timings, "sample")                                             # a rerun moves the old samples aside
     split = str(out / "vae" / "split.json")                            # decided by train_vae.py, reused by all
     run([py, "evaluate.py", "--real", str(data), "--split", split, "--generated", str(out / "samples"), "--out",
          str(out / "evaluation.json"), "--size", str(cfg["size"]), "--epochs", str(cfg["eval_epochs"]),
