@@ -372,14 +372,13 @@ def run(cfg: FewShotConfig) -> int:
                               doppler_disturbance=min(0.45, multiple * spread[0] / 2 / span),
                               gain_db=3.0, dynamic_range_db=dynamic_range)
 
+    # With several workers, worker 1 (the helper) tunes classic augmentation and trains the embedding and oracle
+    # networks while worker 0 trains the generator; everyone else waits for their files.
+    helper = 1 if workers > 1 else 0
     tuning_path = out / "classic_tuning.json"
-    wait_for(tuning_path)
-    if tuning_path.is_file():
-        tuning = json.loads(tuning_path.read_text())
-    else:
-        tuning = tune_classic(cfg, lists["multiples"], classic_for, x_base, y_base, names_base, x_val, y_val, base)
-        write_json(tuning_path, tuning)
-    classic = classic_for(tuning["chosen_multiple"])
+    if worker == helper and not tuning_path.is_file():
+        write_json(tuning_path, tune_classic(cfg, lists["multiples"], classic_for, x_base, y_base, names_base, x_val,
+                                             y_val, base))
 
     # ---- units: (generator seed, shot draw, k) --------------------------------------------------------------------
     units_path = out / "units.jsonl"
@@ -403,27 +402,27 @@ def run(cfg: FewShotConfig) -> int:
             stopped = True
             break
         folder = out / f"gen-{seed}"
-        wait_for(folder / "embedding.safetensors", folder / "oracle.safetensors",
-                 *([] if cfg.pipeline else [folder / "ldm.done"]))
-        pipeline_folder = Path(cfg.pipeline) if cfg.pipeline else train_generator(cfg, out, seed)
-        pipe = load_base_pipeline(cfg, pipeline_folder, people["base_split"]["train"])
         folder.mkdir(parents=True, exist_ok=True)
-        embedding_path = folder / "embedding.safetensors"
-        if embedding_path.is_file():
-            embedding, _ = load_classifier(str(embedding_path))
-        else:
+        embedding_path, oracle_path = folder / "embedding.safetensors", folder / "oracle.safetensors"
+        if worker == helper and not embedding_path.is_file():      # the network trained on the base people
             embedding = train_classifier(x_base, y_base, ClassifierConfig(num_classes=len(base), image_size=cfg.size,
                                                                           epochs=cfg.epochs, min_steps=cfg.min_steps,
                                                                           seed=seed))
             save_classifier(embedding, str(embedding_path), {p: i for i, p in enumerate(base)},
                             trained_on={"files": sorted(names_base)})
-        oracle_path = folder / "oracle.safetensors"
-        if oracle_path.is_file():
-            oracle, _ = load_classifier(str(oracle_path))
-        else:
+        if worker == helper and not oracle_path.is_file():         # the ceiling: all of the novel people's pool
             oracle = train_classifier(data_novel.x[pool_rows], data_novel.labels[pool_rows], fs.with_seed(clf, seed))
             save_classifier(oracle, str(oracle_path), {p: i for i, p in enumerate(novel)},
                             trained_on={"files": sorted(data_novel.names[i] for i in pool_rows.tolist())})
+        if worker == 0 and not cfg.pipeline:
+            train_generator(cfg, out, seed)
+        wait_for(tuning_path, embedding_path, oracle_path, *([] if cfg.pipeline else [folder / "ldm.done"]))
+        tuning = json.loads(tuning_path.read_text())
+        classic = classic_for(tuning["chosen_multiple"])
+        embedding, _ = load_classifier(str(embedding_path))
+        oracle, _ = load_classifier(str(oracle_path))
+        pipe = load_base_pipeline(cfg, Path(cfg.pipeline) if cfg.pipeline else folder / "ldm" / "pipeline",
+                                  people["base_split"]["train"])
         if seed not in oracle_done and worker == 0:
             scored = fs.score_unit(data_novel, {p: [] for p in novel}, people["pool"], fs.with_seed(clf, seed),
                                    classic, embedding, spread, None, variants=(fs.CEILING,))
@@ -465,13 +464,15 @@ def run(cfg: FewShotConfig) -> int:
 
     # ---- summary -------------------------------------------------------------------------------------------------
     units = read_units(units_path)
+    tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else {}
+    classic = classic_for(tuning["chosen_multiple"]) if tuning else None
     summary = summarise(units, novel, people, cfg, tuning, real_stats)
     summary.update({"format": FORMAT, "settings": asdict(cfg), "data": str(data),
                     "people": {"base": base, "novel": novel,
                                "pool_per_person": {p: len(v) for p, v in people["pool"].items()},
                                "test_per_person": {p: len(v) for p, v in people["test"].items()}},
                     "walk_to_walk_spread": {"torso_speed_mps": spread[0], "cadence_steps_per_s": spread[1]},
-                    "classic_augment": asdict(classic), "stopped_early": stopped,
+                    "classic_augment": asdict(classic) if classic else None, "stopped_early": stopped,
                     "seconds_this_run": time.perf_counter() - started})
     write_json(out / "fewshot.json", summary)
     if summary["rows"]:
