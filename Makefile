@@ -1,7 +1,17 @@
 # Two entry points: `make test` and `make demo`. Both create .venv and install everything on first use.
+# torch comes from PyTorch's CPU wheel index (a few hundred MB, not the multi-GB CUDA build a plain `pip install torch`
+# gives on Linux); where that index cannot be reached, the plain pin is installed instead (from PyPI or a local mirror).
 # A GPU user overrides the torch pin, e.g. `make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
-PYTHON ?= python3
-TORCH  ?= torch==2.13.0
+PYTHON    ?= python3
+TORCH     ?= torch==2.13.0
+CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+ifeq ($(origin TORCH),file)
+INSTALL_TORCH = $(PY) -m pip install --quiet --retries 1 --timeout 20 $(TORCH) --index-url $(CPU_INDEX) \
+	|| { echo "$(CPU_INDEX) cannot be reached: installing $(TORCH) from the default index"; \
+	     $(PY) -m pip install --quiet $(TORCH); }
+else
+INSTALL_TORCH = $(PY) -m pip install --quiet $(TORCH)
+endif
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -13,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
+	$(INSTALL_TORCH)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

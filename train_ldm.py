@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -435,27 +436,122 @@ def latent_scale(cfg: TrainLDMConfig, raw_config: dict, state: dict | None, mome
     return parse_scaling_factor(cfg.scaling_factor)
 
 
-def load_weights(cfg: TrainLDMConfig, state: dict | None, model, ema) -> None:
-    """A resumed checkpoint's weights (before sharding: the checkpoint holds full state dicts)."""
+def check_processes(cfg: TrainLDMConfig, info, device: str) -> None:
+    """What the process group and the machine must allow: --fsdp needs several processes, --compile a compiler."""
+    if cfg.fsdp and not info.enabled:
+        raise ValueError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N (N >= 2), "
+                         "or drop --fsdp for one process")
+    if cfg.compile and (problem := compile_problem(device)) is not None:
+        raise ValueError(f"--compile: torch.compile does not work on this machine ({problem}); run without --compile")
+
+
+def held_out_latents(root: Path, split: dict, options: dict, vae, shift: float, scale: float, device
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The held-out loss's inputs: the validation files' scaled posterior means, each repeated for several (noise,
+    t) draws (about 256 in all), and their user IDs; (None, None) without validation files."""
+    if not split["val"]:
+        return None, None
+    x_val, y_val = SpectrogramFolder(root, subset=split["val"], **options).tensors()
+    repeats = max(1, 256 // len(x_val))
+    z_val = (encode_moments(vae, x_val, device)[0] - shift) * scale                # (N, Cz, h, w)
+    return z_val.repeat(repeats, 1, 1, 1), y_val.repeat(repeats).to(device)
+
+
+def build_denoiser(cfg: TrainLDMConfig, vae, image_size, class_to_idx: dict, state: dict | None) -> ConditionedUNet:
+    """The UNet (build_unet) on the VAE's latents with the user-ID embedder of --cond/--num-tokens, checked to fit
+    each other and a resumed checkpoint."""
+    factor, channels = vae.config.downsample_factor, vae.latent_channels
+    unet = build_unet(cfg, channels, (image_size[0] // factor, image_size[1] // factor), len(class_to_idx))
+    embedder = UserIDEmbedder(len(class_to_idx), unet.config.cross_attention_dim, cfg.num_tokens, cfg.cond,
+                              class_to_idx)
+    check_compatible(unet.config, embedder)
+    check_same_denoiser(cfg, unet, embedder, state, channels)
+    return ConditionedUNet(unet, embedder)
+
+
+@dataclass
+class Trained:
+    """What the optimizer changes, and what a checkpoint holds besides the options: the denoiser, its EMA (and how
+    many updates it has had), AdamW, and the non-finite guard's count."""
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    guard: training.NonFiniteGuard
+    ema_updates: int = 0
+
+
+def save_checkpoint(run: training.Run, t: Trained, class_to_idx: dict, scale: float, vae_sha256: str,
+                    step: int) -> None:
+    """OUT/checkpoint.pt of ``step``: full state dicts (gathered from every process under --fsdp, a collective) and
+    everything an exact resume needs, with the latent scale and the hash of the VAE weights it belongs to."""
+    if run.cfg.fsdp:
+        weights = {"model": training.gather_state_dict(t.model, run.info.is_main),
+                   "ema": training.gather_state_dict(t.ema, run.info.is_main),
+                   "opt": training.gather_optimizer_state(t.opt, run.info.is_main)}
+    else:
+        weights = {"model": t.model.state_dict(), "ema": t.ema.state_dict(), "opt": t.opt.state_dict()}
+    training.write_checkpoint(run, step, weights, unet_config=t.model.unet.config.to_diffusers(),
+                              embedder_config=t.model.embedder.config(), class_to_idx=class_to_idx,
+                              scaling_factor=scale, vae_sha256=vae_sha256, ema_updates=t.ema_updates,
+                              nonfinite_total=t.guard.total)
+
+
+def place_denoiser(cfg: TrainLDMConfig, model: ConditionedUNet, state: dict | None, info
+                   ) -> tuple[ConditionedUNet, ConditionedUNet | None]:
+    """Make the denoiser ready to train, in place: the same initial weights in every process (--fsdp), NHWC weights
+    (--channels-last), activation recomputation (--gradient-checkpointing), a resumed checkpoint's weights (full
+    state dicts, loaded before sharding), and the shards (--fsdp). Returns its EMA (sharded like it) and, with
+    --fsdp, rank 0's unsharded copy for evaluation, sampling and export (else None)."""
+    if cfg.fsdp:   # every process starts from rank 0's initial weights (DDP does this when it wraps the model)
+        for tensor in model.state_dict().values():
+            torch.distributed.broadcast(tensor, src=0)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)                     # the 4-d (convolution) weights: NHWC
+        fast.optimize(model)                # its transformers keep NHWC maps NHWC (and its other devices come along)
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
     if state is not None:
         with training.checkpoint_parts(cfg.resume):
             model.load_state_dict(state["model"])
             ema.load_state_dict(state["ema"])
+    rank0_copy = copy.deepcopy(ema) if cfg.fsdp and info.is_main else None
+    if cfg.fsdp:
+        shard(model)
+        shard(ema)                                                       # its shards match the model's
+    return ema, rank0_copy
 
 
-def load_optimizer(cfg: TrainLDMConfig, state: dict | None, model, opt, guard) -> int:
-    """A resumed checkpoint's optimizer state (cut to this process's shards under --fsdp), random state and
-    non-finite count; returns the number of EMA updates so far (0 for a new run)."""
+def provenance(split: dict, vae_split: str | None) -> dict:
+    """pipeline/provenance.json: every file the generator saw (this run's training files, with its VAE's when the
+    VAE run's split is of the same data folder)."""
+    seen = set(split["train"])
+    if vae_split is not None and read_split(vae_split)["files_sha256"] == split["files_sha256"]:
+        seen |= set(read_split(vae_split)["train"])
+    return {"trained_on": file_record(sorted(seen)), "enrolled": {}}
+
+
+def describe_eval(result: dict) -> str:
+    """One line of the held-out losses of the EMA and the raw weights (empty off rank 0, where they are None)."""
+    if result["ema_val_loss"] is None:
+        return ""
+    return f"held-out loss {result['ema_val_loss']:.4f} (EMA weights), {result['raw_val_loss']:.4f} (raw weights)"
+
+
+def load_optimizer(cfg: TrainLDMConfig, state: dict | None, t: Trained) -> None:
+    """A resumed checkpoint's optimizer state (cut to this process's shards under --fsdp), random state, EMA count and
+    non-finite count."""
     if state is None:
-        return 0
+        return
     with training.checkpoint_parts(cfg.resume):
-        opt_state = training.shard_optimizer_state(state["opt"], list(model.parameters())) if cfg.fsdp else state["opt"]
+        opt_state = training.shard_optimizer_state(state["opt"], list(t.model.parameters())) if cfg.fsdp \
+            else state["opt"]
         for group in opt_state["param_groups"]:
-            group["fused"] = opt.defaults["fused"]                       # this run's --fused-adamw, not the saved one
-        opt.load_state_dict(opt_state)
+            group["fused"] = t.opt.defaults["fused"]                     # this run's --fused-adamw, not the saved one
+        t.opt.load_state_dict(opt_state)
         training.set_rng_state(state["rng"])
-    guard.total = state.get("nonfinite_total", 0)
-    return state.get("ema_updates", state["step"])
+    t.guard.total = state.get("nonfinite_total", 0)
+    t.ema_updates = state.get("ema_updates", state["step"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -535,11 +631,7 @@ def train(cfg: TrainLDMConfig) -> int:
     cfg = dataclasses.replace(cfg, size=cli.size_text(*image_size(cfg, vae, vae_raw)))   # what config.json records
     run = training.start(cfg, "train_ldm.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
     state, info, device, out = run.state, run.info, run.device, run.out
-    if cfg.fsdp and not info.enabled:
-        raise ValueError("--fsdp shards the model across processes: launch with torchrun --nproc-per-node N (N >= 2), "
-                         "or drop --fsdp for one process")
-    if cfg.compile and (problem := compile_problem(device)) is not None:
-        raise ValueError(f"--compile: torch.compile does not work on this machine ({problem}); run without --compile")
+    check_processes(cfg, info, device)
     vae_sha256 = training.weights_sha256(vae_folder)
     check_same_vae(cfg, vae_sha256, state)
     vae.to(device)
@@ -567,37 +659,17 @@ def train(cfg: TrainLDMConfig) -> int:
     scale = latent_scale(cfg, vae_raw, state, moments, shift)
     moments = moments if cfg.cache_latents else None                     # else encoded per step
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)   # what the grids and pipeline/ decode with
-    if split["val"] and info.is_main:                                   # the held-out loss: several draws per image
-        x_val, y_val = SpectrogramFolder(root, subset=split["val"], **options).tensors()
-        repeats = max(1, 256 // len(x_val))
-        z_val = ((encode_moments(vae, x_val, device)[0] - shift) * scale).repeat(repeats, 1, 1, 1)
-        ids_val = y_val.repeat(repeats).to(device)
+    z_val, ids_val = held_out_latents(root, split, options, vae, shift, scale, device) if info.is_main else (None, None)
 
     # ---- the denoiser (UNet + user-ID embedder), its EMA, the optimizer -------------------------------------------
-    unet = build_unet(cfg, vae.latent_channels, (x_train.shape[2] // vae.config.downsample_factor,
-                                                 x_train.shape[3] // vae.config.downsample_factor), num_users)
-    embedder = UserIDEmbedder(num_users, unet.config.cross_attention_dim, cfg.num_tokens, cfg.cond, class_to_idx)
-    check_compatible(unet.config, embedder)
-    check_same_denoiser(cfg, unet, embedder, state, vae.latent_channels)
-    model = ConditionedUNet(unet, embedder).to(device)
-    if cfg.fsdp:   # every process starts from rank 0's initial weights (DDP does this when it wraps the model)
-        for tensor in model.state_dict().values():
-            torch.distributed.broadcast(tensor, src=0)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)                     # the 4-d (convolution) weights: NHWC
-        fast.optimize(model)                # its transformers keep NHWC maps NHWC (and its other devices come along)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    load_weights(cfg, state, model, ema)
-    rank0_copy = copy.deepcopy(ema) if cfg.fsdp and info.is_main else None  # rank 0: evaluation, sampling, export
-    if cfg.fsdp:
-        shard(model)
-        shard(ema)                                                       # its shards match the model's
+    model = build_denoiser(cfg, vae, x_train.shape[2:], class_to_idx, state).to(device)
+    unet, embedder = model.unet, model.embedder
+    ema, rank0_copy = place_denoiser(cfg, model, state, info)          # (with --fsdp: sharded, and rank 0's copy)
     fused = cfg.fused_adamw and torch.device(device).type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
     scheduler, guard = make_scheduler(cfg.prediction), training.NonFiniteGuard(cfg.max_nonfinite)
-    ema_updates = load_optimizer(cfg, state, model, opt, guard)
+    t = Trained(model, ema, opt, guard)
+    load_optimizer(cfg, state, t)
     forward = DistributedDataParallel(model) if info.enabled and not cfg.fsdp else model
     if cfg.compile:   # static shapes: every step has the same batch, and a dynamic-shape recompile is avoided
         forward = torch.compile(forward, dynamic=False)
@@ -610,32 +682,20 @@ def train(cfg: TrainLDMConfig) -> int:
         f"{len(split['test'])} held-out test (never used)",
         f"model    UNet {sum(p.numel() for p in unet.parameters()):,} parameters + ID table "
         f"{sum(p.numel() for p in embedder.parameters()):,} on {vae.latent_channels}x{unet.config.sample_size} "
-        f"latents of {cfg.vae} (frozen, scaling factor {scale:.5f})" + (" with FSDP" if cfg.fsdp else "")])
-    if training.finished_before(run, log, out / "pipeline"):
-        print(f"the run is already finished at step {cfg.steps} and pipeline/ holds its export; pass --steps N > "
-              f"{cfg.steps} to train further")
+        f"latents of {cfg.vae} (frozen, scaling factor {scale:.5f})" + (" with FSDP" if cfg.fsdp else "")],
+        out / "pipeline")
+    if log is None:                                                      # resumed a finished run
         return 0
 
-    def save(step: int) -> None:
-        if cfg.fsdp:   # full state dicts, as without --fsdp; every process takes part in gathering them
-            weights = {"model": training.gather_state_dict(model, info.is_main),
-                       "ema": training.gather_state_dict(ema, info.is_main),
-                       "opt": training.gather_optimizer_state(opt, info.is_main)}
-        else:
-            weights = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
-        training.write_checkpoint(run, step, weights, unet_config=unet.config.to_diffusers(),
-                                  embedder_config=embedder.config(), class_to_idx=class_to_idx, scaling_factor=scale,
-                                  vae_sha256=vae_sha256, ema_updates=ema_updates, nonfinite_total=guard.total)
-
     # ---- the loop ------------------------------------------------------------------------------------------------
-    loop = training.Loop(run, save, "train_ldm", CPU_RECIPE)
+    loop = training.Loop(run, functools.partial(save_checkpoint, run, t, class_to_idx, scale, vae_sha256), "train_ldm",
+                         CPU_RECIPE)
     losses, images_seen, timer, last_eval = [], 0, time.perf_counter(), None
     for step in loop:
         model.train()
         opt.zero_grad(set_to_none=True)
         idx = batch_indices(len(train_set), step, cfg.batch_size, cfg.seed, info)
-        mean, std = (moments[0][idx], moments[1][idx]) if moments is not None else encode_moments(vae, x_train[idx],
-                                                                                                  device)
+        mean, std = (moments[0][idx], moments[1][idx]) if moments else encode_moments(vae, x_train[idx], device)
         generators = sample_generators(cfg.seed, idx, step)
         with autocast:
             loss = ldm_loss(forward, scheduler, embedder, mean, std, y_train[idx].to(device), generators, cfg, scale,
@@ -645,8 +705,8 @@ def train(cfg: TrainLDMConfig) -> int:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ema_updates += 1
-            training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
+            t.ema_updates += 1
+            training.ema_update(ema, model, training.ema_decay(t.ema_updates, cfg.ema_decay, cfg.ema_warmup))
         losses.append(loss.detach())
         images_seen += cfg.batch_size * info.world_size
 
@@ -657,12 +717,11 @@ def train(cfg: TrainLDMConfig) -> int:
                 time.perf_counter() - timer, 1e-9), "skipped_steps": guard.total})
             losses, images_seen, timer = [], 0, time.perf_counter()
         if split["val"] and (done % cfg.eval_every == 0 or done == cfg.steps):
-            last_eval = {name: held_out_loss(unsharded(m, cfg, info, rank0_copy), scheduler, z_val if info.is_main
-                                             else None, ids_val if info.is_main else None, cfg, device)
-                         for name, m in (("ema_val_loss", ema), ("raw_val_loss", model))}
+            last_eval = {f"{name}_val_loss": held_out_loss(unsharded(m, cfg, info, rank0_copy), scheduler, z_val,
+                                                           ids_val, cfg, device)
+                         for name, m in (("ema", ema), ("raw", model))}
             log.write({"step": done, "eval": True, **last_eval})
-            loop.write(f"step {done}: held-out loss {last_eval['ema_val_loss']:.4f} (EMA), "
-                       f"{last_eval['raw_val_loss']:.4f} (raw)" if info.is_main else "")
+            loop.write(f"step {done}: " + describe_eval(last_eval))
         if done % cfg.sample_every == 0 or done == cfg.steps:
             sample_grid(unsharded(ema, cfg, info, rank0_copy), vae, scheduler, cfg, num_users,
                         out / "samples" / f"step_{done:06d}.png")
@@ -674,17 +733,12 @@ def train(cfg: TrainLDMConfig) -> int:
     # ---- save: a diffusers-layout pipeline of the exported weights --------------------------------------------------
     exported = unsharded(ema if cfg.export == "ema" else model, cfg, info, rank0_copy)
     if info.is_main:
-        seen = set(split["train"])                                      # what it saw, for provenance.json ...
-        if vae_split is not None and read_split(vae_split)["files_sha256"] == split["files_sha256"]:
-            seen |= set(read_split(vae_split)["train"])                 # ... with its VAE's training files
-        provenance = {"trained_on": file_record(sorted(seen)), "enrolled": {}}
-        pipeline = Pipeline(exported, vae, scheduler, provenance)
+        pipeline = Pipeline(exported, vae, scheduler, provenance(split, vae_split))
         io.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
         log.write({"step": cfg.steps, "exported": True})
         training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         training.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (
-            [f"  held-out loss: EMA weights {last_eval['ema_val_loss']:.4f}, raw weights "
-             f"{last_eval['raw_val_loss']:.4f}"] if last_eval is not None else []))
+            [f"  {describe_eval(last_eval)}"] if last_eval is not None else []))
     return 0
 
 

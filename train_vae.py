@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -200,6 +201,49 @@ def build_model(cfg: TrainVAEConfig):
     return AutoencoderKL(config) if cfg.model == "kl" else VQModel(config)
 
 
+@dataclass
+class Models:
+    """What is trained, and what a checkpoint holds besides the options: the autoencoder, its EMA (and how many
+    updates it has had), the PatchGAN discriminator (None with --disc-weight 0 or a --disc-start past --steps), and
+    the two Adam optimizers."""
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    disc: torch.nn.Module | None
+    opt_disc: torch.optim.Optimizer | None
+    ema_updates: int = 0
+
+
+def build_models(cfg: TrainVAEConfig, device: str, state: dict | None) -> Models:
+    """The autoencoder of --model/--preset on ``device`` (checked against a resumed checkpoint's), its EMA, the
+    discriminator and Adam(0.5, 0.9) for both players."""
+    model = build_model(cfg)
+    check_same_model(cfg, model, state)
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    disc = opt_disc = None
+    if cfg.disc_weight > 0 and cfg.disc_start < cfg.steps:
+        disc = PatchDiscriminator(cfg.channels, num_layers=cfg.disc_layers,
+                                  generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    return Models(model, ema, opt, disc, opt_disc)
+
+
+def save_checkpoint(run: training.Run, m: Models, guard, class_to_idx: dict, step: int) -> None:
+    """OUT/checkpoint.pt of ``step``: everything an exact resume needs (training.write_checkpoint)."""
+    training.write_checkpoint(run, step, {
+        "model": m.model.state_dict(), "ema": m.ema.state_dict(), "opt": m.opt.state_dict(),
+        "disc": m.disc.state_dict() if m.disc is not None else None,
+        "opt_disc": m.opt_disc.state_dict() if m.disc is not None else None,
+    }, model_kind=run.cfg.model, model_config=m.model.config.to_diffusers(), class_to_idx=class_to_idx,
+        ema_updates=m.ema_updates, nonfinite_total=guard.total,
+        # the VQ codebook statistics (EMA counts, usage) are not in the state dict; kept for exact resume
+        quantizer_buffers=dict(m.model.quantize.named_buffers()) if run.cfg.model == "vq" else None)
+
+
 def data_options(cfg: TrainVAEConfig, state: dict | None) -> dict:
     """How SpectrogramFolder reads the files: --size, --channels and the loader options (a resumed run keeps its
     checkpoint's user-name -> ID map)."""
@@ -222,24 +266,23 @@ def check_same_model(cfg: TrainVAEConfig, model, state: dict | None) -> None:
                          f"with different {differ or 'kind'}); use the same --model/--preset/--size/--channels")
 
 
-def load_state(cfg: TrainVAEConfig, state: dict | None, model, ema, opt, disc, opt_disc, guard) -> int:
-    """Load a resumed checkpoint into the models, optimizers, random state and non-finite count; returns the number
-    of EMA updates so far (0 for a new run)."""
+def load_state(cfg: TrainVAEConfig, state: dict | None, m: Models, guard) -> None:
+    """Load a resumed checkpoint into the models, optimizers, EMA count, random state and non-finite count."""
     if state is None:
-        return 0
+        return
     with training.checkpoint_parts(cfg.resume):
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        if disc is not None and state.get("disc") is not None:   # else saved before it existed (a shorter --steps)
-            disc.load_state_dict(state["disc"])
-            opt_disc.load_state_dict(state["opt_disc"])
+        m.model.load_state_dict(state["model"])
+        m.ema.load_state_dict(state["ema"])
+        m.opt.load_state_dict(state["opt"])
+        if m.disc is not None and state.get("disc") is not None:   # else saved before it existed (shorter --steps)
+            m.disc.load_state_dict(state["disc"])
+            m.opt_disc.load_state_dict(state["opt_disc"])
         training.set_rng_state(state["rng"])
         if cfg.model == "vq":
-            for name, buffer in model.quantize.named_buffers():
+            for name, buffer in m.model.quantize.named_buffers():
                 buffer.copy_(state["quantizer_buffers"][name])
     guard.total = state.get("nonfinite_total", 0)
-    return state.get("ema_updates", state["step"])
+    m.ema_updates = state.get("ema_updates", state["step"])
 
 
 def identity_classifier(cfg: TrainVAEConfig, train_set, info):
@@ -386,53 +429,36 @@ def train(cfg: TrainVAEConfig) -> int:
     x_val, y_val = x_val[shown], y_val[shown]
 
     # ---- the autoencoder, its EMA, the discriminator, their optimizers -------------------------------------------
-    model = build_model(cfg)
-    check_same_model(cfg, model, state)
-    model.to(device)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    use_disc = cfg.disc_weight > 0 and cfg.disc_start < cfg.steps
-    disc = PatchDiscriminator(cfg.channels, num_layers=cfg.disc_layers,
-                              generator=torch.Generator().manual_seed(cfg.seed)).to(device) if use_disc else None
-    opt_disc = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if use_disc else None
+    m = build_models(cfg, device, state)
+    model, ema, opt, disc, opt_disc = m.model, m.ema, m.opt, m.disc, m.opt_disc
     perceptual = LPIPS.from_file(cfg.lpips).to(device) if cfg.lpips else None
     guard = training.NonFiniteGuard(cfg.max_nonfinite)
-    ema_updates = load_state(cfg, state, model, ema, opt, disc, opt_disc, guard)
+    load_state(cfg, state, m, guard)
+    if cfg.model == "vq" and info.enabled:
+        model.quantize.processes = training.CodebookSync()             # one codebook in every process
     forward = DistributedDataParallel(model) if info.enabled else model
     forward = torch.compile(forward) if cfg.compile else forward
-    ddp_disc = DistributedDataParallel(disc) if info.enabled and use_disc else disc
+    ddp_disc = DistributedDataParallel(disc) if info.enabled and disc is not None else disc
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
     log = training.claim(run, train_set.class_to_idx, split, [
-        f"data     {root}: {len(split['class_to_idx'])} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} "
-        f"files; split ({split_origin}) {len(split['train'])} train / {len(split['val'])} val / "
+        f"data     {root}: {len(split['class_to_idx'])} user(s), "
+        f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split ({split_origin}) {len(split['train'])} train / {len(split['val'])} val / "
         f"{len(split['test'])} held-out test",
         f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{cfg.size} -> latents "
         f"1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} parameters"
-        + (f"; discriminator from step {cfg.disc_start}" if use_disc else "")])
-    if training.finished_before(run, log, out / "model"):
-        print(f"the run is already finished at step {cfg.steps} and model/ holds its export; pass --steps N > "
-              f"{cfg.steps} to train further")
+        + (f"; discriminator from step {cfg.disc_start}" if disc is not None else "")], out / "model")
+    if log is None:                                                      # resumed a finished run
         return 0
     classifier = identity_classifier(cfg, train_set, info)
 
-    def save(step: int) -> None:
-        training.write_checkpoint(run, step, {
-            "model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-            "disc": disc.state_dict() if use_disc else None, "opt_disc": opt_disc.state_dict() if use_disc else None,
-        }, model_kind=cfg.model, model_config=model.config.to_diffusers(), class_to_idx=train_set.class_to_idx,
-            ema_updates=ema_updates, nonfinite_total=guard.total,
-            # the VQ codebook statistics (EMA counts, usage) are not in the state dict; kept for exact resume
-            quantizer_buffers=dict(model.quantize.named_buffers()) if cfg.model == "vq" else None)
-
     # ---- the loop ------------------------------------------------------------------------------------------------
-    loop = training.Loop(run, save, "train_vae", CPU_RECIPE)
+    loop = training.Loop(run, functools.partial(save_checkpoint, run, m, guard, train_set.class_to_idx), "train_vae",
+                         CPU_RECIPE)
     sums, finite_steps, images_seen, timer, last_eval = {}, 0, 0, time.perf_counter(), None
     for step in loop:
-        disc_active = use_disc and step >= cfg.disc_start
+        disc_active = disc is not None and step >= cfg.disc_start
         model.train()
         opt.zero_grad(set_to_none=True)
         micro_batches, parts = [], {}
@@ -453,8 +479,8 @@ def train(cfg: TrainVAEConfig) -> int:
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            ema_updates += 1
-            training.ema_update(ema, model, training.ema_decay(ema_updates, cfg.ema_decay, cfg.ema_warmup))
+            m.ema_updates += 1
+            training.ema_update(ema, model, training.ema_decay(m.ema_updates, cfg.ema_decay, cfg.ema_warmup))
         if disc_active and finite:                                    # discriminator step on detached reconstructions
             opt_disc.zero_grad(set_to_none=True)
             for x, x_rec in micro_batches:

@@ -6,7 +6,7 @@ A user ID u in [0, U) (from the data's user-name -> ID map) reaches the UNet by 
                    context tokens of width D = the UNet's cross_attention_dim. Every Transformer2D cross-attends to
                    them (the way Stable Diffusion reads CLIP text tokens).
     route "class"  u as the UNet's class label: nn.Embedding(U + 1, T) added to the time embedding, so every resnet
-                   is modulated by the user (the "AdaGN/FiLM" route of the reference notes, section 3.3).
+                   is modulated by the user: its scale-and-shift (FiLM) route through every resnet's time input.
     route "both"   both at once (the default: identity is the weak signal in this domain, give it every path).
 
 Row U (``null_id``) of both tables is the "no user" condition. Training replaces a fraction p_uncond of the IDs by

@@ -14,8 +14,13 @@ prefix, in either direction. Three things need more than a rename:
 Public names: ``original_to_diffusers(state_dict, kind, config)`` and ``diffusers_to_original(state_dict, kind,
 config)`` with kind "vae", "vq" or "unet"; state dicts of one model, without the ``first_stage_model.`` /
 ``model.diffusion_model.`` prefix. ``config`` is our config object or a diffusers config mapping.
+
+The translation of diffusers' config.json into our configs lives here too, at the end, beside the key tables:
+the config classes' ``from_diffusers`` / ``to_diffusers`` call it. This module imports no model file.
 """
 from __future__ import annotations
+
+import dataclasses
 
 # ----------------------------------------------------------------------------------------------------------------
 # Autoencoders (AutoencoderKL and VQModel share the LDM encoder/decoder)
@@ -231,3 +236,173 @@ def infer_autoencoder_config(state_dict: dict, kind: str) -> dict:
         config["num_vq_embeddings"] = state_dict["quantize.embedding.weight"].shape[0]
         config["vq_embed_dim"] = state_dict["quantize.embedding.weight"].shape[1]
     return config
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers config.json translation: autoencoders (VAEConfig / VQConfig.from_diffusers)
+# ----------------------------------------------------------------------------------------------------------------
+
+DIFFUSERS_VAE_DEFAULTS = {   # AutoencoderKL.__init__ defaults in diffusers 0.42
+    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",),
+    "up_block_types": ("UpDecoderBlock2D",), "block_out_channels": (64,), "layers_per_block": 1, "act_fn": "silu",
+    "latent_channels": 4, "norm_num_groups": 32, "sample_size": 32, "scaling_factor": 0.18215, "shift_factor": None,
+    "latents_mean": None, "latents_std": None, "force_upcast": True, "use_quant_conv": True,
+    "use_post_quant_conv": True, "mid_block_add_attention": True,
+}
+
+def autoencoder_values_from_diffusers(mapping: dict, defaults: dict, class_name: str) -> dict:
+    """The constructor values of an autoencoder config from a diffusers config mapping (shared by VAEConfig and
+    VQConfig): missing keys take diffusers' ``defaults``, keys starting with "_" are ignored, an unknown key is a
+    ValueError naming it, and the block types and activation are checked and dropped (ours are fixed)."""
+    values = dict(defaults)
+    for key, value in mapping.items():
+        if key.startswith("_"):
+            continue
+        if key not in values:
+            raise ValueError(f"diffusers {class_name} config key {key!r} is not supported by ldm")
+        values[key] = value
+    n = len(values["block_out_channels"])
+    for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        types = list(values.pop(key))
+        if types != [block] * n:
+            raise ValueError(f"diffusers config {key}={types} is not supported: expected {n} x {block!r} "
+                             f"(one per entry of block_out_channels)")
+    act_fn = values.pop("act_fn")
+    if act_fn not in ("silu", "swish"):
+        raise ValueError(f"diffusers config act_fn={act_fn!r} is not supported: ldm's autoencoders use 'silu'")
+    return values
+
+
+DIFFUSERS_VQ_DEFAULTS = {   # VQModel.__init__ defaults in diffusers 0.42
+    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",),
+    "up_block_types": ("UpDecoderBlock2D",), "block_out_channels": (64,), "layers_per_block": 1, "act_fn": "silu",
+    "latent_channels": 3, "sample_size": 32, "num_vq_embeddings": 256, "norm_num_groups": 32, "vq_embed_dim": None,
+    "scaling_factor": 0.18215, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
+    "force_upcast": False,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers config.json translation: UNet2DConditionModel (UNetConfig.from_diffusers / to_diffusers)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Where our names differ from diffusers':
+#   attention_head_dim   -> num_heads. diffusers' UNet2DConditionModel passes its `attention_head_dim` on as the
+#                           NUMBER OF HEADS of every cross-attention block (a naming slip kept for compatibility,
+#                           diffusers issue #2011): SD 1.5's 8 means 8 heads of 40..160 channels, SD 2's
+#                           [5, 10, 20, 20] means heads of 64 channels. Its `num_attention_heads` must stay unset.
+#   down_block_types     -> down_attention: "CrossAttnDownBlock2D" is True, "DownBlock2D" False, per level.
+#   up_block_types       -> up_attention, re-indexed by level: up block i runs at level n-1-i.
+#   mid_block_type       -> mid_block: "UNetMidBlock2DCrossAttn" -> "cross_attention", "UNetMidBlock2D" (which
+#                           the UNet builds with a single resnet) -> "resnet", None -> None.
+
+
+def unet_values_from_diffusers(mapping: dict) -> dict:
+    """The UNetConfig field values of a diffusers ``UNet2DConditionModel`` config mapping (its config.json): missing
+    keys take diffusers' defaults, "_" keys are ignored, a key that would change the computation but is not
+    implemented is a ValueError naming it; the translations are listed above."""
+    values = dict(_DIFFUSERS_UNET_DEFAULTS)
+    for key, value in mapping.items():
+        if key.startswith("_"):
+            continue
+        if key not in values:
+            raise ValueError(f"diffusers UNet2DConditionModel config key {key!r} is not supported by ldm.unet")
+        values[key] = value
+    for key, default in _DIFFUSERS_UNSUPPORTED.items():
+        if values.pop(key) != default:
+            raise ValueError(f"diffusers config {key}={mapping[key]!r} is not supported by ldm.unet "
+                             f"(only {default!r})")
+    for key in _DIFFUSERS_NO_EFFECT:
+        values.pop(key)
+    if values.pop("act_fn") not in ("silu", "swish"):
+        raise ValueError(f"diffusers config act_fn={mapping['act_fn']!r} is not supported: ldm.unet uses 'silu'")
+    if values.pop("num_attention_heads") is not None:
+        raise ValueError("diffusers config num_attention_heads must be unset: diffusers refuses it and reads "
+                         "attention_head_dim as the number of heads")
+    for key in ("cross_attention_dim", "only_cross_attention"):   # per-level lists only when all equal
+        value = values[key]
+        if isinstance(value, (list, tuple)):
+            if len(set(value)) != 1:
+                raise ValueError(f"diffusers config {key}={list(value)} is not supported: ldm.unet uses one "
+                                 f"value for every level")
+            values[key] = value[0]
+    layers = values["transformer_layers_per_block"]
+    if isinstance(layers, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in layers):
+        raise ValueError("diffusers config transformer_layers_per_block with a list per resnet is not supported")
+    if values["norm_num_groups"] is None:
+        raise ValueError("diffusers config norm_num_groups=None (no output norm) is not supported by ldm.unet")
+
+    n = len(values["block_out_channels"])
+    down_types = list(values.pop("down_block_types"))
+    up_types = list(values.pop("up_block_types"))
+    if len(down_types) != n or len(up_types) != n:
+        raise ValueError(f"diffusers config down_block_types/up_block_types need {n} entries each (one per "
+                         f"block_out_channels level), got {down_types} and {up_types}")
+    values["down_attention"] = tuple(_block_has_attention("down_block_types", t, _DOWN_BLOCKS) for t in down_types)
+    values["up_attention"] = tuple(_block_has_attention("up_block_types", t, _UP_BLOCKS)
+                                   for t in reversed(up_types))
+    mid_type = values.pop("mid_block_type")
+    if mid_type not in _MID_BLOCKS:
+        raise ValueError(f"diffusers config mid_block_type={mid_type!r} is not supported: expected one of "
+                         f"{sorted(_MID_BLOCKS, key=str)}")
+    values["mid_block"] = _MID_BLOCKS[mid_type]
+    values["num_heads"] = values.pop("attention_head_dim")   # see the comment above
+    return values
+
+
+def unet_config_to_diffusers(config) -> dict:
+    """The diffusers ``UNet2DConditionModel`` config mapping of a UNetConfig."""
+    values = dataclasses.asdict(config)
+    n = len(config.block_out_channels)
+    values["block_out_channels"] = list(config.block_out_channels)
+    values["down_block_types"] = [_DOWN_BLOCKS[a] for a in config.down_attention]
+    values["up_block_types"] = [_UP_BLOCKS[a] for a in reversed(config.up_attention)]
+    values["mid_block_type"] = {v: k for k, v in _MID_BLOCKS.items()}[values.pop("mid_block")]
+    values["attention_head_dim"] = values.pop("num_heads")   # see the comment above
+    for key in ("layers_per_block", "attention_head_dim", "transformer_layers_per_block"):
+        entries = list(values[key])
+        values[key] = entries[0] if entries == entries[:1] * n else entries   # one int when all levels agree
+    del values["down_attention"], values["up_attention"]
+    values["act_fn"] = "silu"
+    return values
+
+
+def _block_has_attention(key: str, block_type: str, known: dict) -> bool:
+    has_attention = {name: attention for attention, name in known.items()}
+    if block_type not in has_attention:
+        raise ValueError(f"diffusers config {key} entry {block_type!r} is not supported: expected one of "
+                         f"{sorted(has_attention)}")
+    return has_attention[block_type]
+
+
+_DOWN_BLOCKS = {True: "CrossAttnDownBlock2D", False: "DownBlock2D"}
+_UP_BLOCKS = {True: "CrossAttnUpBlock2D", False: "UpBlock2D"}
+_MID_BLOCKS = {"UNetMidBlock2DCrossAttn": "cross_attention", "UNetMidBlock2D": "resnet", None: None}
+
+# Keys we translate or take over, with UNet2DConditionModel.__init__'s defaults in diffusers 0.42.
+_DIFFUSERS_UNET_DEFAULTS = {
+    "sample_size": None, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "only_cross_attention": False,
+    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1,
+    "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "attention_head_dim": 8,
+    "num_attention_heads": None, "use_linear_projection": False, "num_class_embeds": None, "upcast_attention": False,
+    "resnet_time_scale_shift": "default",
+}
+# Features of diffusers' UNet that ldm.unet does not implement: accepted only at these (default) values.
+_DIFFUSERS_UNSUPPORTED = {
+    "center_input_sample": False, "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None, "dual_cross_attention": False, "class_embed_type": None,
+    "addition_embed_type": None, "resnet_skip_time_act": False, "time_embedding_type": "positional",
+    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+    "conv_in_kernel": 3, "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None,
+    "attention_type": "default", "class_embeddings_concat": False,
+}
+# Keys that only configure blocks or embeddings we do not build (SimpleCrossAttn / Resnet*sample blocks, the
+# "text"/"text_time" addition embeddings), so any value computes the same model here.
+_DIFFUSERS_NO_EFFECT = {
+    "resnet_out_scale_factor": 1.0, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
+    "addition_time_embed_dim": None, "addition_embed_type_num_heads": 64,
+}
+_DIFFUSERS_UNET_DEFAULTS.update(_DIFFUSERS_UNSUPPORTED, **_DIFFUSERS_NO_EFFECT)

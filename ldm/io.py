@@ -168,18 +168,24 @@ class WriteError(OSError):
         self.reason = reason
 
 
+_UMASK = os.umask(0o022)   # read the process's umask (only by setting one), then put it back
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it and rename it over ``path``.
 
     The rename is atomic (same folder, same file system), so readers and a crash at any moment see the old file or
     the new one, never a part. A failed write (disk full, read-only file system, ...) raises WriteError naming
-    ``path`` in one line; the old file is kept and the temporary one removed.
+    ``path`` in one line; the old file is kept and the temporary one removed. The file gets the mode an ordinary
+    new file gets (0644 under umask 022), whatever mode the writer created it with (safetensors: 0600).
     """
     path = Path(path)
     tmp = temp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

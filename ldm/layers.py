@@ -10,6 +10,7 @@ nh heads, hd head dim, D context width, T time-embedding width.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ class ResnetBlock2D(nn.Module):
         out_channels: int | None = None,
         temb_channels: int | None = None,
         groups: int = 32,
-        eps: float = 1e-6,
+        eps: float = 1e-6,                  # the VAE's GroupNorm eps; the UNet passes its norm_eps (1e-5)
         dropout: float = 0.0,
         time_embedding_norm: str = "default",
         output_scale_factor: float = 1.0,
@@ -171,7 +172,7 @@ class Attention(nn.Module):
         out_bias: bool = True,
         dropout: float = 0.0,
         norm_groups: int | None = None,
-        norm_eps: float = 1e-5,
+        norm_eps: float = 1e-5,             # diffusers' Attention default; the VAE mid block passes its 1e-6
         spatial_norm_channels: int | None = None,
         residual: bool = False,
         rescale_output_factor: float = 1.0,
@@ -291,7 +292,7 @@ class MidBlock2D(nn.Module):
         channels: int,
         temb_channels: int | None = None,
         groups: int = 32,
-        eps: float = 1e-6,
+        eps: float = 1e-6,                  # the VAE's GroupNorm eps (this block is the VAE's mid block)
         num_layers: int = 1,
         add_attention: bool = True,
         time_embedding_norm: str = "default",
@@ -477,6 +478,65 @@ def check_timesteps(timesteps: torch.Tensor, what: str = "timestep") -> None:
             raise ValueError(f"{what} must be finite and >= 0, got {timesteps[bad].tolist()}")
     else:
         torch._assert_async(~bad.any(), f"{what} must be finite and >= 0")
+
+
+def check_timestep_argument(timestep, batch: int) -> None:
+    """ValueError unless ``timestep`` is a number >= 0, a 0-d tensor or a (batch,) tensor of finite values >= 0."""
+    if isinstance(timestep, torch.Tensor):
+        if timestep.ndim > 1 or timestep.numel() not in (1, batch):
+            raise ValueError(f"timestep must be a number, a 0-d tensor or a ({batch},) tensor, got "
+                             f"{tuple(timestep.shape)}")
+        if timestep.is_complex() or timestep.dtype == torch.bool:
+            raise ValueError(f"timestep must be an integer or float tensor, got {timestep.dtype}")
+        check_timesteps(timestep)   # no GPU sync
+    elif not isinstance(timestep, numbers.Real) or isinstance(timestep, bool):
+        raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
+    elif not (math.isfinite(timestep) and timestep >= 0):
+        raise ValueError(f"timestep must be finite and >= 0, got {timestep}")
+
+
+def check_context(context: torch.Tensor | None, mask: torch.Tensor | None, batch: int, width: int | None,
+                  weight: torch.Tensor) -> None:
+    """ValueError unless cross-attention ``context`` is (batch, S, width) like ``weight`` (None when ``width`` is
+    None: no cross-attention) and its ``mask`` (optional) is (batch, S)."""
+    if width is not None and context is None:
+        raise ValueError(f"encoder_hidden_states is required: this UNet cross-attends to context tokens of "
+                         f"shape (B, S, {width})")
+    if width is None and context is not None:
+        raise ValueError("encoder_hidden_states were given, but this UNet has no cross-attention to use them")
+    if context is None:
+        if mask is not None:
+            raise ValueError("encoder_attention_mask was given without encoder_hidden_states")
+        return
+    if context.ndim != 3:
+        raise ValueError(f"encoder_hidden_states must have 3 dims (B, S, D), got shape {tuple(context.shape)}")
+    if context.shape[0] != batch:
+        raise ValueError(f"encoder_hidden_states has batch size {context.shape[0]}, sample has {batch}")
+    if context.shape[2] != width:
+        raise ValueError(f"encoder_hidden_states has width {context.shape[2]}, the config expects "
+                         f"cross_attention_dim={width}")
+    check_matches_weights(context, weight, "encoder_hidden_states")
+    if mask is not None and tuple(mask.shape) != tuple(context.shape[:2]):
+        raise ValueError(f"encoder_attention_mask must have shape {tuple(context.shape[:2])} (B, S of "
+                         f"encoder_hidden_states), got {tuple(mask.shape)}")
+
+
+def check_class_labels(labels: torch.Tensor | None, batch: int, num_classes: int | None) -> None:
+    """ValueError unless ``labels`` is a (batch,) integer tensor in [0, num_classes) (None when num_classes is
+    None: no class embedding)."""
+    if num_classes is None:
+        if labels is not None:
+            raise ValueError("class_labels were given, but this UNet has no class embedding "
+                             "(set num_class_embeds in its config to train one)")
+        return
+    if labels is None:
+        raise ValueError(f"class_labels are required: this UNet embeds {num_classes} classes")
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"class_labels must be an integer tensor, got "
+                         f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(f"class_labels must have shape ({batch},), got {tuple(labels.shape)}")
+    check_indices(labels, 0, num_classes - 1, "class_labels")   # no GPU sync
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -97,6 +97,20 @@ def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
     return value
 
 
+class CodebookSync:
+    """What keeps a VQ codebook (ldm.vq.VectorQuantizer) identical in every DDP process: set it as the quantizer's
+    ``processes`` (train_vae.py does, under torchrun) and the code counts and sums are summed over the processes,
+    and a codebook that k-means or a dead-code restart produced is rank 0's."""
+
+    def sum_(self, t: torch.Tensor) -> None:
+        """t summed over the processes, in place."""
+        dist.all_reduce(t)
+
+    def copy_rank_0_(self, t: torch.Tensor) -> None:
+        """t overwritten with rank 0's t, in place."""
+        dist.broadcast(t, src=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Sharded weights (train_ldm.py --fsdp): full state dicts in and out, so checkpoints look as without sharding
 # ----------------------------------------------------------------------------------------------------------------
@@ -791,15 +805,21 @@ def start(cfg, script: str, checkpoint_keys: tuple[str, ...], may_change: tuple[
     return Run(cfg, script, device, info, state, out, stack)
 
 
-def claim(run: Run, class_to_idx: dict, split: dict, summary: list[str]) -> JsonlLog:
+def claim(run: Run, class_to_idx: dict, split: dict, summary: list[str], export: Path) -> JsonlLog | None:
     """Take the run folder (rank 0, after every check passed): lock it for this process (ldm.lock), move an old run
     aside with --overwrite, write config.json, class_to_idx.json and split.json, print the start-up summary (the
-    caller's lines, then the run's). Returns the run's log with the records of steps after the checkpoint dropped."""
+    caller's lines, then the run's). Returns the run's log with the records of steps after the checkpoint dropped,
+    or None (nothing written) when a resumed run is already finished and ``export`` holds its last step."""
     from ldm.data import write_class_map, write_split
     log = JsonlLog(run.out / "log.jsonl", enabled=run.info.is_main)
+    cfg, out = run.cfg, run.out
+    if finished_before(run, log, export):                               # every process returns
+        if run.info.is_main:
+            print(f"{out}: the run is already finished at step {cfg.steps} and {export.name}/ holds its export; "
+                  f"nothing to do (pass --steps N > {cfg.steps} to train further)")
+        return None
     if not run.info.is_main:
         return log
-    cfg, out = run.cfg, run.out
     cleared = claim_run_folder(out, cfg.overwrite)
     run.stack.enter_context(lock.hold_run_lock(out))
     (out / "samples").mkdir(exist_ok=True)
@@ -830,7 +850,7 @@ def finished_before(run: Run, log: JsonlLog, export: Path) -> bool:
     """Whether a resumed run has nothing left to do: its checkpoint is at --steps and the export of that step was
     written whole (the log records it), so the final work is not redone."""
     return run.state is not None and run.start_step == run.cfg.steps and export.is_dir() and any(
-        r.get("exported") and r.get("step") == run.cfg.steps for r in log.read())
+        r.get("exported") and r.get("step") == run.cfg.steps for r in JsonlLog(log.path).read())
 
 
 def report(run: Run, guard: NonFiniteGuard, export: Path, lines: list[str]) -> None:
@@ -914,7 +934,8 @@ class Loop:
         left = (cfg.steps - done) * seconds_per_step
         first = min(cfg.steps, (done // cfg.checkpoint_every + 1) * cfg.checkpoint_every)
         self.write(f"time     {seconds_per_step:.3g} s a step on {self.run.device}: about {duration(left)} to step "
-                   f"{cfg.steps}; the next checkpoint (step {first}) in about {duration((first - done) * seconds_per_step)}")
+                   f"{cfg.steps}; the next checkpoint (step {first}) in about "
+                   f"{duration((first - done) * seconds_per_step)}")
         if left > 3600:
             self.write(f"note     that is more than an hour on {self.run.device}; a run sized for a CPU takes minutes: "
                        f"{self.cpu_recipe} (docs/training.md, 'A run on a CPU')")

@@ -42,7 +42,6 @@ T time-embedding width (4 * block_out_channels[0]). Module names equal diffusers
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -50,9 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.convert import _DIFFUSERS_UNET_DEFAULTS  # noqa: F401  (ldm.compat reads it here)
+from ldm.convert import unet_config_to_diffusers, unet_values_from_diffusers
 from ldm.io import PretrainedMixin
-from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_indices,
-                        check_matches_weights, check_timesteps, checkpointed, timestep_embedding)
+from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_class_labels, check_context,
+                        check_image_batch, check_timestep_argument, checkpointed, timestep_embedding)
 from ldm.transformer import Transformer2D
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -160,7 +161,7 @@ class UNetConfig:
             raise ValueError(f"unknown UNet preset {name!r}; expected one of {sorted(UNET_PRESETS)}")
         return dataclasses.replace(UNET_PRESETS[name])
 
-    # ---- diffusers config.json (the translation is at the end of this file) ----------------------------------------
+    # ---- diffusers config.json (the translation lives with the key tables, in ldm/convert.py) -------------------
 
     @classmethod
     def from_diffusers(cls, mapping: dict) -> "UNetConfig":
@@ -170,11 +171,11 @@ class UNetConfig:
         with "_" are informational and ignored. A key that would change the computation but is not supported
         raises ValueError naming it.
         """
-        return _from_diffusers(cls, mapping)
+        return cls(**unet_values_from_diffusers(mapping))
 
     def to_diffusers(self) -> dict:
         """The diffusers ``UNet2DConditionModel`` config mapping (without ``_class_name`` / ``_diffusers_version``)."""
-        return _to_diffusers(self)
+        return unet_config_to_diffusers(self)
 
 
 UNET_PRESETS = {
@@ -186,8 +187,8 @@ UNET_PRESETS = {
                       use_linear_projection=True, upcast_attention=True),
     # 256x256 micro-Doppler spectrograms -> 32x32x4 latents (the microdoppler VAE, f = 8). Three levels
     # (32, 16, 8 pixels) with attention at all of them, as the LDM paper's f8 models on 32x32 latents; heads of 32
-    # channels; the user ID as cross-attention tokens of width 768 plus a class embedding for up to 64 users
-    # (raise num_class_embeds for larger cohorts). 104.0M parameters, 1/8 of SD 1.5.
+    # channels; the user ID as cross-attention tokens of width 768 plus a class embedding of 64 rows: up to 63
+    # users and the null ID (raise num_class_embeds for larger cohorts). 104.0M parameters, 1/8 of SD 1.5.
     "microdoppler": UNetConfig(sample_size=32, block_out_channels=(128, 256, 512), down_attention=True,
                                num_heads=(4, 8, 16), use_linear_projection=True, num_class_embeds=64),
     # For tests and CPU demos: two levels, 16x16 inputs, 0.8M parameters.
@@ -428,184 +429,13 @@ class UNet2DConditionModel(PretrainedMixin, nn.Module):
 
     def _check_inputs(self, sample, timestep, context, class_labels, self_mask, context_mask):
         cfg = self.config
-        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
-            raise ValueError(f"sample must have 4 dims (B, C, H, W), got "
-                             f"{tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__}")
-        if sample.shape[1] != cfg.in_channels:
-            raise ValueError(f"sample has {sample.shape[1]} channels, the config expects {cfg.in_channels} "
-                             f"(shape {tuple(sample.shape)})")
-        if not sample.is_floating_point():
-            raise ValueError(f"sample must be a floating-point tensor, got {sample.dtype}")
-        check_matches_weights(sample, self.conv_in.weight, "sample")
+        check_image_batch(sample, cfg.in_channels, "sample", weight=self.conv_in.weight)
         batch = sample.shape[0]
-
-        if isinstance(timestep, torch.Tensor):
-            if timestep.ndim > 1 or timestep.numel() not in (1, batch):
-                raise ValueError(f"timestep must be a number, a 0-d tensor or a ({batch},) tensor, got "
-                                 f"{tuple(timestep.shape)}")
-            if timestep.is_complex() or timestep.dtype == torch.bool:
-                raise ValueError(f"timestep must be an integer or float tensor, got {timestep.dtype}")
-            check_timesteps(timestep)   # no GPU sync
-        elif not isinstance(timestep, numbers.Real) or isinstance(timestep, bool):
-            raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
-        elif not (math.isfinite(timestep) and timestep >= 0):
-            raise ValueError(f"timestep must be finite and >= 0, got {timestep}")
-
-        if cfg.has_cross_attention and context is None:
-            raise ValueError(f"encoder_hidden_states is required: this UNet cross-attends to context tokens of "
-                             f"shape (B, S, {cfg.cross_attention_dim})")
-        if not cfg.has_cross_attention and context is not None:
-            raise ValueError("encoder_hidden_states were given, but this UNet has no cross-attention to use them")
-        if context is not None:
-            if context.ndim != 3:
-                raise ValueError(f"encoder_hidden_states must have 3 dims (B, S, D), got shape {tuple(context.shape)}")
-            if context.shape[0] != batch:
-                raise ValueError(f"encoder_hidden_states has batch size {context.shape[0]}, sample has {batch}")
-            if context.shape[2] != cfg.cross_attention_dim:
-                raise ValueError(f"encoder_hidden_states has width {context.shape[2]}, the config expects "
-                                 f"cross_attention_dim={cfg.cross_attention_dim}")
-            check_matches_weights(context, self.conv_in.weight, "encoder_hidden_states")
-            if context_mask is not None and tuple(context_mask.shape) != tuple(context.shape[:2]):
-                raise ValueError(f"encoder_attention_mask must have shape {tuple(context.shape[:2])} "
-                                 f"(B, S of encoder_hidden_states), got {tuple(context_mask.shape)}")
-        elif context_mask is not None:
-            raise ValueError("encoder_attention_mask was given without encoder_hidden_states")
+        check_timestep_argument(timestep, batch)
+        check_context(context, context_mask, batch, cfg.cross_attention_dim if cfg.has_cross_attention else None,
+                      self.conv_in.weight)
         if self_mask is not None and (self_mask.ndim != 2 or self_mask.shape[0] != batch
                                       or not cfg.has_cross_attention):
             raise ValueError(f"attention_mask must have shape ({batch}, H*W of the attention level) and needs a UNet "
                              f"with attention, got shape {tuple(self_mask.shape)}")
-
-        if cfg.num_class_embeds is None:
-            if class_labels is not None:
-                raise ValueError("class_labels were given, but this UNet has no class embedding "
-                                 "(set num_class_embeds in its config to train one)")
-            return
-        if class_labels is None:
-            raise ValueError(f"class_labels are required: this UNet embeds {cfg.num_class_embeds} classes")
-        if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.is_complex():
-            raise ValueError(f"class_labels must be an integer tensor, got "
-                             f"{getattr(class_labels, 'dtype', type(class_labels).__name__)}")
-        if tuple(class_labels.shape) != (batch,):
-            raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}")
-        check_indices(class_labels, 0, cfg.num_class_embeds - 1, "class_labels")   # no GPU sync
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# diffusers config.json translation
-# ----------------------------------------------------------------------------------------------------------------
-
-# Where our names differ from diffusers':
-#   attention_head_dim   -> num_heads. diffusers' UNet2DConditionModel passes its `attention_head_dim` on as the
-#                           NUMBER OF HEADS of every cross-attention block (a naming slip kept for compatibility,
-#                           diffusers issue #2011): SD 1.5's 8 means 8 heads of 40..160 channels, SD 2's
-#                           [5, 10, 20, 20] means heads of 64 channels. Its `num_attention_heads` must stay unset.
-#   down_block_types     -> down_attention: "CrossAttnDownBlock2D" is True, "DownBlock2D" False, per level.
-#   up_block_types       -> up_attention, re-indexed by level: up block i runs at level n-1-i.
-#   mid_block_type       -> mid_block: "UNetMidBlock2DCrossAttn" -> "cross_attention", "UNetMidBlock2D" (which
-#                           the UNet builds with a single resnet) -> "resnet", None -> None.
-
-
-def _from_diffusers(cls, mapping: dict) -> "UNetConfig":
-    values = dict(_DIFFUSERS_UNET_DEFAULTS)
-    for key, value in mapping.items():
-        if key.startswith("_"):
-            continue
-        if key not in values:
-            raise ValueError(f"diffusers UNet2DConditionModel config key {key!r} is not supported by ldm.unet")
-        values[key] = value
-    for key, default in _DIFFUSERS_UNSUPPORTED.items():
-        if values.pop(key) != default:
-            raise ValueError(f"diffusers config {key}={mapping[key]!r} is not supported by ldm.unet "
-                             f"(only {default!r})")
-    for key in _DIFFUSERS_NO_EFFECT:
-        values.pop(key)
-    if values.pop("act_fn") not in ("silu", "swish"):
-        raise ValueError(f"diffusers config act_fn={mapping['act_fn']!r} is not supported: ldm.unet uses 'silu'")
-    if values.pop("num_attention_heads") is not None:
-        raise ValueError("diffusers config num_attention_heads must be unset: diffusers refuses it and reads "
-                         "attention_head_dim as the number of heads")
-    for key in ("cross_attention_dim", "only_cross_attention"):   # per-level lists only when all equal
-        value = values[key]
-        if isinstance(value, (list, tuple)):
-            if len(set(value)) != 1:
-                raise ValueError(f"diffusers config {key}={list(value)} is not supported: ldm.unet uses one "
-                                 f"value for every level")
-            values[key] = value[0]
-    layers = values["transformer_layers_per_block"]
-    if isinstance(layers, (list, tuple)) and any(isinstance(v, (list, tuple)) for v in layers):
-        raise ValueError("diffusers config transformer_layers_per_block with a list per resnet is not supported")
-    if values["norm_num_groups"] is None:
-        raise ValueError("diffusers config norm_num_groups=None (no output norm) is not supported by ldm.unet")
-
-    n = len(values["block_out_channels"])
-    down_types = list(values.pop("down_block_types"))
-    up_types = list(values.pop("up_block_types"))
-    if len(down_types) != n or len(up_types) != n:
-        raise ValueError(f"diffusers config down_block_types/up_block_types need {n} entries each (one per "
-                         f"block_out_channels level), got {down_types} and {up_types}")
-    values["down_attention"] = tuple(_block_has_attention("down_block_types", t, _DOWN_BLOCKS) for t in down_types)
-    values["up_attention"] = tuple(_block_has_attention("up_block_types", t, _UP_BLOCKS)
-                                   for t in reversed(up_types))
-    mid_type = values.pop("mid_block_type")
-    if mid_type not in _MID_BLOCKS:
-        raise ValueError(f"diffusers config mid_block_type={mid_type!r} is not supported: expected one of "
-                         f"{sorted(_MID_BLOCKS, key=str)}")
-    values["mid_block"] = _MID_BLOCKS[mid_type]
-    values["num_heads"] = values.pop("attention_head_dim")   # see the comment above
-    return cls(**values)
-
-def _to_diffusers(self) -> dict:
-    values = dataclasses.asdict(self)
-    n = len(self.block_out_channels)
-    values["block_out_channels"] = list(self.block_out_channels)
-    values["down_block_types"] = [_DOWN_BLOCKS[a] for a in self.down_attention]
-    values["up_block_types"] = [_UP_BLOCKS[a] for a in reversed(self.up_attention)]
-    values["mid_block_type"] = {v: k for k, v in _MID_BLOCKS.items()}[values.pop("mid_block")]
-    values["attention_head_dim"] = values.pop("num_heads")   # see the comment above
-    for key in ("layers_per_block", "attention_head_dim", "transformer_layers_per_block"):
-        entries = list(values[key])
-        values[key] = entries[0] if entries == entries[:1] * n else entries   # one int when all levels agree
-    del values["down_attention"], values["up_attention"]
-    values["act_fn"] = "silu"
-    return values
-
-
-def _block_has_attention(key: str, block_type: str, known: dict) -> bool:
-    has_attention = {name: attention for attention, name in known.items()}
-    if block_type not in has_attention:
-        raise ValueError(f"diffusers config {key} entry {block_type!r} is not supported: expected one of "
-                         f"{sorted(has_attention)}")
-    return has_attention[block_type]
-
-
-_DOWN_BLOCKS = {True: "CrossAttnDownBlock2D", False: "DownBlock2D"}
-_UP_BLOCKS = {True: "CrossAttnUpBlock2D", False: "UpBlock2D"}
-_MID_BLOCKS = {"UNetMidBlock2DCrossAttn": "cross_attention", "UNetMidBlock2D": "resnet", None: None}
-
-# Keys we translate or take over, with UNet2DConditionModel.__init__'s defaults in diffusers 0.42.
-_DIFFUSERS_UNET_DEFAULTS = {
-    "sample_size": None, "in_channels": 4, "out_channels": 4, "flip_sin_to_cos": True, "freq_shift": 0,
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "only_cross_attention": False,
-    "block_out_channels": (320, 640, 1280, 1280), "layers_per_block": 2, "downsample_padding": 1,
-    "mid_block_scale_factor": 1, "dropout": 0.0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "cross_attention_dim": 1280, "transformer_layers_per_block": 1, "attention_head_dim": 8,
-    "num_attention_heads": None, "use_linear_projection": False, "num_class_embeds": None, "upcast_attention": False,
-    "resnet_time_scale_shift": "default",
-}
-# Features of diffusers' UNet that ldm.unet does not implement: accepted only at these (default) values.
-_DIFFUSERS_UNSUPPORTED = {
-    "center_input_sample": False, "reverse_transformer_layers_per_block": None, "encoder_hid_dim": None,
-    "encoder_hid_dim_type": None, "dual_cross_attention": False, "class_embed_type": None,
-    "addition_embed_type": None, "resnet_skip_time_act": False, "time_embedding_type": "positional",
-    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
-    "conv_in_kernel": 3, "conv_out_kernel": 3, "projection_class_embeddings_input_dim": None,
-    "attention_type": "default", "class_embeddings_concat": False,
-}
-# Keys that only configure blocks or embeddings we do not build (SimpleCrossAttn / Resnet*sample blocks, the
-# "text"/"text_time" addition embeddings), so any value computes the same model here.
-_DIFFUSERS_NO_EFFECT = {
-    "resnet_out_scale_factor": 1.0, "mid_block_only_cross_attention": None, "cross_attention_norm": None,
-    "addition_time_embed_dim": None, "addition_embed_type_num_heads": 64,
-}
-_DIFFUSERS_UNET_DEFAULTS.update(_DIFFUSERS_UNSUPPORTED, **_DIFFUSERS_NO_EFFECT)
+        check_class_labels(class_labels, batch, cfg.num_class_embeds)

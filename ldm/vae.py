@@ -39,11 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.convert import DIFFUSERS_VAE_DEFAULTS as _DIFFUSERS_VAE_DEFAULTS  # (ldm.compat reads it here)
+from ldm.convert import autoencoder_values_from_diffusers
 from ldm.io import PretrainedMixin
 from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, check_image_batch,
                         checkpointed, randn_tensor)
 
-# The VAE normalises with GroupNorm eps 1e-6 everywhere (the UNet uses 1e-5); diffusers hard-codes it.
+# The VAE normalises with GroupNorm eps 1e-6 everywhere; diffusers hard-codes it. (The UNet's resnets and output
+# norm use its norm_eps, 1e-5; its transformers' GroupNorm uses 1e-6 again: ldm.transformer.)
 VAE_NORM_EPS = 1e-6
 
 
@@ -113,7 +116,7 @@ class VAEConfig:
             raise ValueError(f"unknown VAE preset {name!r}; expected one of {sorted(VAE_PRESETS)}")
         return dataclasses.replace(VAE_PRESETS[name])
 
-    # ---- diffusers config.json translation ----------------------------------------------------------------------
+    # ---- diffusers config.json (the translation lives with the key tables, in ldm/convert.py) -------------------
 
     @classmethod
     def from_diffusers(cls, mapping: dict) -> "VAEConfig":
@@ -123,8 +126,7 @@ class VAEConfig:
         informational and ignored. A key that would change the computation but is not supported raises
         ValueError naming it.
         """
-        values = autoencoder_values_from_diffusers(mapping, _DIFFUSERS_VAE_DEFAULTS, "AutoencoderKL")
-        return cls(**values)
+        return cls(**autoencoder_values_from_diffusers(mapping, _DIFFUSERS_VAE_DEFAULTS, "AutoencoderKL"))
 
     def to_diffusers(self) -> dict:
         """The diffusers ``AutoencoderKL`` config mapping (without ``_class_name`` / ``_diffusers_version``)."""
@@ -139,41 +141,11 @@ class VAEConfig:
         return values
 
 
-_DIFFUSERS_VAE_DEFAULTS = {   # AutoencoderKL.__init__ defaults in diffusers 0.42
-    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",),
-    "up_block_types": ("UpDecoderBlock2D",), "block_out_channels": (64,), "layers_per_block": 1, "act_fn": "silu",
-    "latent_channels": 4, "norm_num_groups": 32, "sample_size": 32, "scaling_factor": 0.18215, "shift_factor": None,
-    "latents_mean": None, "latents_std": None, "force_upcast": True, "use_quant_conv": True,
-    "use_post_quant_conv": True, "mid_block_add_attention": True,
-}
-
-def autoencoder_values_from_diffusers(mapping: dict, defaults: dict, class_name: str) -> dict:
-    """The constructor values of an autoencoder config from a diffusers config mapping (shared by VAEConfig and
-    VQConfig): missing keys take diffusers' ``defaults``, keys starting with "_" are ignored, an unknown key is a
-    ValueError naming it, and the block types and activation are checked and dropped (ours are fixed)."""
-    values = dict(defaults)
-    for key, value in mapping.items():
-        if key.startswith("_"):
-            continue
-        if key not in values:
-            raise ValueError(f"diffusers {class_name} config key {key!r} is not supported by ldm")
-        values[key] = value
-    n = len(values["block_out_channels"])
-    for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-        types = list(values.pop(key))
-        if types != [block] * n:
-            raise ValueError(f"diffusers config {key}={types} is not supported: expected {n} x {block!r} "
-                             f"(one per entry of block_out_channels)")
-    act_fn = values.pop("act_fn")
-    if act_fn not in ("silu", "swish"):
-        raise ValueError(f"diffusers config act_fn={act_fn!r} is not supported: ldm's autoencoders use 'silu'")
-    return values
-
-
 VAE_PRESETS = {
     # Stable Diffusion 1.x / 2.x VAE: 83.65M parameters, f = 8.
     "sd": VAEConfig(),
-    # 256x256 single-channel spectrograms -> 32x32x4 latents (f = 8), about a third of the SD VAE's width.
+    # 256x256 single-channel spectrograms -> 32x32x4 latents (f = 8): half the SD VAE's width at every level, a
+    # quarter of its parameters (20.9M; python -m ldm.shapes --model vae --preset microdoppler).
     # scaling_factor is measured on the training data after stage 1 (train_vae.py does this).
     "microdoppler": VAEConfig(in_channels=1, out_channels=1, block_out_channels=(64, 128, 256, 256),
                               sample_size=256, scaling_factor=None),

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ldm.convert import DIFFUSERS_VQ_DEFAULTS as _DIFFUSERS_VQ_DEFAULTS  # (ldm.compat reads it here)
+from ldm.convert import autoencoder_values_from_diffusers
 from ldm.io import PretrainedMixin
 from ldm.layers import check_image_batch
-from ldm.vae import Decoder, Encoder, LatentScaling, autoencoder_values_from_diffusers
+from ldm.vae import Decoder, Encoder, LatentScaling
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -150,14 +152,6 @@ def _check_quantizer_options(beta: float, ema_decay: float | None, kmeans_init_i
         raise ValueError(f"usage_window must be a positive int (training batches), got {usage_window!r}")
 
 
-_DIFFUSERS_VQ_DEFAULTS = {   # VQModel.__init__ defaults in diffusers 0.42
-    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",),
-    "up_block_types": ("UpDecoderBlock2D",), "block_out_channels": (64,), "layers_per_block": 1, "act_fn": "silu",
-    "latent_channels": 3, "sample_size": 32, "num_vq_embeddings": 256, "norm_num_groups": 32, "vq_embed_dim": None,
-    "scaling_factor": 0.18215, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
-    "force_upcast": False,
-}
-
 VQ_PRESETS = {
     # CompVis LDM VQ-f4 (first_stage_models/vq-f4; ldm-celebahq-256, LDM super-resolution): 64x64x3 latents,
     # 8192 codes. scaling_factor 1.0: configs/latent-diffusion/celebahq-ldm-vq-4.yaml sets no scale_factor, so
@@ -204,10 +198,10 @@ class VectorQuantizer(nn.Module):
     Usage statistics are kept in training mode: ``perplexity`` (of the last batch; K means every code equally
     used, 1 means collapse) and ``dead_fraction()``. These buffers are not saved, so the state dict stays exactly
     diffusers'; loading a codebook restarts them.
-    Under DDP (an initialised torch.distributed process group) the codebook stays identical in every process: the
-    code counts and vector sums are summed over the processes before the statistics and the EMA use them (so the EMA
-    sees the global batch, as one process would), and the codebook that k-means or a restart produces is taken from
-    rank 0.
+    Under DDP the codebook stays identical in every process when ``processes`` is set (train_vae.py sets it to
+    ldm.training.CodebookSync() in each process): the code counts and vector sums are summed over the processes
+    before the statistics and the EMA use them (so the EMA sees the global batch, as one process would), and the
+    codebook that k-means or a restart produces is taken from rank 0. None (the default): one process.
 
     Args:
         num_embeddings: K, the codebook size.
@@ -232,6 +226,7 @@ class VectorQuantizer(nn.Module):
             # DDP does not wait for its gradient (which it would report as an unused parameter)
             self.embedding.weight.requires_grad_(False)
         self.needs_kmeans_init = kmeans_init_iters > 0
+        self.processes = None   # under DDP: what sums a tensor over the processes and copies rank 0's (see above)
         # training statistics, not in the state dict
         self.register_buffer("batches_unused", torch.zeros(num_embeddings, dtype=torch.long), persistent=False)
         self.register_buffer("cluster_size", torch.zeros(num_embeddings), persistent=False)   # EMA of counts, N
@@ -295,7 +290,9 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook(self, z_flat: torch.Tensor, indices: torch.Tensor, generator: torch.Generator | None):
-        counts = _sum_over_processes(torch.bincount(indices, minlength=self.num_embeddings))  # n_k per code, (K,)
+        counts = torch.bincount(indices, minlength=self.num_embeddings)  # n_k per code, (K,)
+        if self.processes is not None:
+            self.processes.sum_(counts)                                  # over the global batch
         self.perplexity.copy_(_perplexity_from_counts(counts))
         self.batches_unused.add_(1).masked_fill_(counts > 0, 0)
         weight = self.embedding.weight
@@ -305,7 +302,8 @@ class VectorQuantizer(nn.Module):
             # no Laplace smoothing is needed. N starts at 0: the first step moves a code to the mean of its vectors.
             g = self.ema_decay
             sums = torch.zeros_like(weight).index_add_(0, indices, z_flat.to(weight.dtype))      # (K, D)
-            sums = _sum_over_processes(sums)
+            if self.processes is not None:
+                self.processes.sum_(sums)
             counts = counts.to(weight.dtype)
             self.cluster_size.mul_(g).add_((1 - g) * counts)
             step = (1 - g) * (sums - counts[:, None] * weight) / self.cluster_size.clamp_min(1e-12)[:, None]
@@ -315,7 +313,8 @@ class VectorQuantizer(nn.Module):
             # a random batch vector for every code, kept where the code is dead (no host sync, no count needed)
             pick = _randint(z_flat.shape[0], self.num_embeddings, generator, z_flat.device)
             weight.copy_(torch.where(dead[:, None], z_flat[pick].to(weight.dtype), weight))
-            _from_rank_0(weight)                                         # each process picked from its own batch
+            if self.processes is not None:
+                self.processes.copy_rank_0_(weight)                      # each process picked from its own batch
             self.batches_unused.masked_fill_(dead, 0)                    # a fresh window to be chosen
             self.cluster_size.masked_fill_(dead, 0.0)
 
@@ -336,7 +335,8 @@ class VectorQuantizer(nn.Module):
             sums = torch.zeros_like(centers).index_add_(0, assign, z_flat.float())
             centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], centers)
         self.embedding.weight.copy_(centers)
-        _from_rank_0(self.embedding.weight)                              # each process clustered its own batch
+        if self.processes is not None:
+            self.processes.copy_rank_0_(self.embedding.weight)           # each process clustered its own batch
         self.needs_kmeans_init = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -350,24 +350,6 @@ class VectorQuantizer(nn.Module):
             # a model built on the meta device (ldm.io) gets its statistics where the loaded codebook lives
             setattr(self, name, torch.zeros_like(stat, device=loaded.device if stat.is_meta else stat.device))
         self.perplexity = torch.full_like(self.perplexity, float("nan"), device=self.cluster_size.device)
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
-
-
-def _sum_over_processes(t: torch.Tensor) -> torch.Tensor:
-    """t summed over the DDP processes (in place); t itself without a process group."""
-    if _distributed():
-        torch.distributed.all_reduce(t)
-    return t
-
-
-def _from_rank_0(t: torch.Tensor) -> None:
-    """Overwrite t (in place) with rank 0's t; nothing without a process group."""
-    if _distributed():
-        torch.distributed.broadcast(t, src=0)
 
 
 def codebook_perplexity(indices: torch.Tensor, num_embeddings: int) -> torch.Tensor:
