@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm import fast, io, unet, vae, vq
+from ldm import convert, fast, io, unet, vae, vq
 from ldm.compat.configuration import (AutoencoderKLOutput, ConfigMixin, DecoderOutput, UNet2DConditionOutput,
                                       VQEncoderOutput, _refuse_hub_options, signature_of)
 from ldm.layers import Attention
@@ -132,7 +132,7 @@ class ModelMixin(ConfigMixin):
             name = io._add_variant(io.PICKLE_WEIGHTS_NAME, variant)
             raise OSError(f"Error no file named {name} found in directory {folder}.") from None
         if cls._plain in (vae.AutoencoderKL, vq.VQModel):
-            state_dict = io.convert.rename_legacy_attention(state_dict)
+            state_dict = convert.rename_legacy_attention(state_dict)
         plain_config = cls._plain.config_class.from_diffusers(config)
         model = io.build_model(cls, plain_config, state_dict, folder, dtype, device)
         model.register_to_config(**{k: v for k, v in config.items() if k.startswith("_")})
@@ -225,7 +225,7 @@ class AutoencoderKL(ModelMixin, vae.AutoencoderKL):
     """ldm.vae.AutoencoderKL with diffusers' calling convention (see the module docstring)."""
 
     _plain = vae.AutoencoderKL
-    _diffusers_signature = vae._DIFFUSERS_VAE_DEFAULTS
+    _diffusers_signature = convert.DIFFUSERS_VAE_DEFAULTS
 
     def __init__(self, config: vae.VAEConfig | None = None, **kwargs):
         """``AutoencoderKL(**diffusers_config)`` or ``AutoencoderKL(VAEConfig(...))``."""
@@ -251,7 +251,7 @@ class VQModel(ModelMixin, vq.VQModel):
     """ldm.vq.VQModel with diffusers' calling convention (see the module docstring)."""
 
     _plain = vq.VQModel
-    _diffusers_signature = vq._DIFFUSERS_VQ_DEFAULTS
+    _diffusers_signature = convert.DIFFUSERS_VQ_DEFAULTS
 
     def __init__(self, config: vq.VQConfig | None = None, **kwargs):
         """``VQModel(**diffusers_config)`` or ``VQModel(VQConfig(...))``."""
@@ -281,7 +281,7 @@ class UNet2DConditionModel(ModelMixin, unet.UNet2DConditionModel):
     """ldm.unet.UNet2DConditionModel with diffusers' calling convention (see the module docstring)."""
 
     _plain = unet.UNet2DConditionModel
-    _diffusers_signature = unet._DIFFUSERS_UNET_DEFAULTS
+    _diffusers_signature = convert._DIFFUSERS_UNET_DEFAULTS   # every key from_diffusers reads
 
     def __init__(self, config: unet.UNetConfig | None = None, **kwargs):
         """``UNet2DConditionModel(**diffusers_config)`` or ``UNet2DConditionModel(UNetConfig(...))``."""
