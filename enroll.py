@@ -28,7 +28,7 @@ import torch
 
 from ldm import cli, io, lock, training
 from ldm.cli import option
-from ldm.data import SpectrogramFolder, check_split, read_split, relative_names, scan_folder
+from ldm.data import UNLABELLED, SpectrogramFolder, check_split, read_split, relative_names, scan_folder
 from ldm.enrollment import EnrollConfig, enroll, image_size
 from ldm.pipeline import Pipeline
 
@@ -71,7 +71,7 @@ def draw_shots(cfg: EnrollScriptConfig, base: Pipeline) -> tuple[dict[str, list[
     no image: new names, enough files, the split's folder."""
     files, labels, class_to_idx = scan_folder(cfg.data)
     names = relative_names(cfg.data, files)
-    if list(class_to_idx) == ["<unlabelled>"]:
+    if list(class_to_idx) == [UNLABELLED]:
         raise ValueError(f"--data {cfg.data} is a flat folder; put each new person's files in NEW/<person>/")
     known = sorted(set(class_to_idx) & set(base.users))
     if known:

@@ -49,9 +49,9 @@ from ldm.vae import AutoencoderKL
 class EnrollConfig:
     """How new people are learned. The defaults enrol 8 people of the CPU demo's size (32x32 images, its tiny UNet)
     in well under a minute on 2 CPU cores (docs/enrollment.md has the measurement)."""
-    steps: int = 200            # optimizer steps, each on batch_size shots of all new people together
+    steps: int = 100            # optimizer steps, each on batch_size shots of all new people together
     lr: float = 2e-2            # AdamW learning rate of the new rows (and of the adapter)
-    batch_size: int = 32        # shots per step, drawn without replacement, cycling through all shots
+    batch_size: int = 16        # shots per step, drawn without replacement, cycling through all shots
     lora_rank: int = 0          # 0 = off: only the new people's rows train; r > 0: a rank-r adapter on the
                                 # cross-attention key/value projections, merged into them (changes old people too)
     seed: int = 0               # the shot order, the posterior noise, the diffusion noise and timesteps
@@ -75,6 +75,10 @@ def check_shots(pipe: Pipeline, shots: dict[str, torch.Tensor], sources: dict[st
     shape or outside [-1, 1], a source list that does not name each shot's file once."""
     if not shots:
         raise ValueError("enroll needs at least one new person (shots is empty)")
+    dtypes = {t.dtype for t in (*pipe.denoiser.parameters(), *pipe.vae.parameters())}
+    if dtypes != {torch.float32}:
+        raise ValueError(f"enroll trains in float32; this pipeline holds {sorted(map(str, dtypes))} weights (load it "
+                         "without a dtype)")
     if set(shots) != set(sources):
         raise ValueError(f"shots and sources must name the same people; shots: {sorted(shots)}, sources: "
                          f"{sorted(sources)}")
@@ -163,12 +167,12 @@ def enroll(pipe: Pipeline, shots: dict[str, torch.Tensor], sources: dict[str, li
     vae = copy.deepcopy(pipe.vae).eval().requires_grad_(False)
     device = denoiser.unet.conv_in.weight.device
 
-    # ---- the shots' latents: the posterior's moments, drawn afresh at every step --------------------------------------
+    # ---- the shots' latents: the posterior's moments, drawn afresh at every step ------------------------------------
     x = torch.cat([shots[name].float() for name in names])                          # (N k, C, H, W)
     ids = torch.cat([torch.full((len(shots[name]),), u + i, dtype=torch.long) for i, name in enumerate(names)])
     mean, std = latent_moments(vae, x)                                              # (N k, Cz, h, w) each
 
-    # ---- what trains: the new rows, as separate tensors spliced into the frozen tables at every step ------------------
+    # ---- what trains: the new rows, as separate tensors spliced into the frozen tables at every step ----------------
     embedder, unet = denoiser.embedder, denoiser.unet
     uses_tokens = unet.config.has_cross_attention and embedder.route != "class"
     uses_class = unet.class_embedding is not None

@@ -20,8 +20,10 @@ import train_ldm
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.data import files_digest, make_split, write_split
 from ldm.ddpm import DDPMScheduler
-from ldm.enrollment import EnrollConfig, enroll
+from ldm.diffusion_loss import diffusion_loss
+from ldm.enrollment import EnrollConfig, enroll, grown_denoiser
 from ldm.pipeline import PROVENANCE_NAME, Pipeline, check_provenance, file_record
+from ldm.radar.simulator import simulate_dataset
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import perturb_
@@ -196,7 +198,8 @@ def test_provenance_is_saved_with_the_folder_and_an_edited_list_is_refused(tmp_p
     assert json.loads((tmp_path / "p" / PROVENANCE_NAME).read_text()) == provenance
     assert Pipeline.from_pretrained(tmp_path / "p").provenance == provenance
     tiny_pipeline().save_pretrained(tmp_path / "p")                     # no provenance: no stale file left
-    assert not (tmp_path / "p" / PROVENANCE_NAME).exists() and Pipeline.from_pretrained(tmp_path / "p").provenance is None
+    assert not (tmp_path / "p" / PROVENANCE_NAME).exists()
+    assert Pipeline.from_pretrained(tmp_path / "p").provenance is None
     edited = {"trained_on": {**provenance["trained_on"], "files": ["bob/00.png"]}, "enrolled": {}}
     tiny_pipeline().save_pretrained(tmp_path / "p")
     (tmp_path / "p" / PROVENANCE_NAME).write_text(json.dumps(edited))
@@ -294,3 +297,88 @@ def test_enroll_py_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, c
 # ----------------------------------------------------------------------------------------------------------------
 # An enrolled person's samples are that person's
 # ----------------------------------------------------------------------------------------------------------------
+
+NOVEL = (2, 9)         # two simulated people whose real Doppler profiles a nearest-mean classifier tells apart
+SHOTS, SAMPLES = 4, 32
+
+
+def train_base_pipeline(x: torch.Tensor, y: torch.Tensor, names: list[str], seed: int = 0) -> Pipeline:
+    """A tiny pipeline trained briefly on x: (N, 1, 16, 16) in [-1, 1] of people y: a KL VAE (f = 2; MSE and a small
+    KL weight) and then an ID-conditioned UNet on its 8x8x4 latents (the LDM loss, 10% null IDs), as train_vae.py
+    and train_ldm.py train them, in fewer steps."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    vae = AutoencoderKL(dataclasses.replace(VAEConfig.preset("tiny"), in_channels=1, out_channels=1, sample_size=16,
+                                            block_out_channels=(16, 32)))
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    for _ in range(150):
+        batch = x[torch.randint(len(x), (16,), generator=g)]
+        posterior = vae.encode(batch)
+        loss = F.mse_loss(vae.decode(posterior.sample(generator=g)), batch) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        mean = vae.encode(x).mean                                       # (N, 4, 8, 8)
+    vae.config = dataclasses.replace(vae.config, scaling_factor=float(1 / mean.std()))
+    z = vae.scale_latents(mean)
+    unet = UNet2DConditionModel(dataclasses.replace(UNetConfig.preset("tiny"), sample_size=8,
+                                                    block_out_channels=(16, 32), num_class_embeds=len(names) + 1))
+    embedder = UserIDEmbedder(len(names), 32, 4, "both", {name: i for i, name in enumerate(names)})
+    denoiser, scheduler = ConditionedUNet(unet, embedder), DDPMScheduler(**SCHEDULE)
+    opt = torch.optim.AdamW(denoiser.parameters(), lr=2e-3)
+    for _ in range(400):
+        idx = torch.randint(len(z), (16,), generator=g)
+        loss = diffusion_loss(denoiser, scheduler, z[idx], embedder.drop_ids(y[idx], 0.1, g), generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Pipeline(denoiser.eval().requires_grad_(False), vae, scheduler)
+
+
+def binomial_threshold(n: int, p: float = 0.5, alpha: float = 0.01) -> int:
+    """The smallest c with P(X >= c) < alpha for X ~ Binomial(n, p): more correct answers than chance allows."""
+    tail = lambda c: sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(c, n + 1))   # noqa: E731
+    return next(c for c in range(n + 1) if tail(c) < alpha)
+
+
+@pytest.mark.slow
+def test_an_enrolled_persons_samples_are_recognised_by_a_classifier_fitted_on_their_held_out_files(one_thread):
+    """12 simulated people (classic profile, 16 spectrograms each, 16x16 pixels): a pipeline trained briefly on 10 of
+    them; the other two enrolled from their first 4 spectrograms. A nearest-class-mean classifier of the Doppler
+    profile (each image's mean over time), fitted on the two people's 12 other spectrograms only, must assign their
+    generated samples to the right person more often than chance (one-sided binomial test at 1%). The same pipeline
+    with the two new rows before enrolment (identical: the old people's mean) is the control: its samples of either
+    person come from one distribution, so it scores chance on average and must not pass."""
+    db, labels, meta = simulate_dataset(users=12, per_user=16, size=64, seed=0)
+    x = torch.from_numpy(db / meta["radar"]["dynamic_range_db"] * 2 + 1).clamp(-1, 1)[:, None]       # (N, 1, 64, 64)
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    y = torch.from_numpy(labels)
+    base = [k for k in range(12) if k not in NOVEL]
+    keep = torch.isin(y, torch.tensor(base))
+    pipe = train_base_pipeline(x[keep], torch.tensor([base.index(int(k)) for k in y[keep]]),
+                               [f"user_{k:02d}" for k in base])
+
+    names = [f"user_{k:02d}" for k in NOVEL]
+    shots = {name: x[y == k][:SHOTS] for name, k in zip(names, NOVEL)}
+    sources = {name: [f"{name}/{i:04d}" for i in range(SHOTS)] for name in names}
+    held_out = [x[y == k][SHOTS:] for k in NOVEL]                          # never shown to the generator
+
+    def profile(images: torch.Tensor) -> torch.Tensor:
+        return images.mean(-1).flatten(1)                                # (n, 16): mean power per Doppler row
+
+    means = torch.stack([profile(h).mean(0) for h in held_out])          # the classifier: (2, 16) class means
+
+    def correct(images: dict[int, torch.Tensor], ids: list[int]) -> int:
+        return sum(int(((profile(images[i])[:, None] - means[None]) ** 2).sum(-1).argmin(1).eq(j).sum())
+                   for j, i in enumerate(ids))
+
+    assert correct({0: shots[names[0]], 1: shots[names[1]]}, [0, 1]) == 2 * SHOTS   # it tells the real people apart
+    new = enroll(pipe, shots, sources, EnrollConfig(steps=100, batch_size=16, lr=2e-2), progress=False)
+    ids = new.user_ids(",".join(names))
+    threshold = binomial_threshold(2 * SAMPLES)
+    enrolled = correct(new.generate(ids, SAMPLES, steps=20, guidance=6.0, seed=1, progress=False), ids)
+    control_pipe = Pipeline(grown_denoiser(pipe, names), pipe.vae, pipe.scheduler)
+    control = correct(control_pipe.generate(ids, SAMPLES, steps=20, guidance=6.0, seed=1, progress=False), ids)
+    assert enrolled >= threshold > control, (enrolled, control, threshold)
