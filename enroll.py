@@ -57,7 +57,9 @@ class EnrollScriptConfig:
     seed: int = option(DEFAULTS.seed, "seeds the draw of the shots and the enrolment's noise", at_least=0,
                        at_most=2**62)
     device: str = option("auto", "cpu, cuda, cuda:N, mps, or auto (cuda when available)")
-    resize: str = cli.resize_option()
+    resize: str = option("resize", "how files of another size become the pipeline's image size: stretched, cropped, "
+                                   "scaled to fit and padded with -1, or none (must match); see ldm/data.py",
+                         choices=cli.RESIZE_POLICIES)
     colormap: str = cli.colormap_option()
     npy_scale: str = cli.npy_scale_option()
     dynamic_range: float = option(50.0, ".npy in dB: the dB range below the reference mapped to [-1, 1] (as the "

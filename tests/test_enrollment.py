@@ -186,6 +186,10 @@ def test_provenance_refuses_a_generator_that_saw_a_test_file_or_more_shots_than_
         check_provenance(new.provenance, set(), {"alice": 0})          # a base person trained the generator
     with pytest.raises(ValueError, match="provenance is unknown"):
         check_provenance(None, set(), None)
+    again = enroll(new, *shots_of(["amy"], k=2), FAST, progress=False)     # a second enrolment keeps the first's
+    assert again.users[-2:] == ["zoe", "amy"] and set(again.provenance["enrolled"]) == {"zoe", "amy"}
+    with pytest.raises(ValueError, match=r"saw the test file zoe/01.png \(enrolled zoe from it\)"):
+        check_provenance(again.provenance, {"zoe/01.png"}, None)
     unknown_base = enroll(tiny_pipeline(), shots, sources, FAST, progress=False)
     assert unknown_base.provenance["trained_on"] is None
     with pytest.raises(ValueError, match="training files are not recorded"):
@@ -205,6 +209,20 @@ def test_provenance_is_saved_with_the_folder_and_an_edited_list_is_refused(tmp_p
     (tmp_path / "p" / PROVENANCE_NAME).write_text(json.dumps(edited))
     with pytest.raises(ValueError, match="does not match its sha256"):
         Pipeline.from_pretrained(tmp_path / "p")
+
+
+def test_evaluate_says_when_the_generators_provenance_is_unknown(tmp_path, capsys):
+    (tmp_path / "samples" / "alice").mkdir(parents=True)
+    assert evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/00.png"]) == {"record": None,
+                                                                                          "checked": False}
+    assert "the provenance of" in capsys.readouterr().err
+    (tmp_path / "samples.json").write_text(json.dumps({"provenance": None}))       # a pipeline without one
+    assert not evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/00.png"])["checked"]
+    provenance = {"trained_on": file_record(["alice/01.png"]), "enrolled": {}}
+    (tmp_path / "samples.json").write_text(json.dumps({"provenance": provenance}))
+    assert evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/00.png"])["checked"]
+    with pytest.raises(ValueError, match=r"saw the test file alice/01.png \(trained on it\)"):
+        evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/01.png"])
 
 
 def png_people(root, people, per_person: int, size: int = 16, seed: int = 0):
@@ -277,7 +295,10 @@ def test_enroll_py_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, c
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(flat / "0.png")
     few = png_people(tmp_path / "few", ["eve"], 2)
     known = png_people(tmp_path / "known", ["bob"], 4)
+    small = png_people(tmp_path / "small", ["eve"], 4, size=8)
     cases = [
+        (["--data", str(small)], "is 8x8, smaller than the requested size 16x16"),
+        (["--data", str(small), "--resize", "none"], "but resize='none' needs exactly 16x16"),
         (["--data", str(few), "--shots", "3"], "eve has 2 file(s), fewer than --shots 3"),
         (["--data", str(known)], "'bob' is already a person of --pipeline"),
         (["--data", str(flat)], "is a flat folder"),
