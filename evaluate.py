@@ -43,7 +43,7 @@ from ldm import cli, training
 from ldm.data import (SpectrogramFolder, check_split, common_size, files_digest, parse_size,
                       read_split, relative_names, scan_folder, split_indices)
 from ldm.io import atomic_write, check_outputs_apart, read_json
-from ldm.pipeline import check_provenance
+from ldm.pipeline import check_provenance, file_record
 from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, condition_control_ratio, load_classifier,
                                 predict, save_classifier, train_classifier)
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
@@ -352,22 +352,25 @@ def _check_folder(flag: str, path: Path) -> None:
 def generator_provenance(generated: str, test_names: list[str]) -> dict:
     """Check what the generator of --generated saw: sample.py's record GENERATED.json beside the folder holds its
     pipeline's provenance (ldm.pipeline.check_provenance). A generator that saw a test file is refused, naming the
-    file; without a record or a provenance in it the check cannot be made, and the report says so."""
+    file; without a record or a provenance in it the check cannot be made, and the report says so (a pipeline
+    enrolled into one without provenance: only its enrolment files are checked)."""
     folder = Path(generated).resolve()
     record_path = folder.with_name(folder.name + ".json")
     record = read_json(record_path) if record_path.is_file() else {}
     provenance = record.get("provenance")
-    if provenance is None:
+    if provenance is None or provenance.get("trained_on") is None:
         print(f"evaluate.py: the provenance of {generated} is unknown (no {record_path.name} from sample.py beside it, "
               "or its pipeline records no provenance.json): nothing shows that its generator never saw a test file",
               file=sys.stderr)
+    if provenance is None:
         return {"record": str(record_path) if record else None, "checked": False}
+    known = provenance["trained_on"] is not None
     try:
-        check_provenance(provenance, set(test_names))
+        check_provenance(provenance if known else {**provenance, "trained_on": file_record([])}, set(test_names))
     except ValueError as error:
         raise ValueError(f"--generated {generated} ({record_path.name}): {error}") from None
-    return {"record": str(record_path), "checked": True,
-            "trained_on_sha256": provenance["trained_on"]["sha256"],
+    return {"record": str(record_path), "checked": known,
+            "trained_on_sha256": provenance["trained_on"]["sha256"] if known else None,
             "enrolled": {person: entry["sha256"] for person, entry in provenance["enrolled"].items()}}
 
 

@@ -107,6 +107,8 @@ def test_the_enrolled_folder_loads_in_ldm_and_in_diffusers_with_the_base_weights
     loaded = Pipeline.from_pretrained(tmp_path / "new")
     assert loaded.users == ["alice", "bob", "carol", "zoe"] and loaded.provenance == new.provenance
 
+    for file in ("vae/diffusion_pytorch_model.safetensors", "vae/config.json", "scheduler/scheduler_config.json"):
+        assert (tmp_path / "new" / file).read_bytes() == (tmp_path / "base" / file).read_bytes(), file
     # diffusers' UNet reads the grown folder; its output for the new person equals ours
     ref = RefUNet.from_pretrained(tmp_path / "new", subfolder="unet").eval()
     base_ref = RefUNet.from_pretrained(tmp_path / "base", subfolder="unet").eval()
@@ -223,6 +225,13 @@ def test_evaluate_says_when_the_generators_provenance_is_unknown(tmp_path, capsy
     assert evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/00.png"])["checked"]
     with pytest.raises(ValueError, match=r"saw the test file alice/01.png \(trained on it\)"):
         evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/01.png"])
+    enrolled_only = {"trained_on": None, "enrolled": {"eve": file_record(["eve/00.png"])}}   # base without one
+    (tmp_path / "samples.json").write_text(json.dumps({"provenance": enrolled_only}))
+    capsys.readouterr()
+    assert not evaluate.generator_provenance(str(tmp_path / "samples"), ["alice/01.png"])["checked"]
+    assert "is unknown" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"saw the test file eve/00.png \(enrolled eve from it\)"):
+        evaluate.generator_provenance(str(tmp_path / "samples"), ["eve/00.png"])
 
 
 def png_people(root, people, per_person: int, size: int = 16, seed: int = 0):
@@ -395,7 +404,9 @@ def test_an_enrolled_persons_samples_are_recognised_by_a_classifier_fitted_on_th
         return sum(int(((profile(images[i])[:, None] - means[None]) ** 2).sum(-1).argmin(1).eq(j).sum())
                    for j, i in enumerate(ids))
 
-    assert correct({0: shots[names[0]], 1: shots[names[1]]}, [0, 1]) == 2 * SHOTS   # it tells the real people apart
+    assert correct({0: shots[names[0]], 1: shots[names[1]]}, [0, 1]) == 2 * SHOTS, (
+        "the classifier does not tell the two people's real shots apart (has the simulator changed?): choose two other "
+        "NOVEL people whose Doppler profiles differ")
     new = enroll(pipe, shots, sources, EnrollConfig(steps=100, batch_size=16, lr=2e-2), progress=False)
     ids = new.user_ids(",".join(names))
     threshold = binomial_threshold(2 * SAMPLES)
