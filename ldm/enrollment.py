@@ -47,8 +47,8 @@ from ldm.vae import AutoencoderKL
 
 @dataclass
 class EnrollConfig:
-    """How new people are learned. The defaults enrol 8 people of the CPU demo's size (32x32 images, its tiny UNet)
-    in well under a minute on 2 CPU cores (docs/enrollment.md has the measurement)."""
+    """How new people are learned. With the defaults, 8 people of the CPU demo's size (32x32 images, its tiny UNet,
+    4 shots each) enrolled in 27.5 s on one thread of a busy 2-core machine (docs/enrollment.md)."""
     steps: int = 100            # optimizer steps, each on batch_size shots of all new people together
     lr: float = 2e-2            # AdamW learning rate of the new rows (and of the adapter)
     batch_size: int = 16        # shots per step, drawn without replacement, cycling through all shots
