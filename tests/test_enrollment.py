@@ -297,6 +297,21 @@ def test_the_chain_train_ldm_enroll_sample_evaluate_carries_the_provenance_and_e
     assert not (tmp_path / "report.json").exists()
 
 
+def test_enroll_py_draws_the_shots_from_the_train_part_of_a_split(tmp_path):
+    tiny_pipeline().save_pretrained(tmp_path / "base")
+    data = png_people(tmp_path / "new", ["eve", "zed"], 8)
+    split = make_split(data, test_fraction=0.5, val_fraction=0.0, seed=0)
+    write_split(tmp_path / "split.json", split)
+    assert enroll_script.main(["--pipeline", str(tmp_path / "base"), "--data", str(data), "--out", str(tmp_path / "o"),
+                               "--split", str(tmp_path / "split.json"), "--shots", "3", "--steps", "2",
+                               "--no-progress"]) == 0
+    provenance = Pipeline.from_pretrained(tmp_path / "o" / "pipeline").provenance
+    for person in ("eve", "zed"):
+        assert len(provenance["enrolled"][person]["files"]) == 3
+        assert set(provenance["enrolled"][person]["files"]) <= set(split["train"])
+    check_provenance({**provenance, "trained_on": file_record([])}, set(split["test"]), {"eve": 3, "zed": 3})
+
+
 def test_enroll_py_refuses_bad_inputs_in_one_line_and_writes_nothing(tmp_path, capsys):
     tiny_pipeline().save_pretrained(tmp_path / "base")
     flat = tmp_path / "flat"
