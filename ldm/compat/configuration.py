@@ -81,6 +81,11 @@ class ConfigMixin:
     has_compatibles = False
     _compatibles: list = []
     _diffusers_signature: dict = {}
+    _classes: dict = {}          # every ldm.compat class by name, filled as they are defined (for `compatibles`)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        ConfigMixin._classes[cls.__name__] = cls
 
     def _register_init(self, passed: dict, plain) -> None:
         """Record the constructor's arguments as diffusers does: every keyword with its value or default, plus
@@ -196,9 +201,8 @@ class ConfigMixin:
 
     @classmethod
     def _get_compatibles(cls) -> list:
-        from ldm import compat
-        return [getattr(compat, name) for name in dict.fromkeys([cls.__name__, *cls._compatibles])
-                if hasattr(compat, name)]
+        names = dict.fromkeys([cls.__name__, *cls._compatibles])
+        return [ConfigMixin._classes[name] for name in names if name in ConfigMixin._classes]
 
     @property
     def compatibles(self) -> list:
