@@ -621,7 +621,8 @@ def sample_grid(weights, vae, scheduler, cfg: TrainLDMConfig, num_users: int, pa
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
-CPU_RECIPE = "--preset tiny --batch-size 8 --steps 300 --sample-steps 20 --checkpoint-every 100"
+CPU_RECIPE = ("--preset tiny --unet-channels 32,64 --unet-attention 0,1 --context-dim 64 --batch-size 32 --lr 1e-3 "
+              "--cache-latents --posterior mean --steps 400 --sample-steps 20 --checkpoint-every 100")
 
 
 def train(cfg: TrainLDMConfig) -> int:
@@ -681,9 +682,9 @@ def train(cfg: TrainLDMConfig) -> int:
         f"split ({split_origin}) {len(split['train'])} train / {len(split['val'])} held-out loss / "
         f"{len(split['test'])} held-out test (never used)",
         f"model    UNet {sum(p.numel() for p in unet.parameters()):,} parameters + ID table "
-        f"{sum(p.numel() for p in embedder.parameters()):,} on {vae.latent_channels}x{unet.config.sample_size} "
-        f"latents of {cfg.vae} (frozen, scaling factor {scale:.5f})" + (" with FSDP" if cfg.fsdp else "")],
-        out / "pipeline")
+        f"{sum(p.numel() for p in embedder.parameters()):,} on {vae.latent_channels}x"
+        f"{'x'.join(str(side // vae.config.downsample_factor) for side in x_train.shape[2:])} latents of {cfg.vae} "
+        f"(frozen, scaling factor {scale:.5f})" + (" with FSDP" if cfg.fsdp else "")], out / "pipeline")
     if log is None:                                                      # resumed a finished run
         return 0
 

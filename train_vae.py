@@ -407,7 +407,7 @@ def log_record(cfg: TrainVAEConfig, sums: dict, steps: int, info, model) -> dict
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
-CPU_RECIPE = "--preset tiny --size 32 --batch-size 8 --steps 300 --disc-weight 0 --checkpoint-every 100"
+CPU_RECIPE = "--preset tiny --size 32 --batch-size 16 --lr 5e-4 --steps 200 --disc-weight 0 --checkpoint-every 100"
 CURVES = ["rec", "kl_term", "vq", "g", "d"]   # loss.png: the terms as they enter the loss
 
 
@@ -444,11 +444,11 @@ def train(cfg: TrainVAEConfig) -> int:
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
     log = training.claim(run, train_set.class_to_idx, split, [
         f"data     {root}: {len(split['class_to_idx'])} user(s), "
-        f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split ({split_origin}) {len(split['train'])} train / {len(split['val'])} val / "
-        f"{len(split['test'])} held-out test",
-        f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{cfg.size} -> latents "
-        f"1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} parameters"
-        + (f"; discriminator from step {cfg.disc_start}" if disc is not None else "")], out / "model")
+        f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split ({split_origin}) "
+        f"{len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} held-out test",
+        f"model    {cfg.model} autoencoder, preset {cfg.preset}, {cfg.channels}x{'x'.join(map(str, x_val.shape[2:]))}"
+        f" -> latents 1/{model.config.downsample_factor} the side; {sum(p.numel() for p in model.parameters()):,} "
+        "parameters" + (f"; discriminator from step {cfg.disc_start}" if disc is not None else "")], out / "model")
     if log is None:                                                      # resumed a finished run
         return 0
     classifier = identity_classifier(cfg, train_set, info)

@@ -89,11 +89,13 @@ def teardown_distributed(info: Distributed) -> None:
 
 
 def all_reduce_mean(value: torch.Tensor, info: Distributed) -> torch.Tensor:
-    """Average a tensor over processes (a no-op in a single process)."""
+    """Average a tensor over processes (a no-op in a single process). nccl reduces only CUDA tensors: the value
+    travels through this process's GPU and comes back where it was."""
     if info.enabled:
-        value = value.clone()
+        where = value.device
+        value = value.to(f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else where, copy=True)
         dist.all_reduce(value)
-        value /= info.world_size
+        value = (value / info.world_size).to(where)
     return value
 
 
@@ -231,7 +233,7 @@ class NonFiniteGuard:
         self.total += 1
         if self.consecutive >= self.limit:
             raise NonFiniteError(f"{self.consecutive} consecutive steps had a non-finite loss or gradient; training "
-                                 "diverged (try a lower --lr, or fp32). The last good checkpoint is kept.")
+                                 "diverged (try a lower --lr, or fp32); no non-finite weights were saved")
         return False
 
 
@@ -888,9 +890,11 @@ class Loop:
         self.bar = tqdm(total=run.cfg.steps, initial=run.start_step, desc=desc, dynamic_ncols=True,
                         disable=not (run.cfg.progress and run.info.is_main and sys.stderr.isatty()))
         run.stack.callback(self.bar.close)
+        self.restore = lambda: None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_interrupt)
-            run.stack.callback(signal.signal, signal.SIGINT, previous)
+            self.restore = lambda: signal.signal(signal.SIGINT, previous)   # when the loop ends, however it ends
+            run.stack.callback(self.restore)
 
     def _on_interrupt(self, signum, frame) -> None:
         if self.stop_requested:
@@ -921,6 +925,7 @@ class Loop:
                     self.checkpoint(step + 1)
                 raise Interrupted(f"interrupted after step {step + 1}: its checkpoint is written "
                                   f"({run.out / 'checkpoint.pt'}); --resume {run.out} continues from step {step + 1}")
+        self.restore()                                                   # Ctrl-C during the export: at once
 
     def _agreed_stop(self) -> bool:
         if not self.run.info.enabled:
