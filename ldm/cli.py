@@ -178,27 +178,35 @@ def check_range(name: str, value, bounds: dict) -> str | None:
     return None
 
 
-def parse_config(cls, argv: list[str] | None, description: str, prog: str | None = None):
+def parse_config(cls, argv: list[str] | None, description: str, prog: str | None = None, defaults: dict | None = None):
     """Turn the fields of dataclass ``cls`` into ``--kebab-case`` flags (booleans as --flag / --no-flag); every
-    flag's --help shows its default and range. Fields are annotated ``int``, ``float``, ``str`` or ``bool``,
-    optionally ``| None``. A value outside its option() range is refused here, with exit status 2. prog: the name
-    --help shows (a module run with python -m would otherwise show its file name)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    flag's --help shows its default (unless None, or the help text already says what the default is) and range, and
+    options whose help says "(required)" are listed apart. Fields are annotated ``int``, ``float``, ``str`` or
+    ``bool``, optionally ``| None``. A value outside its option() range is refused here, with exit status 2. prog: the
+    name --help shows (a module run with python -m would otherwise show its file name). defaults: field name ->
+    value replacing the field's default (a resumed run's own options)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    required = parser.add_argument_group("required options")
     flags = {}
     for f in dataclasses.fields(cls):
         flag = flags[f.name] = "--" + f.name.replace("_", "-")
         annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         base = annotation.split("|")[0].strip()
         help_text = f.metadata["help"]
+        default = (defaults or {}).get(f.name, f.default)
         bounds = f.metadata.get("bounds") or {}
         if bounds:
             help_text += " [" + ", ".join(_BOUND_TEXT[k].format(b) for k, b in bounds.items()) + "]"
+        if default is not None and not re.search(r"\bdefault\b", f.metadata["help"]):
+            shown = ("--" if default else "--no-") + f.name.replace("_", "-") if base == "bool" else default
+            help_text += f" (default: {shown})"
+        group = required if "(required)" in f.metadata["help"] else parser
+        help_text = help_text.replace("%", "%%")
         if base == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(base, str), default=f.default,
-                                help=help_text, choices=f.metadata.get("choices"))
+            group.add_argument(flag, type={"int": int, "float": float}.get(base, str), default=default,
+                               help=help_text, choices=f.metadata.get("choices"))
     args = parser.parse_args(argv)
     for f in dataclasses.fields(cls):
         problem = check_range(flags[f.name], getattr(args, f.name), f.metadata.get("bounds") or {})
