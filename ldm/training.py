@@ -704,7 +704,8 @@ def main(train, config_class, argv: list[str] | None, doc: str) -> int:
     """A training script's main(): parse the options (with --resume RUN, every option not given is the run's own,
     from its config.json, and --out defaults to RUN), then run ``train(cfg)`` as ldm.cli.run_main does, with the
     interrupt reported truthfully: which step --resume continues from, or that there is nothing to resume."""
-    description = doc.split("\n\n")[0]
+    description = doc.split("\n\n")[0] + " The defaults are sized for a GPU (hours to days on a CPU); a run sized " \
+        "for a CPU: docs/training.md, 'A run on a CPU'."
     cfg = cli.parse_config(config_class, argv, description)
     if cfg.resume is not None:
         fields = {f.name for f in dataclasses.fields(config_class)} - set(NOT_RESUMED)
@@ -789,6 +790,7 @@ def start(cfg, script: str, checkpoint_keys: tuple[str, ...], may_change: tuple[
     device = str(resolve_device(cfg.device))
     cli.check_data_option(cfg.data)
     out = Path(cfg.out)
+    check_apart(out, {"--data": cfg.data} if cfg.data != "microdoppler" else {})
     cli.check_writable(out)
     if (out / "samples").is_dir():
         cli.check_writable(out / "samples", "--out")                    # found now, not after hours of training
@@ -805,6 +807,18 @@ def start(cfg, script: str, checkpoint_keys: tuple[str, ...], may_change: tuple[
     stack.callback(teardown_distributed, info)
     _OPEN_RUNS.append(stack)
     return Run(cfg, script, device, info, state, out, stack)
+
+
+def check_apart(out: Path, inputs: dict[str, str]) -> None:
+    """Nothing is written into an input: --out must not be, contain or lie inside an input folder (a run folder inside
+    --data would become a user of the data set; --overwrite of a folder holding --data would move the data away)."""
+    where = out.resolve()
+    for flag_name, value in inputs.items():
+        folder = Path(value).resolve()
+        if where == folder or folder in where.parents or where in folder.parents:
+            relation = "is" if where == folder else "lies inside" if folder in where.parents else "contains"
+            raise ValueError(f"--out {out} {relation} {flag_name} {value}: a run writes nothing into its inputs; "
+                             "choose an --out outside it")
 
 
 def claim(run: Run, class_to_idx: dict, split: dict, summary: list[str], export: Path) -> JsonlLog | None:

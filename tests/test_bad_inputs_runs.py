@@ -183,3 +183,13 @@ def test_an_out_that_held_a_run_without_checkpoint_is_not_called_resumable(runs,
                    "--overwrite")
     assert "--resume" not in line
     json.loads((out / "config.json").read_text())                        # untouched
+
+
+@pytest.mark.parametrize("where", ["inside", "same", "around"])
+def test_an_out_inside_or_around_the_data_folder_is_refused(runs, tmp_path, capsys, where):
+    data = tmp_path / "runs" / "data"
+    shutil.copytree(runs / "data", data)
+    out = {"inside": data / "run", "same": data, "around": tmp_path / "runs"}[where]
+    before = snapshot(tmp_path)
+    refused(train_vae.main, vae_args(data, out), capsys, f"--out {out}", "--data", "writes nothing into its inputs")
+    assert snapshot(tmp_path) == before
