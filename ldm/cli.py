@@ -201,7 +201,6 @@ def parse_config(cls, argv: list[str] | None, description: str, prog: str | None
             shown = ("--" if default else "--no-") + f.name.replace("_", "-") if base == "bool" else default
             help_text += f" (default: {shown})"
         group = required if "(required)" in f.metadata["help"] else parser
-        help_text = help_text.replace("%", "%%")
         if base == "bool":
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:
