@@ -511,14 +511,15 @@ def test_identity_accuracy_window_of_default_people():
 
 @pytest.mark.slow
 def test_realistic_identity_accuracy_lands_in_the_band_of_real_data(tmp_path):
-    # scripts/simulator_difficulty.py at seed 0: 10 realistic people x 64 files, the split every stage uses, the
-    # evaluation CNN on train + val, scored on the 160 test files (measured 73.1%). Published results on real radar
-    # data: 83.7% for 10 people, 68.2% for 60, about 78% for 5.
+    # scripts/simulator_difficulty.py at seeds 0-2: 10 realistic people x 32 walks in 8 sessions, the split every
+    # stage uses (whole sessions held out), the evaluation CNN on train + val, scored on 80 test walks per seed
+    # (measured: mean 80.0%, per seed 70.0, 83.8, 86.2%; 5-12 min on 2 shared cores). Published results on real
+    # radar data: 83.7% for 10 people, 68.2% for 60, about 78% for 5.
     report = tmp_path / "difficulty.json"
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulator_difficulty.py"), "--profile",
-                             "realistic", "--seeds", "0", "--quiet", "--out", str(report)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+                             "realistic", "--per-user", "32", "--seeds", "0,1,2", "--quiet", "--out", str(report)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stderr
     figures = json.loads(report.read_text())
-    assert figures["cnn"]["n"] == 160
-    assert 0.70 <= figures["cnn"]["value"] <= 0.85, figures["cnn"]
+    assert [s["test_files"] for s in figures["seeds"]] == [80, 80, 80]
+    assert 0.70 <= figures["cnn_mean_over_seeds"] <= 0.85, figures["seeds"]

@@ -583,7 +583,7 @@ def convert(cfg: ConvertConfig) -> dict:
         result["meta"] = metadata(cfg, *axes, sources, skipped)
         write_json(result["meta"], tmp / "metadata.json")
 
-    replace_folder(out, write)                       # written beside, then swapped in: an error leaves no partial output
+    replace_folder(out, write)                      # written beside, then swapped in: no partial output on error
     return result["meta"]
 
 

@@ -220,9 +220,9 @@ class Fmcw:
     example processing (range bins 10-30, i.e. 3.75-11.6 m; Butterworth MTI; 200-chirp Hamming STFT, 95% overlap,
     4x padding), shown over +-v_max. The noise floor is fixed: a 1 m^2 target 10 m away has snr_10m_db per
     fast-time sample, so the SNR follows R^-4 and the RCS. Clutter: clutter_points static reflectors per walk at
-    2-12 m with RCS 10^U(-10, 10)/10 m^2 (0.1-10 m^2), each carrying a fluctuating part clutter_fluctuation_db below it with a
-    Gaussian Doppler spectrum of standard deviation clutter_spread_hz (curtains, fans, breathing walls), which the
-    MTI only partly removes."""
+    2-12 m with RCS 10^U(-10, 10)/10 m^2 (0.1-10 m^2), each carrying a fluctuating part clutter_fluctuation_db
+    below it with a Gaussian Doppler spectrum of standard deviation clutter_spread_hz (curtains, fans, breathing
+    walls), which the MTI only partly removes."""
     bandwidth_hz: float = 400e6
     samples_per_chirp: int = 128
     snr_10m_db: float = 15.0
@@ -256,10 +256,11 @@ def fmcw_iq(person: Person, draws: Draws, radar: Radar, rng: np.random.Generator
             body: Body = Body(), fmcw: Fmcw = Fmcw()) -> np.ndarray:
     """Raw dechirped FMCW I/Q of the walk, complex128 (chirps, fmcw.samples_per_chirp): the input of the chain.
 
-    One chirp per pulse (N = duration * PRF chirps from t = 0, after a pre-roll of the chirps the chain drops while
-    its MTI settles, fmcw.chain.settle_columns * hop: the walk is simulated from before t = 0; each chirp 1 / PRF long, sweeping fmcw.bandwidth_hz about
-    radar.carrier_hz). During chirp m every scatterer sits at R_k(t_m) with amplitude a_k g_k 10^(rcs_db / 20)
-    (`scatterers`, the jitter of `_tracks`; a ~ R^-2 when radar.range_loss), and ldm.radar.chain.fmcw_beat_signal
+    One chirp per pulse: N = duration * PRF chirps from t = 0, after a pre-roll of the chirps the chain drops while
+    its MTI settles (fmcw.chain.settle_columns * hop; the walk is simulated from before t = 0); each chirp is
+    1 / PRF long and sweeps fmcw.bandwidth_hz about radar.carrier_hz. During chirp m every scatterer sits at
+    R_k(t_m) with amplitude a_k g_k 10^(rcs_db / 20) (`scatterers`, the jitter of `_tracks`; a ~ R^-2 when
+    radar.range_loss), and ldm.radar.chain.fmcw_beat_signal
     gives sum_k a_k exp(j 2 pi (f_b,k t + 2 R_k / lambda)): range R lands in range-FFT bin R / (c / 2B). Plus the
     clutter points (_clutter) and complex white noise of the fixed floor (Fmcw). No MTI here: the chain applies it.
     """
