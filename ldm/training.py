@@ -704,7 +704,7 @@ def main(train, config_class, argv: list[str] | None, doc: str) -> int:
     """A training script's main(): parse the options (with --resume RUN, every option not given is the run's own,
     from its config.json, and --out defaults to RUN), then run ``train(cfg)`` as ldm.cli.run_main does, with the
     interrupt reported truthfully: which step --resume continues from, or that there is nothing to resume."""
-    description = doc.split("\n\n")[0] + " The defaults are sized for a GPU (hours to days on a CPU); a run sized " \
+    description = doc.split("\n\n")[0] + " The defaults are sized for a GPU (many hours on a CPU); a run sized " \
         "for a CPU: docs/training.md, 'A run on a CPU'."
     cfg = cli.parse_config(config_class, argv, description)
     if cfg.resume is not None:
