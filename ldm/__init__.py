@@ -16,18 +16,23 @@ The model stack
     ldm.autoencoder_losses  stage-1 losses: reconstruction, LPIPS, PatchGAN, adaptive GAN weight
 
 Around the models
-    ldm.pipeline          a trained pipeline folder: load, save, generate (latents in and out)
+    ldm.pipeline          a trained pipeline folder: load, save, generate (latents in and out), provenance
+    ldm.enrollment        new people added to a trained pipeline from k images each (only their ID rows train)
+    ldm.compat            diffusers' calling convention on ldm's classes, for code written for diffusers
     ldm.io, ldm.convert   diffusers folders, safetensors, original checkpoints and their key tables
     ldm.fast, ldm.cuda_graph   opt-in speed applied from outside the models
     ldm.shapes            python -m ldm.shapes: every module's shapes, parameters and MACs for a preset
     ldm.training          what the training scripts share: EMA, checkpoints, DDP/FSDP, run folders, logs
+    ldm.lock              one writer per run folder (a lock a killed process does not leave behind)
     ldm.cli               options, parsing and the error-to-exit-status wrapper (imports no torch)
 
 Data and measurement
     ldm.data              image/.npy folders with user IDs, and the one split every stage shares
     ldm.metrics           PSNR, SSIM, distances between feature sets, intervals, memorisation
-    ldm.radar             the radar domain: simulator, signal chain and data-set readers, physics features,
-                          spectrogram augmentation, the identity classifier (see ldm/radar/__init__.py)
+    ldm.fewshot           the few-shot identification experiment: person splits, variants, statistics
+    ldm.radar             the radar domain: simulator (kinematics, echo, data set), signal chain, data-set
+                          readers, physics features, spectrogram augmentation, the identity classifier
+                          (see ldm/radar/__init__.py)
 """
 
 __version__ = "0.1.0"
