@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ldm import cli, io, lock, training
+from ldm import cli, io, lock, runs
 from ldm.cli import option
 from ldm.data import UNLABELLED, SpectrogramFolder, check_split, read_split, relative_names, scan_folder
 from ldm.enrollment import EnrollConfig, enroll, image_size
@@ -111,8 +111,8 @@ def run(cfg: EnrollScriptConfig) -> int:
     cli.check_writable(out)
     io.check_outputs_apart({"--out": out}, {"--pipeline": cfg.pipeline, "--data": cfg.data,
                                             **({"--split": cfg.split} if cfg.split else {})})
-    training.check_run_folder(out, None, cfg.overwrite)
-    device = training.resolve_device(cfg.device)
+    runs.check_run_folder(out, None, cfg.overwrite)
+    device = runs.resolve_device(cfg.device)
     base = Pipeline.from_pretrained(cfg.pipeline, device=device)
     shots_files, rest = draw_shots(cfg, base)
     height, width = image_size(base)
@@ -137,10 +137,10 @@ def run(cfg: EnrollScriptConfig) -> int:
     start = time.perf_counter()
     new = enroll(base, shots, shots_files, enroll_cfg, progress=cfg.progress)
     seconds = time.perf_counter() - start
-    for done in training.claim_run_folder(out, cfg.overwrite):
+    for done in runs.claim_run_folder(out, cfg.overwrite):
         print(f"enroll.py: {done}")
     with lock.hold_run_lock(out):
-        training.write_run_config(out, "enroll.py", {**dataclasses.asdict(cfg), "device": str(device)})
+        runs.write_run_config(out, "enroll.py", {**dataclasses.asdict(cfg), "device": str(device)})
         io.replace_folder(out / "pipeline", new.save_pretrained)     # whole or not at all
         io.write_json({"format": "ldm-enroll-1", "base": str(cfg.pipeline), "data": str(cfg.data),
                        "shots": shots_files, "unused": rest, "seconds": seconds}, out / "enroll.json")

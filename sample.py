@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm import cli, fast, lock, training
+from ldm import cli, fast, lock, runs
 from ldm.radar import identity
 from ldm.radar.augment import class_margins, physics_filter, physics_ranges
 from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
@@ -117,7 +117,7 @@ def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.
     if keep is not None and not keep.any():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    for i, array in enumerate(training.to_uint8(images)):                # (H, W, C) uint8
+    for i, array in enumerate(runs.to_uint8(images)):                # (H, W, C) uint8
         if keep is not None and not keep[i]:
             continue
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
@@ -135,7 +135,7 @@ def check_outputs(cfg: SampleConfig, out: Path, grid: Path, record: Path) -> Non
     check_outputs_apart({"--out": out, "--grid": grid, "the record": record},
                         {"--model": cfg.model, "--classifier": cfg.classifier, "--real": cfg.real,
                          "--split": split_file})
-    entries = training.run_folder_entries(out)
+    entries = runs.run_folder_entries(out)
     if entries and not cfg.overwrite:
         shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
         raise ValueError(f"--out {out} already holds files ({shown}); choose a new --out, or pass --overwrite to "
@@ -241,7 +241,7 @@ def physics_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int
 
 
 def run(cfg: SampleConfig) -> int:
-    device = training.resolve_device(cfg.device)
+    device = runs.resolve_device(cfg.device)
     if cfg.cuda_graph and device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device, got --device {cfg.device}")
     if cfg.eta != 0 and cfg.sampler != "ddim":
@@ -274,11 +274,11 @@ def run(cfg: SampleConfig) -> int:
                                                                         # checked before generating
 
     existed = out.exists()
-    for done in training.claim_run_folder(out, cfg.overwrite):         # --overwrite: the old OUT moved aside
+    for done in runs.claim_run_folder(out, cfg.overwrite):         # --overwrite: the old OUT moved aside
         print(f"sample.py: {done}")
     try:
         with lock.hold_run_lock(out):                                   # one sample.py per OUT
-            entries = training.run_folder_entries(out)
+            entries = runs.run_folder_entries(out)
             if entries:                                                 # filled since the check above
                 raise ValueError(f"--out {out} was filled by another process meanwhile ({entries[0]}, ...); "
                                  "choose a new --out")
@@ -331,7 +331,7 @@ def write_samples(cfg: SampleConfig, pipe: Pipeline, users: list[int], names: di
             kept[user] = images[user] if keep is None else images[user][keep]
         rows = [kept[u][:cfg.grid_columns] for u in users if len(kept[u])]
         if rows:
-            atomic_write(grid, lambda tmp: training.image_grid(rows).save(tmp, format="PNG"))
+            atomic_write(grid, lambda tmp: runs.image_grid(rows).save(tmp, format="PNG"))
         publish(staging, out)
     except OSError as error:                                            # disk full, ...: OUT is untouched
         raise ValueError(f"--out {out}: writing the images failed ({error.strerror or error}); nothing was written "

@@ -42,7 +42,7 @@ import torch
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, fast, io, training
+from ldm import cli, fast, io, runs, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.data import SpectrogramFolder, parse_size, read_split
 from ldm.ddpm import DDPMScheduler
@@ -51,7 +51,8 @@ from ldm.layers import ResnetBlock2D
 from ldm.pipeline import Pipeline, file_record, make_sampler
 from ldm.diffusion_loss import diffusion_loss
 from ldm.cli import option
-from ldm.training import batch_indices, resolve_data, resolve_split, sample_generators
+from ldm.training import batch_indices, sample_generators
+from ldm.runs import resolve_data, resolve_split
 from ldm.transformer import Transformer2D
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL
@@ -379,13 +380,13 @@ def image_size(cfg: TrainLDMConfig, vae, raw_config: dict) -> tuple[int, int]:
                          f"downsampling factor {factor}")
     if cfg.data == "microdoppler" and not cfg.size:
         try:
-            training.check_simulator_size(height, width)
+            runs.check_simulator_size(height, width)
         except ValueError:
             raise ValueError(f"--data microdoppler (the default: no --data was given) simulates square spectrograms "
                              f"of side 64, 128 or 256, but the VAE {cfg.vae} takes {cli.size_text(height, width)} "
                              "images: pass --data DIR, the folder that VAE was trained on") from None
     elif cfg.data == "microdoppler":
-        training.check_simulator_size(height, width)
+        runs.check_simulator_size(height, width)
     return height, width
 
 
@@ -397,7 +398,7 @@ def check_same_vae(cfg: TrainLDMConfig, vae_sha256: str, state: dict | None) -> 
                          f"{vae_sha256[:12]}... now, {state['vae_sha256'][:12]}... in the checkpoint): the VAE was "
                          "retrained or replaced; resume with the VAE it started with, or start a new --out")
     if cfg.init_unet and (Path(cfg.init_unet).parent / "vae").is_dir():
-        theirs = training.weights_sha256(Path(cfg.init_unet).parent / "vae")
+        theirs = runs.weights_sha256(Path(cfg.init_unet).parent / "vae")
         if theirs != vae_sha256:
             raise ValueError(f"--init-unet {cfg.init_unet}: that UNet was trained on the latents of "
                              f"{Path(cfg.init_unet).parent / 'vae'}, not of --vae {cfg.vae} (other weights); pass "
@@ -480,7 +481,7 @@ class Trained:
     ema_updates: int = 0
 
 
-def save_checkpoint(run: training.Run, t: Trained, class_to_idx: dict, scale: float, vae_sha256: str,
+def save_checkpoint(run: runs.Run, t: Trained, class_to_idx: dict, scale: float, vae_sha256: str,
                     step: int) -> None:
     """OUT/checkpoint.pt of ``step``: full state dicts (gathered from every process under --fsdp, a collective) and
     everything an exact resume needs, with the latent scale and the hash of the VAE weights it belongs to."""
@@ -490,7 +491,7 @@ def save_checkpoint(run: training.Run, t: Trained, class_to_idx: dict, scale: fl
                    "opt": training.gather_optimizer_state(t.opt, run.info.is_main)}
     else:
         weights = {"model": t.model.state_dict(), "ema": t.ema.state_dict(), "opt": t.opt.state_dict()}
-    training.write_checkpoint(run, step, weights, unet_config=t.model.unet.config.to_diffusers(),
+    runs.write_checkpoint(run, step, weights, unet_config=t.model.unet.config.to_diffusers(),
                               embedder_config=t.model.embedder.config(), class_to_idx=class_to_idx,
                               scaling_factor=scale, vae_sha256=vae_sha256, ema_updates=t.ema_updates,
                               nonfinite_total=t.guard.total)
@@ -615,7 +616,7 @@ def sample_grid(weights, vae, scheduler, cfg: TrainLDMConfig, num_users: int, pa
     images = Pipeline(weights, vae, scheduler).generate(list(range(num_users)), cfg.sample_per_user, cfg.sample_steps,
                                                         cfg.sample_guidance, "ddim", cfg.seed,
                                                         batch_size=cfg.sample_per_user, progress=False)
-    io.save_image(training.image_grid([images[u] for u in range(num_users)]), path)
+    io.save_image(runs.image_grid([images[u] for u in range(num_users)]), path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -630,10 +631,10 @@ def train(cfg: TrainLDMConfig) -> int:
     check_options(cfg)
     vae, vae_raw, vae_folder = load_vae(cfg.vae)                      # frozen; moved to the device below
     cfg = dataclasses.replace(cfg, size=cli.size_text(*image_size(cfg, vae, vae_raw)))   # what config.json records
-    run = training.start(cfg, "train_ldm.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
+    run = runs.start(cfg, "train_ldm.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
     state, info, device, out = run.state, run.info, run.device, run.out
     check_processes(cfg, info, device)
-    vae_sha256 = training.weights_sha256(vae_folder)
+    vae_sha256 = runs.weights_sha256(vae_folder)
     check_same_vae(cfg, vae_sha256, state)
     vae.to(device)
 
@@ -677,7 +678,7 @@ def train(cfg: TrainLDMConfig) -> int:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
-    log = training.claim(run, class_to_idx, split, [
+    log = runs.claim(run, class_to_idx, split, [
         f"data     {root}: {num_users} user(s), {sum(len(split[k]) for k in ('train', 'val', 'test'))} files; "
         f"split ({split_origin}) {len(split['train'])} train / {len(split['val'])} held-out loss / "
         f"{len(split['test'])} held-out test (never used)",
@@ -689,7 +690,7 @@ def train(cfg: TrainLDMConfig) -> int:
         return 0
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    loop = training.Loop(run, functools.partial(save_checkpoint, run, t, class_to_idx, scale, vae_sha256), "train_ldm",
+    loop = runs.Loop(run, functools.partial(save_checkpoint, run, t, class_to_idx, scale, vae_sha256), "train_ldm",
                          CPU_RECIPE)
     losses, images_seen, timer, last_eval = [], 0, time.perf_counter(), None
     for step in loop:
@@ -727,7 +728,7 @@ def train(cfg: TrainLDMConfig) -> int:
             sample_grid(unsharded(ema, cfg, info, rank0_copy), vae, scheduler, cfg, num_users,
                         out / "samples" / f"step_{done:06d}.png")
             if info.is_main:
-                training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+                runs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             loop.checkpoint(done)
 
@@ -737,8 +738,8 @@ def train(cfg: TrainLDMConfig) -> int:
         pipeline = Pipeline(exported, vae, scheduler, provenance(split, vae_split))
         io.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
         log.write({"step": cfg.steps, "exported": True})
-        training.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
-        training.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (
+        runs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+        runs.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (
             [f"  {describe_eval(last_eval)}"] if last_eval is not None else []))
     return 0
 
@@ -758,7 +759,7 @@ def check_same_denoiser(cfg: TrainLDMConfig, unet, embedder, state: dict | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return training.main(train, TrainLDMConfig, argv, __doc__)
+    return runs.main(train, TrainLDMConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

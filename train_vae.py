@@ -35,13 +35,14 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, io, metrics, training
+from ldm import cli, io, metrics, runs, training
 from ldm.radar import identity
 from ldm.data import SpectrogramFolder, parse_size
 from ldm.autoencoder_losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
                                     reconstruction_loss)
 from ldm.cli import option
-from ldm.training import batch_indices, resolve_data, resolve_split, sample_generators
+from ldm.training import batch_indices, sample_generators
+from ldm.runs import resolve_data, resolve_split
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel
 
@@ -170,7 +171,7 @@ def check_options(cfg: TrainVAEConfig) -> None:
         raise ValueError(f"--size {cfg.size}: both sides must be multiples of preset {cfg.preset!r}'s downsampling "
                          f"factor {factor}")
     if cfg.data == "microdoppler":
-        training.check_simulator_size(height, width)
+        runs.check_simulator_size(height, width)
     if min(height, width) < SSIM_WINDOW:
         raise ValueError(f"--size {cfg.size}: the evaluations' SSIM needs both sides >= {SSIM_WINDOW} pixels")
     if cfg.disc_weight > 0 and cfg.disc_start < cfg.steps and min(height, width) // 2 ** cfg.disc_layers < 3:
@@ -232,9 +233,9 @@ def build_models(cfg: TrainVAEConfig, device: str, state: dict | None) -> Models
     return Models(model, ema, opt, disc, opt_disc)
 
 
-def save_checkpoint(run: training.Run, m: Models, guard, class_to_idx: dict, step: int) -> None:
-    """OUT/checkpoint.pt of ``step``: everything an exact resume needs (training.write_checkpoint)."""
-    training.write_checkpoint(run, step, {
+def save_checkpoint(run: runs.Run, m: Models, guard, class_to_idx: dict, step: int) -> None:
+    """OUT/checkpoint.pt of ``step``: everything an exact resume needs (runs.write_checkpoint)."""
+    runs.write_checkpoint(run, step, {
         "model": m.model.state_dict(), "ema": m.ema.state_dict(), "opt": m.opt.state_dict(),
         "disc": m.disc.state_dict() if m.disc is not None else None,
         "opt_disc": m.opt_disc.state_dict() if m.disc is not None else None,
@@ -415,7 +416,7 @@ def train(cfg: TrainVAEConfig) -> int:
     # ---- set-up: every option checked before anything is loaded or written ------------------------------------------
     check_options(cfg)
     cfg = dataclasses.replace(cfg, size=cli.size_text(*parse_size(cfg.size, "--size")))   # what config.json records
-    run = training.start(cfg, "train_vae.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
+    run = runs.start(cfg, "train_vae.py", CHECKPOINT_KEYS, MAY_CHANGE_ON_RESUME)
     state, info, device, out = run.state, run.info, run.device, run.out
 
     # ---- data: the split's train files, and held-out images spread over the users ----------------------------------
@@ -425,7 +426,7 @@ def train(cfg: TrainVAEConfig) -> int:
     train_set = SpectrogramFolder(root, subset=split["train"], **data_options(cfg, state))     # never split["test"]
     val_set = SpectrogramFolder(root, subset=split["val"], **data_options(cfg, state)) if split["val"] else train_set
     x_val, y_val = val_set.tensors()
-    shown = training.spread_over_users(y_val, cfg.eval_images)
+    shown = runs.spread_over_users(y_val, cfg.eval_images)
     x_val, y_val = x_val[shown], y_val[shown]
 
     # ---- the autoencoder, its EMA, the discriminator, their optimizers -------------------------------------------
@@ -442,7 +443,7 @@ def train(cfg: TrainVAEConfig) -> int:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.mixed_precision and device.startswith("cuda"))
 
     # ---- outputs (only now: a bad input above leaves nothing behind) -----------------------------------------------
-    log = training.claim(run, train_set.class_to_idx, split, [
+    log = runs.claim(run, train_set.class_to_idx, split, [
         f"data     {root}: {len(split['class_to_idx'])} user(s), "
         f"{sum(len(split[k]) for k in ('train', 'val', 'test'))} files; split ({split_origin}) "
         f"{len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} held-out test",
@@ -454,7 +455,7 @@ def train(cfg: TrainVAEConfig) -> int:
     classifier = identity_classifier(cfg, train_set, info)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    loop = training.Loop(run, functools.partial(save_checkpoint, run, m, guard, train_set.class_to_idx), "train_vae",
+    loop = runs.Loop(run, functools.partial(save_checkpoint, run, m, guard, train_set.class_to_idx), "train_vae",
                          CPU_RECIPE)
     sums, finite_steps, images_seen, timer, last_eval = {}, 0, 0, time.perf_counter(), None
     for step in loop:
@@ -503,12 +504,12 @@ def train(cfg: TrainVAEConfig) -> int:
             sums, finite_steps, images_seen, timer = {}, 0, 0, time.perf_counter()
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
             rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]   # one image of each user in turn
-            io.save_image(training.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
+            io.save_image(runs.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
             last_eval = evaluate_both(ema, model, x_val, y_val, classifier, device)
             log.write({"step": done, "eval": True, **last_eval})
             loop.write(f"step {done}: " + describe_eval(last_eval))
-            training.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
+            runs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             loop.checkpoint(done)
 
@@ -522,14 +523,14 @@ def train(cfg: TrainVAEConfig) -> int:
         io.replace_folder(out / "model", exported.save_pretrained)       # a kill at any moment keeps the old model/
         log.write({"step": cfg.steps, "exported": True})
         last_eval = last_eval or evaluate_both(ema, model, x_val, y_val, classifier, device)   # resumed at the end
-        training.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
-        training.report(run, guard, out / "model", [f"  {describe_eval(last_eval)}", f"  latent scaling factor "
+        runs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
+        runs.report(run, guard, out / "model", [f"  {describe_eval(last_eval)}", f"  latent scaling factor "
                         f"{stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})"])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    return training.main(train, TrainVAEConfig, argv, __doc__)
+    return runs.main(train, TrainVAEConfig, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from ldm.pipeline import SCHEDULE_KEYS
 from ldm.samplers import DPMSolverMultistepScheduler
 from ldm.guided_sampling import sample
 from ldm.cli import check_writable, option, parse_config
-from ldm.training import resolve_device
+from ldm.runs import resolve_device
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from ldm.vq import VQConfig, VQModel

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldm import cli, io, training
+from ldm import cli, io, runs
 from ldm.data import SpectrogramFolder, check_split, jet, read_split
 from ldm.pipeline import Pipeline, make_sampler
 from ldm.cli import option
@@ -149,7 +149,7 @@ def walk(pipe: Pipeline, x: torch.Tensor, user: int, t: int, steps: int, guidanc
     timestep = torch.tensor([t], device=z.device)
     z_t = scheduler.add_noise(z, eps, timestep)                         # sqrt(abar_t) z + sqrt(1 - abar_t) eps
 
-    ids = torch.tensor([pipe.embedder.null_id, user], device=z.device)  # [uncond; cond], as ldm.guided_sampling batches them
+    ids = torch.tensor([pipe.embedder.null_id, user], device=z.device)  # [uncond; cond], as guided_sampling batches
     out_uncond, out_cond = pipe.denoiser(torch.cat([z_t, z_t]), timestep.expand(2), ids).chunk(2)
     output = out_uncond + guidance * (out_cond - out_uncond)            # (1, Cz, h, w)
     alpha_bar = scheduler.alphas_cumprod[t].to(z.device)
@@ -341,7 +341,7 @@ def run(cfg: WalkthroughConfig) -> int:
                                 "OUT/pipeline folder of a train_ldm.py run)")
     cli.check_writable(Path(cfg.out).parent, "--out")
     levels = parse_levels(cfg.levels)
-    device = training.resolve_device(cfg.device)
+    device = runs.resolve_device(cfg.device)
     pipe = Pipeline.from_pretrained(pipeline, device=device)
     check_timesteps(pipe, cfg, levels)
     x, user, file = held_out_file(cfg, pipe)

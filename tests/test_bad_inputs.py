@@ -20,6 +20,7 @@ import torch
 import train_ldm
 import train_vae
 from ldm import cli, io, training
+from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from tests.helpers import png_folder
 from tests.test_train_ldm import save_vae
@@ -239,7 +240,7 @@ def test_overwrite_moves_the_old_run_aside_and_resume_may_change_how_long_and_ho
     assert training.load_checkpoint(out)["step"] == 3
     config = json.loads((out / "config.json").read_text())
     assert config["script"] == "train_vae.py" and config["steps"] == 3 and config["log_every"] == 2
-    assert config["device"] == str(training.resolve_device("auto")) and config["size"] == "16"   # as resolved
+    assert config["device"] == str(ldm_runs.resolve_device("auto")) and config["size"] == "16"   # as resolved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -402,7 +403,7 @@ def test_parse_config_refuses_nan_and_infinity_naming_the_flag(capsys):
 
 def test_resolve_device_names_the_flag():
     with pytest.raises(ValueError, match="--device 'tpu9' is not a device"):
-        training.resolve_device("tpu9")
+        ldm_runs.resolve_device("tpu9")
 
 
 def test_check_resume_names_each_differing_option_and_keeps_the_allowed_ones():
@@ -432,4 +433,4 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(
 def test_a_log_that_cannot_be_appended_to_is_named(tmp_path):
     (tmp_path / "log.jsonl").mkdir()                                     # a folder where the log should be
     with pytest.raises(io.WriteError, match=r"log.jsonl: could not write it"):
-        training.JsonlLog(tmp_path / "log.jsonl").write({"step": 1})
+        ldm_runs.JsonlLog(tmp_path / "log.jsonl").write({"step": 1})

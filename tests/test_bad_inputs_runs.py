@@ -15,6 +15,7 @@ import torch
 import train_ldm
 import train_vae
 from ldm import lock, training
+from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
 from ldm.data import read_split, write_split
 from tests.helpers import png_folder
 from tests.test_bad_inputs import ldm_args, refused, snapshot, vae_args
@@ -134,7 +135,7 @@ def test_a_read_only_samples_folder_is_found_before_training(runs, tmp_path, cap
         if Path(path).name == "samples":
             raise ValueError(f"{flag} {path}: cannot write there (Read-only file system)")
 
-    monkeypatch.setattr(training.cli, "check_writable", read_only)
+    monkeypatch.setattr(ldm_runs.cli, "check_writable", read_only)
     refused(train_vae.main, vae_args(runs / "data", out, "--resume", str(out), "--steps", "4"), capsys,
             f"--out {out / 'samples'}: cannot write there")
     assert snapshot(out) == before
@@ -159,8 +160,8 @@ def test_exported_weights_are_readable_by_colleagues(runs):
 
 def test_the_reconstruction_grid_shows_every_user_and_the_log_the_weighted_kl(runs):
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
-    assert training.spread_over_users(labels, 5).tolist() == [0, 4, 6, 1, 5]
-    records = [r for r in training.JsonlLog(runs / "vae_run" / "log.jsonl").read() if "kl" in r]
+    assert ldm_runs.spread_over_users(labels, 5).tolist() == [0, 4, 6, 1, 5]
+    records = [r for r in ldm_runs.JsonlLog(runs / "vae_run" / "log.jsonl").read() if "kl" in r]
     assert records and all(r["kl_term"] == pytest.approx(1e-6 * r["kl"]) for r in records)
 
 

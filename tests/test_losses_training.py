@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from ldm import autoencoder_losses, cli, training
+from ldm import autoencoder_losses, cli, runs, training
 
 
 def test_reconstruction_loss_sums_pixels_and_averages_batch():
@@ -155,7 +155,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_jsonl_log_truncates_redone_steps(tmp_path):
-    log = training.JsonlLog(tmp_path / "log.jsonl")
+    log = runs.JsonlLog(tmp_path / "log.jsonl")
     for step in range(1, 6):
         log.write({"step": step, "loss": 1.0 / step})
     log.truncate_after(3)
@@ -163,7 +163,7 @@ def test_jsonl_log_truncates_redone_steps(tmp_path):
 
 
 def test_jsonl_log_leaves_out_a_line_cut_short_by_a_kill_and_names_a_broken_one(tmp_path):
-    log = training.JsonlLog(tmp_path / "log.jsonl")
+    log = runs.JsonlLog(tmp_path / "log.jsonl")
     log.write({"step": 1, "loss": 0.5})
     with open(log.path, "a") as f:
         f.write('{"step": 2, "lo')                                      # the process died while appending
@@ -176,11 +176,11 @@ def test_jsonl_log_leaves_out_a_line_cut_short_by_a_kill_and_names_a_broken_one(
 
 
 def test_pictures(tmp_path):
-    grid = training.image_grid([torch.zeros(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)], pad=2)
+    grid = runs.image_grid([torch.zeros(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)], pad=2)
     assert grid.size == (3 * 10 + 2, 2 * 10 + 2) and grid.mode == "L"
     assert np.asarray(grid)[2, 2] == 128 and np.asarray(grid)[12, 2] == 0
     records = [{"step": s, "loss": 1.0 / s, "psnr": 20.0 + s} for s in range(1, 20)]
-    training.plot_curves(records, ["loss"], tmp_path / "curve.png", title="loss")
+    runs.plot_curves(records, ["loss"], tmp_path / "curve.png", title="loss")
     assert Image.open(tmp_path / "curve.png").size == (720, 400)
 
 
@@ -194,18 +194,18 @@ def test_check_writable_probes_without_creating_anything(tmp_path):
 
 def test_a_run_folder_is_claimed_only_by_its_own_run_or_moved_aside(tmp_path):
     out = tmp_path / "run"
-    training.check_run_folder(out, resume=None, overwrite=False)         # new: fine
+    runs.check_run_folder(out, resume=None, overwrite=False)         # new: fine
     out.mkdir()
     (out / f".checkpoint.pt.tmp-{os.getpid()}").write_bytes(b"")        # temporary names alone: still empty
-    training.check_run_folder(out, resume=None, overwrite=False)
+    runs.check_run_folder(out, resume=None, overwrite=False)
     (out / "checkpoint.pt").write_bytes(b"old")
     with pytest.raises(ValueError, match=r"already holds a run \(checkpoint.pt\); continue it with --resume"):
-        training.check_run_folder(out, resume=None, overwrite=False)
+        runs.check_run_folder(out, resume=None, overwrite=False)
     with pytest.raises(ValueError, match="already holds a run"):        # resuming another run into it
-        training.check_run_folder(out, resume=str(tmp_path / "other"), overwrite=False)
-    training.check_run_folder(out, resume=str(out / "checkpoint.pt"), overwrite=False)
-    training.check_run_folder(out, resume=None, overwrite=True)
-    done = training.claim_run_folder(out, overwrite=True)
+        runs.check_run_folder(out, resume=str(tmp_path / "other"), overwrite=False)
+    runs.check_run_folder(out, resume=str(out / "checkpoint.pt"), overwrite=False)
+    runs.check_run_folder(out, resume=None, overwrite=True)
+    done = runs.claim_run_folder(out, overwrite=True)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and (aside[0] / "checkpoint.pt").read_bytes() == b"old" and str(aside[0]) in done[0]
     assert out.is_dir() and os.listdir(out) == []

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train_ldm
-from ldm import training
+from ldm import runs
 from ldm.vae import AutoencoderKL, VAEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_only_rank0_writes(
     # one process with the doubled batch trains the same (up to the gradient all-reduce's float rounding)
     single = tmp_path / "single" / "run"
     assert train_ldm.main(run_args(vae, single, batch_size=4)) == 0
-    losses = lambda run: [r["loss"] for r in training.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
+    losses = lambda run: [r["loss"] for r in runs.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
     assert len(losses(single)) == 3
     np.testing.assert_allclose(losses(written[0]), losses(single), rtol=1e-4)
     assert json.loads((written[0] / "split.json").read_text()) == json.loads((single / "split.json").read_text())
