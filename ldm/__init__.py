@@ -22,7 +22,8 @@ Around the models
     ldm.io, ldm.convert   diffusers folders, safetensors, original checkpoints and their key tables
     ldm.fast, ldm.cuda_graph   opt-in speed applied from outside the models
     ldm.shapes            python -m ldm.shapes: every module's shapes, parameters and MACs for a preset
-    ldm.training          what the training scripts share: EMA, checkpoints, DDP/FSDP, run folders, logs
+    ldm.training          what happens inside a training step: DDP/FSDP, EMA, non-finite guard, checkpoints
+    ldm.runs              a training run's life: start-up, run folders, the loop and its estimate, Ctrl-C, logs
     ldm.lock              one writer per run folder (a lock a killed process does not leave behind)
     ldm.cli               options, parsing and the error-to-exit-status wrapper (imports no torch)
 
