@@ -602,7 +602,7 @@ def metadata(cfg: ConvertConfig, spec: Spectrogram, width: int, hop: int, source
     """metadata.json: the image axes (with the simulator's key names where they mean the same), the radar and the
     options, the people per campaign, and recording_of: each window's recording ({"c1_P36/1P36A01R01_w0":
     "c1_P36/1P36A01R01"}), which ldm.data.make_split keeps on one side of a split. v_max_mps and duration_s are the
-    --v-max and --duration that evaluate.py/sample.py/augment.py take."""
+    --v-max and --duration that evaluate.py and sample.py take."""
     step = float(spec.velocities[0] - spec.velocities[1])
     dt = spec.seconds_per_column
     people = sorted({s["person"] for s in sources})
