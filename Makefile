@@ -16,7 +16,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test measure demo clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The tests that reproduce a published figure (minutes each): the realistic simulator's difficulty band.
+measure: $(STAMP)
+	$(PY) -m pytest -q -m measurement
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 status 2 (or raises the named exception) before any work, with one line naming the offending option, file or key,
 no traceback, and no output left behind (not even a partial one)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -164,7 +165,7 @@ def test_evaluate_needs_real_and_names_a_corrupt_metadata_json(files, tmp_path, 
     fails(evaluate.main, ["--generated", str(files / "gen"), "--split", str(files / "split.json")], capsys,
           "--real is required")
     broken = tmp_path / "real"
-    broken.mkdir()
+    shutil.copytree(files / "gen", broken)                   # readable images, beside a corrupt metadata.json
     (broken / "metadata.json").write_text('{"people": [')
     fails(evaluate.main, ["--real", str(broken), "--generated", str(files / "gen"), "--real-test", str(files / "gen"),
                           "--out", str(tmp_path / "r.json")], capsys, "metadata.json: not valid JSON")

@@ -509,7 +509,7 @@ def test_identity_accuracy_window_of_default_people():
     assert 0.95 <= accuracy <= 0.995, accuracy
 
 
-@pytest.mark.slow
+@pytest.mark.measurement
 def test_realistic_identity_accuracy_lands_in_the_band_of_real_data(tmp_path):
     # scripts/simulator_difficulty.py at seeds 0-2: 10 realistic people x 32 walks in 8 sessions, the split every
     # stage uses (whole sessions held out), the evaluation CNN on train + val, scored on 80 test walks per seed
