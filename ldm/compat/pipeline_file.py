@@ -22,7 +22,9 @@ _PIPELINE_SOURCE = '''"""Written by ldm (ldm.compat.pipeline_file) so that diffu
 
 It holds the components; sampling with the user-ID conditioning is ldm's: ldm.pipeline.Pipeline.from_pretrained.
 """
-from diffusers import DiffusionPipeline
+from importlib import import_module
+
+DiffusionPipeline = import_module("diffusers").DiffusionPipeline       # diffusers, which is loading this file
 
 
 class {class_name}(DiffusionPipeline):
