@@ -1,7 +1,7 @@
 """Side-by-side benchmark of ldm against diffusers: the same models, weights and inputs, in one process.
 
-    python bench.py                                   # CPU, float32, the tiny configs
-    python bench.py --device cuda --dtype bf16 --config sd --compile --out bench.json
+    python scripts/bench.py                              # CPU, float32, the tiny configs
+    python scripts/bench.py --device cuda --dtype bf16 --config sd --compile --out bench.json
 
 For each row, the diffusers model is built first (seeded random weights), the ldm model loads its state dict with
 strict=True, and both run the same inputs. After warm-up the two are timed interleaved, alternating which goes first,

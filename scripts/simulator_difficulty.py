@@ -5,10 +5,9 @@
 For each seed: simulate users x per_user spectrograms (ldm.radar.simulator.write_dataset) into a temporary folder,
 split it as every stage does (ldm.data.make_split: per user 25% test, 10% val, the rest train; the realistic
 profile's sessions, recorded in metadata.json, stay whole on one side, so the test walks come from sessions the
-classifier never saw), train the
-evaluation CNN with evaluate.py's recipe (ldm.metrics.train_classifier, default ClassifierConfig, 64x64 inputs) on
-the train + val files and score it on the test files. The scalar baseline, on the same files: nearest centroid
-on two numbers per file, the walking speed |torso velocity| and the cadence (ldm.metrics.physics_features),
+classifier never saw), train the evaluation CNN with evaluate.py's recipe (ldm.radar.identity.train_classifier,
+default ClassifierConfig, 64x64 inputs) on the train + val files and score it on the test files. The scalar baseline, on the same files: nearest centroid
+on two numbers per file, the walking speed |torso velocity| and the cadence (ldm.radar.physics.physics_features),
 standardised with the training files' mean and standard deviation. Each seed (other people, other sessions and
 walks) gives an accuracy with its 95% Wilson interval; the headline is the mean over the seeds, with the pooled
 figure and its interval beside it.
