@@ -49,7 +49,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.convert import _DIFFUSERS_UNET_DEFAULTS  # noqa: F401  (ldm.compat reads it here)
 from ldm.convert import unet_config_to_diffusers, unet_values_from_diffusers
 from ldm.io import PretrainedMixin
 from ldm.layers import (Downsample2D, ResnetBlock2D, TimestepEmbedding, Upsample2D, check_class_labels, check_context,

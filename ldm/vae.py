@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.convert import DIFFUSERS_VAE_DEFAULTS as _DIFFUSERS_VAE_DEFAULTS  # (ldm.compat reads it here)
+from ldm.convert import DIFFUSERS_VAE_DEFAULTS as _DIFFUSERS_VAE_DEFAULTS
 from ldm.convert import autoencoder_values_from_diffusers
 from ldm.io import PretrainedMixin
 from ldm.layers import (Downsample2D, MidBlock2D, ResnetBlock2D, SpatialNorm, Upsample2D, check_image_batch,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ldm.convert import DIFFUSERS_VQ_DEFAULTS as _DIFFUSERS_VQ_DEFAULTS  # (ldm.compat reads it here)
+from ldm.convert import DIFFUSERS_VQ_DEFAULTS as _DIFFUSERS_VQ_DEFAULTS
 from ldm.convert import autoencoder_values_from_diffusers
 from ldm.io import PretrainedMixin
 from ldm.layers import check_image_batch
