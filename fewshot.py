@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ from ldm.cli import option
 FORMAT = "ldm-fewshot-1"
 ROOT = Path(__file__).resolve().parent
 # Options that may grow between runs into one OUT (they add units); every other option must stay as it was.
-GROWABLE = ("shots", "draws", "generator_seeds", "progress", "threads", "resamples", "stop_after_seconds", "worker")
+GROWABLE = ("shots", "draws", "generator_seeds", "progress", "threads", "resamples", "stop_after_seconds", "worker",
+            "processes")
 
 
 @dataclass
@@ -66,10 +67,12 @@ class FewShotConfig:
                                   at_least=1)
     vae_steps: int = option(800, "train_vae.py --steps for each generator (the demo's CPU recipe)", at_least=1)
     ldm_steps: int = option(1000, "train_ldm.py --steps for each generator", at_least=1)
-    enroll_steps: int = option(200, "enrolment optimizer steps (ldm.enrollment.EnrollConfig)", at_least=1)
+    enroll_steps: int = option(100, "enrolment optimizer steps (ldm.enrollment.EnrollConfig)", at_least=1)
     enroll_lr: float = option(2e-2, "enrolment learning rate", above=0)
     samples: int = option(32, "generated samples per enrolled novel person", at_least=1)
-    sample_steps: int = option(25, "DDIM steps per sample", at_least=1)
+    sampler: str = option("dpm++2m", "sampler of the enrolled people's samples (ldm.pipeline.make_sampler)",
+                          choices=("ddim", "dpm++2m", "euler", "euler_a", "ddpm"))
+    sample_steps: int = option(10, "sampler steps per sample", at_least=1)
     guidance: float = option(3.0, "classifier-free guidance scale", at_least=0)
     epochs: int = option(30, "classifier training epochs", at_least=1)
     min_steps: int = option(240, "classifier optimizer steps at least", at_least=1)
@@ -83,6 +86,9 @@ class FewShotConfig:
     worker: str = option("0/1", "I/N: run only every N-th unit, starting at unit I, so N processes started with 0/N ... "
                                 "N-1/N share one OUT (each appends its own finished units; run one of them again at "
                                 "the end for the summary over all)")
+    processes: int = option(1, "worker processes on this machine: this one and N-1 started with --worker i/N "
+                               "(each logs to OUT/worker-i.log); one torch thread each is the right choice on N "
+                               "cores", at_least=1)
     progress: bool = option(True, "show progress bars")
 
 
@@ -112,6 +118,8 @@ def check_options(cfg: FewShotConfig) -> dict:
         raise ValueError(f"--worker must be I/N, e.g. 0/2, got {cfg.worker!r}") from None
     if not 0 <= worker < workers:
         raise ValueError(f"--worker {cfg.worker}: need 0 <= I < N")
+    if cfg.processes > 1 and workers > 1:
+        raise ValueError(f"--processes {cfg.processes} starts its own workers; leave out --worker {cfg.worker}")
     if (cfg.pipeline is None) != (cfg.base_split is None):
         raise ValueError("--pipeline and --base-split go together (a trained base pipeline and its run's split.json)")
     if cfg.pipeline is not None and cfg.generator_seeds != 1:
@@ -168,11 +176,12 @@ def append_unit(path: Path, unit: dict) -> None:
         os.close(fd)
 
 
-def stage(command: list[str], what: str) -> None:
-    """Run one of the project's commands, echoed; a failure stops the experiment naming the stage."""
+def stage(command: list[str], what: str, threads: int) -> None:
+    """Run one of the project's commands with ``threads`` CPU threads, echoed; a failure stops the experiment naming
+    the stage."""
     import shlex
     print(f"\n$ {shlex.join(command)}", flush=True)
-    result = subprocess.run(command, cwd=ROOT)
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     if result.returncode != 0:
         raise cli.RunError(f"{what} failed (exit status {result.returncode}); see its output above")
 
@@ -280,7 +289,7 @@ def train_generator(cfg: FewShotConfig, out: Path, seed: int) -> Path:
             command = [py, command[1], *where]
         else:
             command += where
-        stage(command + ["--no-progress"], f"training the seed-{seed} generator ({command[1]})")
+        stage(command + ["--no-progress"], f"training the seed-{seed} generator ({command[1]})", cfg.threads)
         done.write_text("done\n")
     return folder / "ldm" / "pipeline"
 
@@ -299,7 +308,53 @@ def load_base_pipeline(cfg: FewShotConfig, folder: Path, base_train: list[str]):
 # The experiment
 # ----------------------------------------------------------------------------------------------------------------
 def run(cfg: FewShotConfig) -> int:
+    """The experiment in this process (--worker I/N: its share of it), or with --processes N in N processes: this
+    one as worker 0/N and N-1 started as workers 1/N ... (each logging to OUT/worker-i.log); when all have finished,
+    the summary over every unit."""
     started = time.perf_counter()
+    if cfg.processes == 1:
+        return experiment(cfg, started)
+    check_options(cfg)
+    import multiprocessing
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    context = multiprocessing.get_context("spawn")                # no fork of a process that may hold torch threads
+    children = []
+    for i in range(1, cfg.processes):
+        child = replace(cfg, worker=f"{i}/{cfg.processes}", processes=1, progress=False)
+        children.append((context.Process(target=worker_process, args=(child, str(out / f"worker-{i}.log"))),
+                         out / f"worker-{i}.log"))
+        children[-1][0].start()
+    first = replace(cfg, worker=f"0/{cfg.processes}", processes=1)
+    try:
+        experiment(first, started, summary=False)
+    except BaseException:                       # the others may be waiting for a file this one would have made
+        for child, _ in children:
+            child.terminate()
+        raise
+    finally:
+        for child, _ in children:
+            child.join()
+    failed = [str(log) for child, log in children if child.exitcode != 0]
+    if failed:
+        raise cli.RunError(f"a worker process failed; see {failed[0]} (rerun the same command: finished units are kept)")
+    return experiment(first, started)
+
+
+def worker_process(cfg: FewShotConfig, log: str) -> None:
+    """A worker started by --processes: its output goes to ``log``; a failure exits non-zero."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    sys.exit(cli.run_main(lambda c: experiment(c, summary=False), cfg, prog=f"fewshot.py --worker {cfg.worker}"))
+
+
+def experiment(cfg: FewShotConfig, started: float | None = None, summary: bool = True) -> int:
+    """This worker's units (all of them with --worker 0/1), then, if ``summary``, the summary over every finished
+    unit in OUT. ``started``: the experiment's start (perf_counter) for its recorded wall time."""
+    started = time.perf_counter() if started is None else started
     lists = check_options(cfg)
     import torch
     from tqdm import tqdm
@@ -317,12 +372,16 @@ def run(cfg: FewShotConfig) -> int:
     worker, workers = lists["worker"]
 
     def wait_for(*paths: Path) -> None:
-        """A worker other than 0 waits for what worker 0 decides or trains once (people, tuning, models)."""
-        while worker > 0 and not all(p.exists() for p in paths):
+        """Wait for what another worker decides or trains once (people, tuning, models, generators)."""
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            print(f"worker {worker}/{workers}: waiting for {missing[0]} (another worker makes it)", flush=True)
+        while not all(p.exists() for p in paths):
             time.sleep(10)
 
     # ---- data and people ------------------------------------------------------------------------------------------
-    wait_for(out / "people.json")
+    if worker > 0:
+        wait_for(out / "people.json")
     data = prepare_data(cfg, out)
     people = prepare_people(cfg, out, data)
     if worker == 0:
@@ -380,11 +439,17 @@ def run(cfg: FewShotConfig) -> int:
         write_json(tuning_path, tune_classic(cfg, lists["multiples"], classic_for, x_base, y_base, names_base, x_val,
                                              y_val, base))
 
+    # ---- the generators: seed s is trained by worker s mod N, so N workers train N of them at once -----------------
+    seeds = list(range(cfg.generator_seeds))
+    if not cfg.pipeline:
+        for seed in seeds:
+            if seed % workers == worker:
+                train_generator(cfg, out, seed)
+
     # ---- units: (generator seed, shot draw, k) --------------------------------------------------------------------
     units_path = out / "units.jsonl"
     done = {(u["seed"], u["draw"], u["shots"]) for u in read_units(units_path) if u["kind"] == "unit"}
     oracle_done = {u["seed"] for u in read_units(units_path) if u["kind"] == "oracle"}
-    seeds = list(range(cfg.generator_seeds))
     # k = 4 (the primary contrast's) first in every draw, so a run stopped early has the most of it
     shot_order = sorted(lists["shots"], key=lambda k: (k != fs.PRIMARY_SHOTS, k))
     everything = [(s, d, k) for s in seeds for d in range(cfg.draws) for k in shot_order]
@@ -414,8 +479,6 @@ def run(cfg: FewShotConfig) -> int:
             oracle = train_classifier(data_novel.x[pool_rows], data_novel.labels[pool_rows], fs.with_seed(clf, seed))
             save_classifier(oracle, str(oracle_path), {p: i for i, p in enumerate(novel)},
                             trained_on={"files": sorted(data_novel.names[i] for i in pool_rows.tolist())})
-        if worker == 0 and not cfg.pipeline:
-            train_generator(cfg, out, seed)
         wait_for(tuning_path, embedding_path, oracle_path, *([] if cfg.pipeline else [folder / "ldm.done"]))
         tuning = json.loads(tuning_path.read_text())
         classic = classic_for(tuning["chosen_multiple"])
@@ -440,7 +503,8 @@ def run(cfg: FewShotConfig) -> int:
                                            seed=seed * 1_000_003 + draw * 101 + k), progress=False)
             fs.check_generator(enrolled.provenance, test_files, shots)         # before sampling (score_unit again)
             ids = [enrolled.embedder.class_to_idx[p] for p in novel]
-            images = enrolled.generate(ids, num=cfg.samples, steps=cfg.sample_steps, guidance=cfg.guidance,
+            images = enrolled.generate(ids, num=cfg.samples, steps=cfg.sample_steps, sampler=cfg.sampler,
+                                       guidance=cfg.guidance,
                                        seed=seed * 1_000_003 + draw * 101 + k, batch_size=64, progress=False)
             x_gen = torch.cat([images[i] for i in ids])
             y_gen = torch.cat([torch.full((cfg.samples,), j) for j in range(len(novel))])
@@ -461,26 +525,28 @@ def run(cfg: FewShotConfig) -> int:
         if stopped:
             break
     bar.close()
+    if not summary:
+        return 0
 
     # ---- summary -------------------------------------------------------------------------------------------------
     units = read_units(units_path)
     tuning = json.loads(tuning_path.read_text()) if tuning_path.is_file() else {}
     classic = classic_for(tuning["chosen_multiple"]) if tuning else None
-    summary = summarise(units, novel, people, cfg, tuning, real_stats)
-    summary.update({"format": FORMAT, "settings": asdict(cfg), "data": str(data),
+    result = summarise(units, novel, people, cfg, tuning, real_stats)
+    result.update({"format": FORMAT, "settings": asdict(cfg), "data": str(data),
                     "people": {"base": base, "novel": novel,
                                "pool_per_person": {p: len(v) for p, v in people["pool"].items()},
                                "test_per_person": {p: len(v) for p, v in people["test"].items()}},
                     "walk_to_walk_spread": {"torso_speed_mps": spread[0], "cadence_steps_per_s": spread[1]},
                     "classic_augment": asdict(classic) if classic else None, "stopped_early": stopped,
                     "seconds_this_run": time.perf_counter() - started})
-    write_json(out / "fewshot.json", summary)
-    if summary["rows"]:
-        plot(summary, out / "fewshot.png")
+    write_json(out / "fewshot.json", result)
+    if result["rows"]:
+        plot(result, out / "fewshot.png")
         from ldm.io import atomic_write
-        text = markdown(summary)
+        text = markdown(result)
         atomic_write(out / "fewshot.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    print_report(summary)
+    print_report(result)
     return 0
 
 
