@@ -13,9 +13,10 @@ all of --real-test (then all of --real is training data). Without either the eva
      names a test file among those it trained or enrolled on is refused, naming the file;
   2. the evaluation CNN, trained on the real training files (or loaded with --classifier PATH, only if it records
      that it was trained on exactly these files; a missing PATH is trained and then saved there);
-  3. accuracies with 95% Wilson intervals, overall and per user: real test (the ceiling), train-on-real-test-on-
-     generated (TRTS) with mean confidence, confusion matrix (also a PNG) and condition-control ratio, and
-     train-on-generated-test-on-real (TSTR: a fresh CNN, same recipe, trained on generated only);
+  3. accuracies, overall (95% intervals that resample persons) and per user (Wilson): real test (the ceiling),
+     train-on-real-test-on-generated (TRTS) with mean confidence, confusion matrix (also a PNG) and
+     condition-control ratio, and train-on-generated-test-on-real (TSTR: a fresh CNN, same recipe, trained on
+     generated only);
   4. Frechet distance and KID in a --pca-dims projection of the CNN's penultimate features: generated vs real test
      half B, next to the floor real test half A vs half B at the same n and user mix, with bootstrap intervals;
   5. memorisation: each generated sample's distance to its nearest generator-training sample (CNN features and
@@ -48,7 +49,8 @@ from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, conditi
                                 predict, save_classifier, train_classifier)
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
 from ldm.metrics import (bootstrap, frechet_distance, json_safe, memorisation_ratios, memorisation_summary,
-                         mmd2_unbiased, nearest_neighbour_distances, pca_basis, percentile_interval, wilson_interval)
+                         mmd2_unbiased, nearest_neighbour_distances, pca_basis, percentile_interval, wilson_interval,
+                         clustered_proportion)
 from ldm.cli import option
 
 NO_TEST_SET = ("no held-out real test set: pass --split RUN/split.json (the split the generators trained with) or "
@@ -87,7 +89,8 @@ class EvaluateConfig:
                                           "not exist")
     pca_dims: int = option(16, "Frechet distance and KID use this many principal axes of the real training "
                                "features", at_least=1)
-    bootstrap: int = option(200, "bootstrap resamples for the distance intervals", at_least=10)
+    bootstrap: int = option(200, "bootstrap resamples for the distance intervals and the overall accuracies' "
+                                        "person-clustered intervals", at_least=10)
     physics: str = option("auto", "physics checks: auto = when --real holds the simulator's metadata.json or --v-max "
                                   "is given", choices=("auto", "on", "off"))
     v_max: float | None = option(None, "velocity span of the image rows is [-v_max, v_max] m/s", above=0)
@@ -101,11 +104,26 @@ class EvaluateConfig:
 # Report helpers
 # ----------------------------------------------------------------------------------------------------------------
 def accuracy(correct: np.ndarray) -> dict | None:
-    """{"value": share correct, "ci": 95% Wilson interval, "n": trials} of a boolean array; None when empty."""
+    """One person's accuracy: {"value": share correct, "ci": 95% Wilson interval, "n": trials} of a boolean array;
+    None when empty."""
     if len(correct) == 0:
         return None
     return {"value": float(np.mean(correct)), "ci": list(wilson_interval(int(np.sum(correct)), len(correct))),
             "n": len(correct)}
+
+
+def clustered_accuracy(correct: np.ndarray, person: np.ndarray, resamples: int, seed: int) -> dict | None:
+    """An accuracy over several persons: {"value", "ci", "n", "persons"}, the 95% interval a percentile bootstrap
+    that resamples persons, each with all their files or samples (ldm.metrics.clustered_proportion). The files of
+    one person share that person's walk and the samples of one requested person share its conditioning, so they are
+    not independent trials and a Wilson interval over all of them would be too narrow. None when empty."""
+    if len(correct) == 0:
+        return None
+    people = np.unique(person)
+    hits = np.array([np.sum(correct[person == p]) for p in people])
+    totals = np.array([np.sum(person == p) for p in people])
+    value, low, high = clustered_proportion(hits, totals, resamples, seed)
+    return {"value": value, "ci": [low, high], "n": len(correct), "persons": len(people)}
 
 
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -167,7 +185,8 @@ def _num(v, spec: str) -> str:
 def print_table(report: dict) -> None:
     s = report["split"]
     print(f"\nreal test: {report['counts']['real_test']} files from {s['from']} {s['path']} (no generator trained on "
-          f"them); intervals are 95% (accuracies: Wilson; distances, memorisation: bootstrap)")
+          f"them); intervals are 95% (overall accuracies: bootstrap over persons; per user: Wilson; distances, "
+          "memorisation: bootstrap)")
     print(f"\n{'user':<12}{'real acc':>17}{'TRTS acc':>17}{'TSTR acc':>17}{'conf':>6}{'CCR':>7}{'near':>6}{'n gen':>6}")
     for user, row in report["per_user"].items():
         near = row["fraction_close_to_train"]
@@ -517,8 +536,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                    "real_test": len(test_names), "generated": len(yg),
                    "skipped_real": len(real.skipped), "skipped_generated": len(gen.skipped)},
         "classifier": {**vars(model.cfg), "loaded_from": cfg.classifier, "trained_on": trained_on},
-        "overall": {"real_test_accuracy": accuracy(pred_test == yt), "trts_accuracy": accuracy(pred_gen == yg),
-                    "tstr_accuracy": accuracy(tstr_pred[covered] == yt[covered]),
+        "overall": {"real_test_accuracy": clustered_accuracy(pred_test == yt, yt, cfg.bootstrap, cfg.seed),
+                    "trts_accuracy": clustered_accuracy(pred_gen == yg, yg, cfg.bootstrap, cfg.seed),
+                    "tstr_accuracy": clustered_accuracy(tstr_pred[covered] == yt[covered], yt[covered],
+                                                        cfg.bootstrap, cfg.seed),
                     "mean_confidence": float(confidence.mean()),
                     "mean_ccr": float(np.mean(list(ccr.values()))) if ccr else None},
         "per_user": per_user,

@@ -139,8 +139,8 @@ def write_report(out: Path, device: str, profile: str, evaluation: dict, fewshot
         "once by train_vae.py "
         f"(`vae/split.json`): the VAE and the LDM trained on {counts['real_generator_train']} files, and every real "
         f"figure below is measured on {counts['real_test']} held-out test files that no generator saw. "
-        f"{counts['generated']} generated samples (guidance {guidance}). Brackets: 95% intervals (Wilson for "
-        "accuracies, bootstrap for distances).", "",
+        f"{counts['generated']} generated samples (guidance {guidance}). Brackets: 95% intervals (overall "
+        "accuracies: bootstrap over persons; distances: bootstrap).", "",
         "## Identity", "",
         "| measure | generated | real |", "|---|---|---|",
         f"| identity accuracy (the real-trained classifier assigns the requested person) | "

@@ -12,6 +12,7 @@ from PIL import Image
 import evaluate
 from ldm.radar import simulator as md
 from ldm.data import make_split, write_split
+from ldm.metrics import clustered_proportion
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # see tests/conftest.py
@@ -72,11 +73,20 @@ def test_good_swapped_noise_and_copying_generators(folders, tmp_path, capsys):
     assert o["trts_accuracy"]["value"] >= 0.9 and b["trts_accuracy"]["value"] <= 0.1
     assert o["tstr_accuracy"]["value"] >= 0.8 and b["tstr_accuracy"]["value"] <= 0.2
     assert o["mean_ccr"] > 2 > b["mean_ccr"]
-    # Wilson intervals: k of n correct -> the closed form (tests/test_metrics.py checks it against the score test).
-    for fig in (o["real_test_accuracy"], o["trts_accuracy"], good["per_user"]["user_01"]["trts_accuracy"]):
+    # Per user: Wilson intervals, k of n correct -> the closed form (tests/test_metrics.py checks it against the
+    # score test).
+    for user in good["per_user"].values():
+        fig = user["trts_accuracy"]
         k, n, z = round(fig["value"] * fig["n"]), fig["n"], 1.959964
         centre, half = (k + z * z / 2) / (n + z * z), z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
         assert fig["ci"] == pytest.approx([max(0, centre - half), min(1, centre + half)], abs=1e-6)
+    # Overall: persons resampled, each with all their files or samples (the per-user hits and counts above).
+    for key in ("real_test_accuracy", "trts_accuracy"):
+        users = [good["per_user"][u][key] for u in sorted(good["per_user"])]
+        hits = [round(u["value"] * u["n"]) for u in users]
+        expected = clustered_proportion(hits, [u["n"] for u in users], 50, good["options"]["seed"])
+        assert [o[key]["value"], *o[key]["ci"]] == pytest.approx(list(expected), abs=1e-12)
+        assert o[key]["persons"] == 3
     assert o["trts_accuracy"]["n"] == 24 and o["real_test_accuracy"]["n"] == 24
     assert set(good["per_user"]) == {"user_00", "user_01", "user_02"}
     assert good["per_user"]["user_01"]["real_test_accuracy"]["n"] == 8

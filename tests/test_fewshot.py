@@ -226,6 +226,19 @@ def test_hierarchical_bootstrap_variance_matches_the_closed_forms():
     assert d.min() > 0                                                 # every replicate sees the same persons in both
 
 
+def test_clustered_proportion_resamples_persons_not_samples():
+    # Equal totals: a replicate is the mean of P per-person accuracies drawn with replacement, so its standard
+    # deviation is the population standard deviation of the accuracies over sqrt(P) (the closed form), whatever the
+    # number of samples per person. An interval over samples as independent trials would shrink with the totals.
+    accuracies = np.array([0.95, 0.2, 0.9, 0.5, 0.75, 1.0, 0.4, 0.85])
+    for per_person in (20, 2000):
+        hits = accuracies * per_person
+        value, low, high = clustered_proportion(hits, np.full(8, per_person), num_resamples=40_000, seed=1)
+        sd = accuracies.std() / np.sqrt(8)
+        assert value == pytest.approx(accuracies.mean())
+        assert high - low == pytest.approx(2 * 1.96 * sd, rel=0.1)
+
+
 def test_intervals_stay_within_zero_and_one():
     perfect = [np.full((3, 4, 2), 5)]                                   # every file right, every draw
     reps = hierarchical_bootstrap(perfect, np.full(4, 5), num_resamples=500)
