@@ -544,7 +544,7 @@ def experiment(cfg: FewShotConfig, started: float | None = None, summary: bool =
     if result["rows"]:
         plot(result, out / "fewshot.png")
         from ldm.io import atomic_write
-        text = markdown(result)
+        text = fs.summary_markdown(result)
         atomic_write(out / "fewshot.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     print_report(result)
     return 0
@@ -721,45 +721,6 @@ def print_report(summary: dict) -> None:
     for r in summary["identity_of_samples"]:
         print(f"enrolled samples identified as their person (k = {r['shots']}): {r['accuracy']:.3f} "
               f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] (chance {r['chance']:.3f}; person-clustered)")
-
-
-def markdown(summary: dict) -> str:
-    """The tables of docs/augmentation.md's measured section, from a summary (fewshot.json)."""
-    def ci(c, signed=False):
-        f = "+.3f" if signed else ".3f"
-        return f"[{c[0]:{f}}, {c[1]:{f}}]"
-
-    lines = ["| k | variant | accuracy | 95% interval | generator seeds x shot draws |", "|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        lines.append(f"| {r['shots']} | {r['variant']} | {r['accuracy']:.3f} | {ci(r['ci'])} | "
-                     f"{r['seeds']} x {'/'.join(str(d) for d in r['draws'])} |")
-    if summary.get("oracle"):
-        o = summary["oracle"]
-        lines.append(f"| all | oracle (all {o['pool_files_per_person']} pool files per person; the ceiling) | "
-                     f"{o['accuracy']:.3f} | {ci(o['ci'])} | {o['seeds']} x - |")
-    p = summary.get("primary")
-    if p:
-        lines += ["", f"**Primary contrast** (k = {p['shots']}): {p['variant']} minus {p['against']} (the best "
-                      f"non-generative variant) = **{p['difference']:+.3f}** {ci(p['ci'], True)} (95%, bootstrap "
-                      f"p = {p['p']:.3f})."]
-    if summary["secondary"]:
-        lines += ["", "| k | contrast | difference | interval (Holm level) | Holm-adjusted p |", "|---|---|---|---|---|"]
-        for s in summary["secondary"]:
-            lines.append(f"| {s['shots']} | {s['variant']} - {s['against']} | {s['difference']:+.3f} | "
-                         f"{ci(s['ci'], True)} ({s['level']:.4f}) | {s['p_holm']:.3f} |")
-    if summary["identity_of_samples"]:
-        lines += ["", "| k | enrolled samples identified as their person (oracle classifier) | person-clustered 95% "
-                      "interval | chance |", "|---|---|---|---|"]
-        for r in summary["identity_of_samples"]:
-            lines.append(f"| {r['shots']} | {r['accuracy']:.3f} | {ci(r['ci'])} | {r['chance']:.3f} |")
-    if summary["physics_table"]:
-        lines += ["", "| k | feature | real walk-to-walk std (median over people) | generated std / real std | "
-                      "|generated mean - real mean| / real std |", "|---|---|---|---|---|"]
-        for r in summary["physics_table"]:
-            values = [r["real_std_median"], r["std_ratio_median"], r["mean_offset_in_real_std_median"]]
-            shown = ["-" if v is None else f"{v:.3f}" for v in values]      # None: not measurable (NaN)
-            lines.append(f"| {r['shots']} | {r['feature']} | {' | '.join(shown)} |")
-    return "\n".join(lines) + "\n"
 
 
 def plot(summary: dict, path: Path) -> None:

@@ -17,6 +17,7 @@ methods that need no generator? Fairness is a matter of who sees which file:
     allowed_files, check_generator                  who may see what, enforced
     nearest_mean, physics_vectors, nearest_centroid the non-CNN variants
     score_unit                                      every variant of one (generator seed, shot draw, k)
+    summary_markdown                                the result tables of a summary (fewshot.json)
 
 Shapes: N images (C, H, W) in [-1, 1], P novel persons (labels 0..P-1 in sorted name order), D feature dim.
 """
@@ -278,3 +279,43 @@ def per_person_hits(predictions: list[int], labels: list[int], num_classes: int)
 def with_seed(clf: ClassifierConfig, seed: int) -> ClassifierConfig:
     """The classifier recipe with another initialisation and batch-order seed."""
     return replace(clf, seed=seed)
+
+
+def summary_markdown(summary: dict) -> str:
+    """The result tables (docs/augmentation.md's measured section, make demo's report) from fewshot.py's summary
+    (fewshot.json): accuracies, the primary and secondary contrasts, identity of the samples, the physics table."""
+    def ci(c, signed=False):
+        f = "+.3f" if signed else ".3f"
+        return f"[{c[0]:{f}}, {c[1]:{f}}]"
+
+    lines = ["| k | variant | accuracy | 95% interval | generator seeds x shot draws |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        lines.append(f"| {r['shots']} | {r['variant']} | {r['accuracy']:.3f} | {ci(r['ci'])} | "
+                     f"{r['seeds']} x {'/'.join(str(d) for d in r['draws'])} |")
+    if summary.get("oracle"):
+        o = summary["oracle"]
+        lines.append(f"| all | oracle (all {o['pool_files_per_person']} pool files per person; the ceiling) | "
+                     f"{o['accuracy']:.3f} | {ci(o['ci'])} | {o['seeds']} x - |")
+    p = summary.get("primary")
+    if p:
+        lines += ["", f"**Primary contrast** (k = {p['shots']}): {p['variant']} minus {p['against']} (the best "
+                      f"non-generative variant) = **{p['difference']:+.3f}** {ci(p['ci'], True)} (95%, bootstrap "
+                      f"p = {p['p']:.3f})."]
+    if summary["secondary"]:
+        lines += ["", "| k | contrast | difference | interval (Holm level) | Holm-adjusted p |", "|---|---|---|---|---|"]
+        for s in summary["secondary"]:
+            lines.append(f"| {s['shots']} | {s['variant']} - {s['against']} | {s['difference']:+.3f} | "
+                         f"{ci(s['ci'], True)} ({s['level']:.4f}) | {s['p_holm']:.3f} |")
+    if summary["identity_of_samples"]:
+        lines += ["", "| k | enrolled samples identified as their person (oracle classifier) | person-clustered 95% "
+                      "interval | chance |", "|---|---|---|---|"]
+        for r in summary["identity_of_samples"]:
+            lines.append(f"| {r['shots']} | {r['accuracy']:.3f} | {ci(r['ci'])} | {r['chance']:.3f} |")
+    if summary["physics_table"]:
+        lines += ["", "| k | feature | real walk-to-walk std (median over people) | generated std / real std | "
+                      "|generated mean - real mean| / real std |", "|---|---|---|---|---|"]
+        for r in summary["physics_table"]:
+            values = [r["real_std_median"], r["std_ratio_median"], r["mean_offset_in_real_std_median"]]
+            shown = ["-" if v is None else f"{v:.3f}" for v in values]      # None: not measurable (NaN)
+            lines.append(f"| {r['shots']} | {r['feature']} | {' | '.join(shown)} |")
+    return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldm.fewshot import summary_markdown
 from ldm.radar.physics import simulator_metadata
 from ldm.radar.simulator import PROFILES
 from ldm.cli import option, parse_config
@@ -110,21 +111,8 @@ def fewshot_section(f: dict) -> list[str]:
              "variant gets. The full protocol (3 generator seeds, 20 draws, k = 1, 2, 4, 8) is `python fewshot.py`; "
              "docs/augmentation.md has its design and result. Brackets: 95% intervals resampling shot draws and "
              "test persons.", "",
-             "| k | variant | accuracy on the novel people's test files |", "|---|---|---|"]
-    for r in f["rows"]:
-        lines.append(f"| {r['shots']} | {r['variant']} | {r['accuracy']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |")
-    if f.get("oracle"):
-        o = f["oracle"]
-        lines.append(f"| all | oracle (all {o['pool_files_per_person']} pool files per person: the ceiling) | "
-                     f"{o['accuracy']:.3f} [{o['ci'][0]:.3f}, {o['ci'][1]:.3f}] |")
-    p = f.get("primary")
-    if p:
-        lines += ["", f"Primary contrast (fixed before the run): {p['variant']} minus the best non-generative "
-                      f"variant ({p['against']}) = **{p['difference']:+.3f}** [{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]."]
-    for r in f["identity_of_samples"]:
-        lines.append(f"At k = {r['shots']}, enrolled samples identified as their person by the oracle classifier: "
-                     f"{r['accuracy']:.1%} "
-                     f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (clustered by person; chance {r['chance']:.1%}).")
+             "Tables as `fewshot.py` writes them (`fewshot/fewshot.md`):", "",
+             summary_markdown(f).rstrip("\n")]
     return lines
 
 

@@ -259,7 +259,7 @@ def test_intervals_stay_within_zero_and_one():
     assert summary["primary"]["variant"] == fs.PRIMARY_VARIANT and summary["primary"]["shots"] == 4
     assert all(-1 <= s["ci"][0] <= s["ci"][1] <= 1 for s in summary["secondary"])
     assert len(summary["secondary"]) == len(fs.GENERATIVE) * len(fs.NON_GENERATIVE) - 1
-    text = fewshot.markdown(summary)                                    # the tables docs/augmentation.md shows
+    text = fs.summary_markdown(summary)                                 # the tables docs/augmentation.md shows
     assert "**Primary contrast** (k = 4): embedding+enrolled minus" in text and text.count("\n| 4 |") >= 6
 
 
