@@ -16,7 +16,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test measure demo clean
+.PHONY: setup test measure demo experiment clean
 
 setup: $(STAMP)
 
@@ -42,3 +42,10 @@ clean:
 DEVICE ?= cpu
 demo: $(STAMP)
 	$(PY) scripts/demo.py --device $(DEVICE)
+
+# The full few-shot protocol (docs/augmentation.md): 32 simulated people of the realistic profile (24 base, 8 novel),
+# 3 generator seeds, 20 shot draws, k = 1, 2, 4, 8, at 32x32 on the CPU, one worker process per core. Resumable: run
+# it again and it continues where it stopped. Writes runs/fewshot/fewshot.{json,md,png}.
+PROCESSES ?= 2
+experiment: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) fewshot.py --out runs/fewshot --processes $(PROCESSES)
