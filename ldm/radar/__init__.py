@@ -8,12 +8,13 @@
                           python -m ldm.radar.simulator writes a data folder
     ldm.radar.chain       the signal chain of real and simulated I/Q: range FFT, MTI, range gate, STFT, velocity
                           axis (docs/radar.md)
-    ldm.radar.datasets    readers of the Glasgow .dat/.mat, IDRad .hdf5 and .npy I/Q files, and the converter;
-                          python -m ldm.radar converts them into a training folder (docs/radar.md)
+    ldm.radar.readers     readers of the Glasgow .dat/.mat, IDRad .hdf5 and .npy I/Q files (and a .dat writer)
+    ldm.radar.datasets    the converter: python -m ldm.radar turns those files into a training folder
+                          (docs/radar.md)
     ldm.radar.physics     kinematic features of a spectrogram (torso velocity, envelopes, bandwidth, cadence)
     ldm.radar.augment     classic spectrogram augmentation, and filters for generated samples (docs/augmentation.md)
     ldm.radar.identity    the identity classifier behind every identity figure (docs/evaluation.md)
 
-Imports run one way: kinematics and chain need only numpy; echo builds on both; simulator and datasets add the
-command line (ldm.cli, no torch). Nothing here imports the models; the models know nothing of radar.
+Imports run one way: kinematics and chain need only numpy; echo builds on both; readers on chain's radar; simulator and datasets
+add the command line (ldm.cli, no torch). Nothing here imports the models; the models know nothing of radar.
 """
