@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ldm import cli, io, lock, runs
+from ldm import cli, files, lock, runs
 from ldm.cli import option
-from ldm.data import UNLABELLED, SpectrogramFolder, check_split, read_split, relative_names, scan_folder
+from ldm.data import UNLABELLED, SpectrogramFolder, relative_names, scan_folder
+from ldm.splits import check_split, read_split
 from ldm.enrollment import EnrollConfig, enroll, image_size
 from ldm.pipeline import Pipeline
 
@@ -109,7 +110,7 @@ def run(cfg: EnrollScriptConfig) -> int:
     cli.db_reference(cfg.db_reference)
     out = Path(cfg.out)
     cli.check_writable(out)
-    io.check_outputs_apart({"--out": out}, {"--pipeline": cfg.pipeline, "--data": cfg.data,
+    files.check_outputs_apart({"--out": out}, {"--pipeline": cfg.pipeline, "--data": cfg.data,
                                             **({"--split": cfg.split} if cfg.split else {})})
     runs.check_run_folder(out, None, cfg.overwrite)
     device = runs.resolve_device(cfg.device)
@@ -141,8 +142,8 @@ def run(cfg: EnrollScriptConfig) -> int:
         print(f"enroll.py: {done}")
     with lock.hold_run_lock(out):
         runs.write_run_config(out, "enroll.py", {**dataclasses.asdict(cfg), "device": str(device)})
-        io.replace_folder(out / "pipeline", new.save_pretrained)     # whole or not at all
-        io.write_json({"format": "ldm-enroll-1", "base": str(cfg.pipeline), "data": str(cfg.data),
+        files.replace_folder(out / "pipeline", new.save_pretrained)     # whole or not at all
+        files.write_json({"format": "ldm-enroll-1", "base": str(cfg.pipeline), "data": str(cfg.data),
                        "shots": shots_files, "unused": rest, "seconds": seconds}, out / "enroll.json")
     print(f"enrolled {len(shots)} people in {seconds:.1f} s; wrote {out / 'pipeline'} ({len(new.users)} people) "
           f"and {out / 'enroll.json'} (each person's shots and unused files)")

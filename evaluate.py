@@ -40,10 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ldm import cli, training
-from ldm.data import (SpectrogramFolder, check_split, common_size, files_digest, parse_size,
-                      read_split, relative_names, scan_folder, split_indices)
-from ldm.io import atomic_write, check_outputs_apart, read_json
+from ldm import cli
+from ldm.data import SpectrogramFolder, common_size, parse_size, relative_names, scan_folder
+from ldm.splits import check_split, files_digest, read_split, split_indices
+from ldm.files import atomic_write, check_outputs_apart, read_json
 from ldm.pipeline import check_provenance, file_record
 from ldm.radar.identity import (ClassifierConfig, classifier_trained_on, condition_control_ratio, load_classifier,
                                 predict, save_classifier, train_classifier)

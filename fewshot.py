@@ -144,7 +144,7 @@ def check_options(cfg: FewShotConfig) -> dict:
 
 
 def write_json(path: Path, value) -> None:
-    from ldm.io import atomic_write
+    from ldm.files import atomic_write
     from ldm.metrics import json_safe
     text = json.dumps(json_safe(value), indent=1, allow_nan=False)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -213,7 +213,8 @@ def prepare_data(cfg: FewShotConfig, out: Path) -> Path:
 def prepare_people(cfg: FewShotConfig, out: Path, data: Path) -> dict:
     """people.json: base and novel people, the novel people's pool and test files, and the base people's split
     (train: generator, embedding and tuning shots; val: tuning scores; test: unused). Decided once, then reread."""
-    from ldm.data import make_split, read_split, relative_names, scan_folder
+    from ldm.data import relative_names, scan_folder
+    from ldm.splits import make_split, read_split
     from ldm.fewshot import split_novel_files, split_people
     path = out / "people.json"
     if path.is_file():
@@ -241,7 +242,7 @@ def prepare_people(cfg: FewShotConfig, out: Path, data: Path) -> dict:
         base, novel = split_people(people, cfg.novel, cfg.split_seed)
         base_split = None
     by_person = {p: [n for n in names if n.split("/")[0] == p] for p in novel}
-    from ldm.data import recording_groups
+    from ldm.splits import recording_groups
     groups = recording_groups(data, names)
     pool, test = split_novel_files(by_person, cfg.test_per_person, cfg.split_seed,
                                    dict(zip(names, groups)) if groups else None)
@@ -255,7 +256,7 @@ def prepare_people(cfg: FewShotConfig, out: Path, data: Path) -> dict:
         if (data / "metadata.json").is_file():
             shutil.copyfile(data / "metadata.json", base_data / "metadata.json")
         split = make_split(base_data, test_fraction=0.125, val_fraction=0.125, seed=cfg.split_seed)   # sessions kept
-        from ldm.data import write_split
+        from ldm.splits import write_split
         write_split(out / "base_split.json", split)
         base_split = {part: split[part] for part in ("train", "val", "test")}
     people_record = {"base": base, "novel": novel, "pool": pool, "test": test, "base_split": base_split}
@@ -543,7 +544,7 @@ def experiment(cfg: FewShotConfig, started: float | None = None, summary: bool =
     write_json(out / "fewshot.json", result)
     if result["rows"]:
         plot(result, out / "fewshot.png")
-        from ldm.io import atomic_write
+        from ldm.files import atomic_write
         text = fs.summary_markdown(result)
         atomic_write(out / "fewshot.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     print_report(result)
@@ -729,7 +730,7 @@ def plot(summary: dict, path: Path) -> None:
     from PIL import Image, ImageDraw
 
     from ldm import fewshot as fs
-    from ldm.io import atomic_write
+    from ldm.files import atomic_write
     colours = {"real": (90, 90, 90), "classic": (148, 103, 189), "embedding": (31, 119, 180),
                "physics": (44, 160, 44), "real+enrolled": (255, 127, 14), "embedding+enrolled": (214, 39, 40)}
     image = Image.new("RGB", (1000, 440), "white")

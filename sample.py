@@ -33,7 +33,7 @@ Filters (docs/augmentation.md) write only the samples they keep, under their unf
 image of the unfiltered run), and print how many each user kept, so OUT is an augmented set as it stands:
     --filter margin --classifier CLF.safetensors [--margin-threshold 0]
         keep when p(requested user) - max p(other user) > threshold, by a classifier trained on real data and saved
-        by ldm.identity.save_classifier (evaluate.py --classifier PATH writes one) for the pipeline's user names
+        by ldm.radar.identity.save_classifier (evaluate.py --classifier PATH writes one) for the pipeline's user names
     --filter physics --real DATA --split RUN/split.json [--physics-tolerance 1]
         keep when torso velocity and cadence lie within the user's range over the real train files of the split,
         widened by the tolerance in pooled within-user standard deviations; needs the velocity and time axes
@@ -52,10 +52,10 @@ import torch
 from PIL import Image
 
 from ldm import cli, fast, lock, runs
-from ldm.radar import identity
 from ldm.radar.augment import class_margins, physics_filter, physics_ranges
-from ldm.data import NPY_SCALES, SpectrogramFolder, check_split, read_split
-from ldm.io import atomic_write, check_outputs_apart, remove_stale_temps, temp_name, write_json
+from ldm.data import NPY_SCALES, SpectrogramFolder
+from ldm.splits import check_split, read_split
+from ldm.files import atomic_write, check_outputs_apart, remove_stale_temps, temp_name, write_json
 from ldm.radar.physics import batch_physics_features, simulator_metadata, spectrogram_axes
 from ldm.radar.identity import load_classifier, predict
 from ldm.pipeline import SAMPLERS, Pipeline
@@ -93,8 +93,9 @@ class SampleConfig:
     filter: str = option("none", "write only the samples a filter keeps: margin (needs --classifier) or physics "
                                  "(needs --real, --split and the velocity/time axes)",
                          choices=("none", "margin", "physics"))
-    classifier: str | None = option(None, "margin filter: classifier .safetensors (ldm.identity.save_classifier) "
-                                          "trained on real data, with the pipeline's user names")
+    classifier: str | None = option(None, "margin filter: classifier .safetensors "
+                                          "(ldm.radar.identity.save_classifier) trained on real data, with the "
+                                          "pipeline's user names")
     margin_threshold: float = option(0.0, "margin filter: keep when p(requested) - max p(other) > this (0: the "
                                           "requested user is the classifier's top class)", at_least=-1, below=1)
     real: str | None = option(None, "physics filter: the real data folder DIR/<user>/<files> of the pipeline")
@@ -126,7 +127,7 @@ def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.
 
 
 def check_outputs(cfg: SampleConfig, out: Path, grid: Path, record: Path) -> None:
-    """Before any work: the outputs are apart from the inputs and from each other (ldm.io.check_outputs_apart), OUT
+    """Before any work: the outputs are apart from the inputs and from each other (ldm.files.check_outputs_apart), OUT
     is new or empty unless --overwrite (and then not being written by a live process), and OUT (or, when it does
     not exist yet, the folder it will be made in) and the grid's folder take a file. ValueError naming the option
     otherwise."""
@@ -190,7 +191,7 @@ def margin_judge(cfg: SampleConfig, class_to_idx: dict[str, int], channels: int)
     """Check the margin filter's classifier; return keep(images (N, C, H, W), user) -> (N,) bool."""
     if cfg.classifier is None:
         raise ValueError("--filter margin needs --classifier PATH (a classifier trained on real data, saved by "
-                         "ldm.identity.save_classifier; evaluate.py --classifier PATH writes one)")
+                         "ldm.radar.identity.save_classifier; evaluate.py --classifier PATH writes one)")
     if not Path(cfg.classifier).is_file():
         raise FileNotFoundError(f"--classifier {cfg.classifier} does not exist")
     try:

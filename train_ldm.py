@@ -42,11 +42,13 @@ import torch
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, fast, io, runs, training
+from ldm import cli, fast, files, runs, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
-from ldm.data import SpectrogramFolder, parse_size, read_split
+from ldm.data import SpectrogramFolder, parse_size
+from ldm.splits import read_split
 from ldm.ddpm import DDPMScheduler
-from ldm.io import load_pretrained, read_json
+from ldm.io import load_pretrained
+from ldm.files import read_json
 from ldm.layers import ResnetBlock2D
 from ldm.pipeline import Pipeline, file_record, make_sampler
 from ldm.diffusion_loss import diffusion_loss
@@ -616,7 +618,7 @@ def sample_grid(weights, vae, scheduler, cfg: TrainLDMConfig, num_users: int, pa
     images = Pipeline(weights, vae, scheduler).generate(list(range(num_users)), cfg.sample_per_user, cfg.sample_steps,
                                                         cfg.sample_guidance, "ddim", cfg.seed,
                                                         batch_size=cfg.sample_per_user, progress=False)
-    io.save_image(runs.image_grid([images[u] for u in range(num_users)]), path)
+    files.save_image(runs.image_grid([images[u] for u in range(num_users)]), path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -736,7 +738,7 @@ def train(cfg: TrainLDMConfig) -> int:
     exported = unsharded(ema if cfg.export == "ema" else model, cfg, info, rank0_copy)
     if info.is_main:
         pipeline = Pipeline(exported, vae, scheduler, provenance(split, vae_split))
-        io.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
+        files.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
         log.write({"step": cfg.steps, "exported": True})
         runs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         runs.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, io, metrics, runs, training
+from ldm import cli, files, metrics, runs, training
 from ldm.radar import identity
 from ldm.data import SpectrogramFolder, parse_size
 from ldm.autoencoder_losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
@@ -504,7 +504,7 @@ def train(cfg: TrainVAEConfig) -> int:
             sums, finite_steps, images_seen, timer = {}, 0, 0, time.perf_counter()
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
             rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]   # one image of each user in turn
-            io.save_image(runs.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
+            files.save_image(runs.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
             last_eval = evaluate_both(ema, model, x_val, y_val, classifier, device)
             log.write({"step": done, "eval": True, **last_eval})
@@ -520,7 +520,7 @@ def train(cfg: TrainVAEConfig) -> int:
         log.write({"step": cfg.steps, "latent_statistics": True, "weights": cfg.export, **stats})
         keep = ("scaling_factor",) if cfg.model == "vq" else tuple(stats)   # diffusers' VQModel: only the factor
         exported.config = dataclasses.replace(exported.config, **{k: stats[k] for k in keep})
-        io.replace_folder(out / "model", exported.save_pretrained)       # a kill at any moment keeps the old model/
+        files.replace_folder(out / "model", exported.save_pretrained)       # a kill at any moment keeps the old model/
         log.write({"step": cfg.steps, "exported": True})
         last_eval = last_eval or evaluate_both(ema, model, x_val, y_val, classifier, device)   # resumed at the end
         runs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")

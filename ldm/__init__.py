@@ -20,6 +20,7 @@ Around the models
     ldm.enrollment        new people added to a trained pipeline from k images each (only their ID rows train)
     ldm.compat            diffusers' calling convention on ldm's classes, for code written for diffusers
     ldm.io, ldm.convert   diffusers folders, safetensors, original checkpoints and their key tables
+    ldm.files             atomic writes, JSON read with one-line errors, outputs kept apart from inputs
     ldm.fast, ldm.cuda_graph   opt-in speed applied from outside the models
     ldm.shapes            python -m ldm.shapes: every module's shapes, parameters and MACs for a preset
     ldm.training          what happens inside a training step: DDP/FSDP, EMA, non-finite guard, checkpoints
@@ -28,7 +29,8 @@ Around the models
     ldm.cli               options, parsing and the error-to-exit-status wrapper (imports no torch)
 
 Data and measurement
-    ldm.data              image/.npy folders with user IDs, and the one split every stage shares
+    ldm.data              image/.npy folders with user IDs
+    ldm.splits            the one split of a folder (split.json) every stage shares
     ldm.metrics           PSNR, SSIM, distances between feature sets, intervals, memorisation
     ldm.fewshot           the few-shot identification experiment: person splits, variants, statistics
     ldm.radar             the radar domain: simulator (kinematics, echo, data set), signal chain, data-set

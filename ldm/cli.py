@@ -44,7 +44,7 @@ def run_main(run, cfg, prog: str | None = None) -> int:
     lead = f"{prog}: " if prog else ""
     try:
         return run(cfg) or 0
-    except (ValueError, OSError, RunError) as error:         # OSError: ldm.io.WriteError and friends, one line
+    except (ValueError, OSError, RunError) as error:         # OSError: ldm.files.WriteError and friends, one line
         print(f"{lead}error: " + str(error).replace("\n", " "), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldm.io import read_json, write_json, write_safetensors
+from ldm.io import write_safetensors
+from ldm.files import read_json, write_json
 from ldm.layers import check_indices
 
 ROUTES = ("cross", "class", "both")

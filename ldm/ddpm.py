@@ -29,7 +29,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from ldm.io import DIFFUSERS_VERSION, SCHEDULER_CONFIG_NAME, read_json, write_json
+from ldm.io import DIFFUSERS_VERSION, SCHEDULER_CONFIG_NAME
+from ldm.files import read_json, write_json
 from ldm.layers import randn_tensor
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")

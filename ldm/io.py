@@ -3,9 +3,9 @@
 Loading never runs code from a file: safetensors holds only tensors, and pickled formats (.bin, .ckpt, .pt)
 are read with ``torch.load(weights_only=True)``, which refuses any object other than tensors and plain
 containers. Models are built on the ``meta`` device and the loaded tensors are assigned to them, so a model
-is never held twice in memory. Files are written with ``atomic_write`` (a temporary name beside them, fsynced,
-renamed into place) and folders replaced with ``replace_folder``, so an interrupted save or a full disk leaves the
-previous file or folder intact; ``remove_stale_temps`` clears what a killed process left behind.
+is never held twice in memory. Files are written with ldm.files' ``atomic_write`` (a temporary name beside them,
+fsynced, renamed into place) and folders replaced with its ``replace_folder``, so an interrupted save or a full disk
+leaves the previous file or folder intact.
 
     model = load_pretrained("sd/unet")                 # a diffusers model folder -> our model, by _class_name
     model.save_pretrained("out/unet")                  # a folder diffusers' from_pretrained loads
@@ -19,7 +19,6 @@ import math
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -27,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 
 from ldm import convert
+from ldm.files import atomic_write, first_line, read_json, write_json
 
 DIFFUSERS_VERSION = "0.42.1"     # written into saved configs; the version our parity tests run against
 CONFIG_NAME = "config.json"
@@ -116,14 +116,9 @@ def torch_load_weights_only(path: Path, device: str | torch.device = "cpu"):
         raise ValueError(f"{path}: not a readable PyTorch checkpoint (the weights-only unpickler stopped: "
                          f"{_unpickler_reason(error)})") from None
     except (RuntimeError, EOFError, OSError) as error:
-        reason = _first_line(error) or ("the file is empty" if Path(path).stat().st_size == 0
+        reason = first_line(error) or ("the file is empty" if Path(path).stat().st_size == 0
                                         else type(error).__name__)
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-
-
-def _first_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _unpickler_reason(error: Exception) -> str:
@@ -133,159 +128,6 @@ def _unpickler_reason(error: Exception) -> str:
     lines = [line for line in lines if "weights_only" not in line and not line.startswith("Check the documentation")]
     reason = lines[0] if lines else "not a weights-only pickle"
     return reason.removeprefix("WeightsUnpickler error:").strip()
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic writes: every file and folder ldm writes appears whole or not at all
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def temp_name(path: Path, kind: str = "tmp", pid: int | None = None) -> Path:
-    """The hidden name beside ``path`` that process ``pid`` (default: this one) writes to: ``.NAME.tmp-PID``, or
-    ``.NAME.old-PID`` for a folder moved aside by replace_folder. remove_stale_temps recognises these names."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid() if pid is None else pid}")
-
-
-class WriteError(OSError):
-    """A file or folder could not be written (disk full, read-only, ...): ``str()`` is one line naming it, and
-    ``reason`` says why."""
-
-    def __init__(self, path: Path, reason: str):
-        kept = "the previous version is kept" if path.exists() else "nothing was written"
-        super().__init__(f"{path}: could not write it ({reason}); {kept}")
-        self.reason = reason
-
-
-_UMASK = os.umask(0o022)   # read the process's umask (only by setting one), then put it back
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, fsync it and rename it over ``path``.
-
-    The rename is atomic (same folder, same file system), so readers and a crash at any moment see the old file or
-    the new one, never a part. A failed write (disk full, read-only file system, ...) raises WriteError naming
-    ``path`` in one line; the old file is kept and the temporary one removed. The file gets the mode an ordinary
-    new file gets (0644 under umask 022), whatever mode the writer created it with (safetensors: 0600).
-    """
-    path = Path(path)
-    tmp = temp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError, SafetensorError) as error:   # torch.save reports failed writes as RuntimeError
-        raise WriteError(path, _write_failure(error, path)) from error
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_failure(error: Exception, path: Path) -> str:
-    """Why a write failed, and the free space left on that file system."""
-    if isinstance(error, WriteError):
-        return error.reason
-    reason = error.strerror if isinstance(error, OSError) and error.strerror else _first_line(error)
-    folder = next((p for p in (path.parent, *path.parent.parents) if p.is_dir()), None)
-    if folder is not None:
-        reason += f"; {shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
-    return reason
-
-
-def replace_folder(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp)`` to fill a temporary folder beside ``path``, then swap it in: the old folder is renamed
-    aside (``.NAME.old-PID``), the new one renamed to ``path``, and only then the old one deleted.
-
-    A crash while the new folder is written leaves the old one untouched; a crash between the two renames leaves
-    the old one under its ``.old`` name, where remove_stale_temps (at the next start) puts it back.
-    """
-    path = Path(path)
-    tmp, old = temp_name(path), temp_name(path, "old")
-    try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        write(tmp)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError, SafetensorError) as error:
-        if old.exists() and not path.exists():
-            os.replace(old, path)                                        # undo the first rename
-        raise WriteError(path, _write_failure(error, path)) from error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_TEMP_PATTERN = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)")
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether a file or folder name is one of temp_name's (``.NAME.tmp-PID`` or ``.NAME.old-PID``)."""
-    return _TEMP_PATTERN.fullmatch(name) is not None
-
-
-def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[str]:
-    """Clear what killed processes left in ``folder``: temporary files and folders (``.NAME.tmp-PID``) are deleted,
-    and a folder moved aside by replace_folder (``.NAME.old-PID``) is put back when NAME is missing (the crash came
-    between the two renames), else deleted. Only names of processes that are no longer alive on this machine are
-    touched, and with ``name`` only those of that NAME. Returns what was done, one phrase per entry."""
-    folder, done = Path(folder), []
-    if not folder.is_dir():
-        return done
-    for entry in sorted(folder.iterdir()):
-        match = _TEMP_PATTERN.fullmatch(entry.name)
-        if not match or (name is not None and match["name"] != name) or _pid_alive(int(match["pid"])):
-            continue
-        target = folder / match["name"]
-        if match["kind"] == "old" and not target.exists():
-            os.replace(entry, target)
-            done.append(f"restored {target.name} from {entry.name}")
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-        done.append(f"removed {entry.name}")
-    return done
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (signal 0 checks without sending anything)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:                                              # alive, another user's
-        return True
-    return True
-
-
-def save_image(image, path: str | os.PathLike) -> None:
-    """Write a PIL image as PNG, atomically."""
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-
-
-def write_json(value: dict, path: str | os.PathLike) -> None:
-    """Write JSON the way diffusers does (indent 2, sorted keys, trailing newline), atomically."""
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_safetensors(state_dict: dict[str, torch.Tensor], path: str | os.PathLike,
@@ -312,49 +154,6 @@ def _parse_size(size: int | str) -> int:
         raise ValueError(f"max_shard_size={size!r}: expected bytes as an int or a string like '10GB' or '500MiB'")
     units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
     return int(match.group(1)) * units[match.group(2)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Outputs apart from inputs: a command never writes into what it reads, nor two of its outputs onto one path
-# ----------------------------------------------------------------------------------------------------------------
-def _overlap(a: Path, b: Path) -> str | None:
-    """How path ``a`` relates to path ``b`` (both resolved): "is", "lies inside", "contains", or None."""
-    if a == b:
-        return "is"
-    if b in a.parents:
-        return "lies inside"
-    if a in b.parents:
-        return "contains"
-    return None
-
-
-def check_outputs_apart(outputs: dict[str, str | os.PathLike | None],
-                        inputs: dict[str, str | os.PathLike | None]) -> None:
-    """Raise ValueError unless every output path is apart from every input path and from the other outputs.
-
-    outputs, inputs: {name shown to the user (an option such as "--out", or "the record OUT.json"): path or None}.
-    An output that is, lies inside or contains an input would write into what the command reads (generated images
-    into the real data folder, a report over the split it was made from); two outputs on one path, or one inside
-    the other, would silently replace each other. Paths are compared resolved (links followed), so two spellings of
-    one folder are caught. The error names both, in one line."""
-    def resolved(path) -> Path:
-        return Path(os.path.abspath(os.fspath(path))).resolve()
-
-    outs = {name: resolved(path) for name, path in outputs.items() if path is not None and os.fspath(path) != ""}
-    ins = {name: resolved(path) for name, path in inputs.items() if path is not None and os.fspath(path) != ""}
-    for out_name, out in outs.items():
-        for in_name, source in ins.items():
-            relation = _overlap(out, source)
-            if relation:
-                raise ValueError(f"{out_name} {outputs[out_name]} {relation} {in_name} {inputs[in_name]}, which this "
-                                 f"command reads: it never writes into its inputs; choose another {out_name}")
-    names = list(outs)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            relation = _overlap(outs[first], outs[second])
-            if relation:
-                raise ValueError(f"{first} {outputs[first]} {relation} {second} {outputs[second]}: two outputs of one "
-                                 f"command on one path would replace each other; choose another {first}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -434,7 +233,7 @@ def _from_config(build, mapping: dict, path):
     try:
         return build(mapping)
     except (ValueError, TypeError, KeyError) as error:
-        text = _first_line(error)
+        text = first_line(error)
         raise ValueError(text if str(path) in text else f"{path}: {text}") from None
 
 

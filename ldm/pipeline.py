@@ -43,8 +43,9 @@ from tqdm.auto import tqdm
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
-from ldm.data import files_digest
-from ldm.io import PIPELINE_INDEX_NAME, load_pipeline, read_json, save_pipeline, write_json
+from ldm.splits import files_digest
+from ldm.io import PIPELINE_INDEX_NAME, load_pipeline, save_pipeline
+from ldm.files import read_json, write_json
 from ldm.samplers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from ldm.guided_sampling import sample
 
@@ -121,7 +122,7 @@ def resolve_users(requested: str, class_to_idx: dict[str, int]) -> list[int]:
 
 
 def file_record(names: list[str]) -> dict:
-    """{"files": the sorted relative names, "sha256": their ldm.data.files_digest}: one entry of a provenance."""
+    """{"files": the sorted relative names, "sha256": their ldm.splits.files_digest}: one entry of a provenance."""
     files = sorted(str(name) for name in names)
     twice = [a for a, b in zip(files, files[1:]) if a == b]
     if twice:
@@ -323,7 +324,7 @@ class Pipeline:
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write the diffusers-layout folder described in the module docstring (provenance.json when the provenance
-        is known). Each file is written atomically; write through ldm.io.replace_folder to swap a whole folder."""
+        is known). Each file is written atomically; write through ldm.files.replace_folder to swap a whole folder."""
         save_pipeline(path, {"vae": self.vae, "unet": self.unet, "scheduler": self.scheduler,
                              "embedder": self.embedder}, pipeline_class=PIPELINE_CLASS)
         if self.provenance is not None:

@@ -29,9 +29,10 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageDraw
 
-from ldm import cli, io, lock
-from ldm.cli import flag, size_text
-from ldm.data import check_split, make_split, parse_size, read_split
+from ldm import cli, files, lock
+from ldm.cli import size_text
+from ldm.data import parse_size
+from ldm.splits import check_split, make_split, read_split
 from ldm.training import (Distributed, NonFiniteError, NonFiniteGuard, check_resume, load_checkpoint, rng_state,
                           save_checkpoint, setup_distributed, teardown_distributed)
 
@@ -53,7 +54,7 @@ class JsonlLog:
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
             except OSError as error:
-                raise io.WriteError(self.path, error.strerror or str(error)) from error
+                raise files.WriteError(self.path, error.strerror or str(error)) from error
 
     def read(self) -> list[dict]:
         """The records; a last line cut short (the process was killed while appending it) is left out."""
@@ -74,7 +75,7 @@ class JsonlLog:
         if self.enabled and self.path.is_file():
             kept = [r for r in self.read() if r.get("step", 0) <= step]
             text = "".join(json.dumps(r) + "\n" for r in kept)
-            io.atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            files.atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -111,7 +112,7 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
     draw.text((left, 8), title, fill=(0, 0, 0))
     if not series:
         draw.text((left + 10, top + 10), "no data yet", fill=(0, 0, 0))
-        io.save_image(image, path)
+        files.save_image(image, path)
         return
     values = [v for s in series.values() for _, v in s]
     steps = [t for s in series.values() for t, _ in s]
@@ -141,7 +142,7 @@ def plot_curves(records: list[dict], keys: list[str], path: str | os.PathLike, t
         draw.text((5, bottom - frac * (bottom - top) - 6), label, fill=(0, 0, 0))
     draw.text((left, bottom + 8), f"step {x_lo}", fill=(0, 0, 0))
     draw.text((right - 60, bottom + 8), f"step {x_hi}", fill=(0, 0, 0))
-    io.save_image(image, path)
+    files.save_image(image, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _simulate_once(cfg, folder: Path, side: int) -> None:
 def resolve_split(root: Path, given: str | None, resume: str | None, new: dict) -> tuple[dict, str]:
     """The split of a training run, checked against the data folder ``root``, and where it came from: the
     split.json ``given`` (--split), else the resumed run's own split.json, else a new split decided now by
-    ``ldm.data.make_split(root, **new)``. The caller writes it into its run folder (``write_split``)."""
+    ``ldm.splits.make_split(root, **new)``. The caller writes it into its run folder (``write_split``)."""
     if given is None and resume is not None:
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         if (folder / "split.json").is_file():
@@ -248,7 +249,7 @@ def run_folder_entries(out: Path) -> list[str]:
     lock's file (ldm.lock.LOCK_NAME)."""
     if not out.is_dir():
         return []
-    return sorted(p.name for p in out.iterdir() if not io.is_temp_name(p.name) and p.name != lock.LOCK_NAME)
+    return sorted(p.name for p in out.iterdir() if not files.is_temp_name(p.name) and p.name != lock.LOCK_NAME)
 
 
 def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
@@ -276,7 +277,7 @@ def check_run_folder(out: Path, resume: str | None, overwrite: bool) -> None:
 def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
     """Make ``out`` ready for this run (after every check passed, before the first write): with --overwrite a folder
     holding files is renamed to OUT.old-<time> (never deleted); what dead processes left in it is cleared
-    (ldm.io.remove_stale_temps). Returns what was done, one phrase each, for the start-up summary."""
+    (ldm.files.remove_stale_temps). Returns what was done, one phrase each, for the start-up summary."""
     done = []
     if overwrite and run_folder_entries(out):
         lock.check_unlocked(out)                                        # never move a live run aside
@@ -286,13 +287,13 @@ def claim_run_folder(out: Path, overwrite: bool) -> list[str]:
         os.replace(out, aside)
         done.append(f"moved the old run aside to {aside}")
     out.mkdir(parents=True, exist_ok=True)
-    done += io.remove_stale_temps(out)
+    done += files.remove_stale_temps(out)
     return done
 
 
 def write_run_config(out: Path, script: str, options: dict) -> None:
     """OUT/config.json: the script and every resolved option of this run (the checkpoint keeps a copy)."""
-    io.write_json({"script": script, **options}, out / "config.json")
+    files.write_json({"script": script, **options}, out / "config.json")
 
 
 def resumed_folder(resume: str) -> Path:
@@ -305,7 +306,7 @@ def saved_options(resume: str, fields: set[str]) -> dict:
     those of ``fields``; {} when neither can be read (the resume itself then says why)."""
     folder = resumed_folder(resume)
     try:
-        saved = io.read_json(folder / "config.json") if (folder / "config.json").is_file() else \
+        saved = files.read_json(folder / "config.json") if (folder / "config.json").is_file() else \
             load_checkpoint(resume).get("train_config") or {}
     except (OSError, ValueError):
         return {}
@@ -445,7 +446,8 @@ def claim(run: Run, class_to_idx: dict, split: dict, summary: list[str], export:
     aside with --overwrite, write config.json, class_to_idx.json and split.json, print the start-up summary (the
     caller's lines, then the run's). Returns the run's log with the records of steps after the checkpoint dropped,
     or None (nothing written) when a resumed run is already finished and ``export`` holds its last step."""
-    from ldm.data import write_class_map, write_split
+    from ldm.data import write_class_map
+    from ldm.splits import write_split
     log = JsonlLog(run.out / "log.jsonl", enabled=run.info.is_main)
     cfg, out = run.cfg, run.out
     if finished_before(run, log, export):                               # every process returns

@@ -4,7 +4,7 @@ and resume exactly, and the data order that makes a batch split over processes t
 A run's life around the loop (folders, start-up, progress, logs and pictures) is ldm/runs.py.
 
 Checkpoints hold only tensors, numbers, strings, lists and dicts, so ``torch.load(weights_only=True)`` reads
-them; they are written with ``ldm.io.atomic_write`` (a temporary file in the same folder, fsynced, renamed into
+them; they are written with ``ldm.files.atomic_write`` (a temporary file in the same folder, fsynced, renamed into
 place), so killing the process at any moment, or a full disk, leaves the previous checkpoint intact.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ldm import io
+from ldm import files
 from ldm.cli import RunError, flag
 from ldm.io import torch_load_weights_only
 
@@ -272,7 +272,7 @@ def _numpy_state_from_dict(state: dict):
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Write ``state`` atomically (ldm.io.atomic_write): a full disk or a kill keeps the previous checkpoint. A failed
+    """Write ``state`` atomically (ldm.files.atomic_write): a full disk or a kill keeps the previous checkpoint. A failed
     write is reported with the operating system's reason (torch.save itself would say only "unexpected pos ..."):
     "No space left on device", "Permission denied", or "File too large" with this process's file-size limit."""
     def write(tmp: Path) -> None:
@@ -285,7 +285,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
                     raise
                 raise _explained(recorder.error) from None
 
-    io.atomic_write(path, write)
+    files.atomic_write(path, write)
 
 
 class _RecordingWriter:

@@ -53,7 +53,7 @@ from ldm import fast
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
 from ldm.cuda_graph import CUDAGraphModel
 from ldm.ddpm import DDIMScheduler, DDPMScheduler
-from ldm.io import write_json
+from ldm.files import write_json
 from ldm.pipeline import SCHEDULE_KEYS
 from ldm.samplers import DPMSolverMultistepScheduler
 from ldm.guided_sampling import sample

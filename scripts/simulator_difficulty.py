@@ -3,7 +3,7 @@
     python scripts/simulator_difficulty.py --profile realistic --users 10 --per-user 64 --seeds 0,1,2
 
 For each seed: simulate users x per_user spectrograms (ldm.radar.simulator.write_dataset) into a temporary folder,
-split it as every stage does (ldm.data.make_split: per user 25% test, 10% val, the rest train; the realistic
+split it as every stage does (ldm.splits.make_split: per user 25% test, 10% val, the rest train; the realistic
 profile's sessions, recorded in metadata.json, stay whole on one side, so the test walks come from sessions the
 classifier never saw), train the evaluation CNN with evaluate.py's recipe (ldm.radar.identity.train_classifier,
 default ClassifierConfig, 64x64 inputs) on the train + val files and score it on the test files. The scalar baseline, on the same files: nearest centroid
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ldm.radar import simulator as microdoppler
-from ldm.data import SpectrogramFolder, make_split, relative_names
-from ldm.io import write_json
+from ldm.data import SpectrogramFolder, relative_names
+from ldm.splits import make_split
+from ldm.files import write_json
 from ldm.radar.identity import ClassifierConfig, predict, train_classifier
 from ldm.radar.physics import batch_physics_features, spectrogram_axes
 from ldm.metrics import wilson_interval

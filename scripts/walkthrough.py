@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from ldm import cli, io, runs
-from ldm.data import SpectrogramFolder, check_split, jet, read_split
+from ldm import cli, files, io, runs
+from ldm.data import SpectrogramFolder, jet
+from ldm.splits import check_split, read_split
 from ldm.pipeline import Pipeline, make_sampler
 from ldm.cli import option
 from ldm.vae import AutoencoderKL, DiagonalGaussian
@@ -83,7 +84,7 @@ def read_options(pipeline: Path) -> dict:
     config_path = pipeline.parent / io.CONFIG_NAME
     if not config_path.is_file():
         return {}
-    config = io.read_json(config_path)
+    config = files.read_json(config_path)
     options = {ours: config[theirs] for theirs, ours in READ_OPTIONS.items() if theirs in config}
     if options.get("colormap") == "none":
         options["colormap"] = None
@@ -355,7 +356,7 @@ def run(cfg: WalkthroughConfig) -> int:
     if levels:
         figures[levels_path(cfg.out)] = levels_figure(pipe, x.to(device), user, cfg, levels)
     for path, figure in figures.items():
-        io.atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
+        files.atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
         print(f"wrote {path} ({figure.width}x{figure.height})")
     return 0
 

@@ -19,7 +19,7 @@ import torch
 
 import train_ldm
 import train_vae
-from ldm import cli, io, training
+from ldm import cli, files, io, training
 from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from tests.helpers import png_folder
@@ -418,19 +418,19 @@ def test_check_resume_names_each_differing_option_and_keeps_the_allowed_ones():
 
 def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "config.json"
-    io.write_json({"version": 1}, target)
+    files.write_json({"version": 1}, target)
 
     def full(tmp):
         tmp.write_bytes(b"{")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(io.WriteError, match=r"config.json: could not write it \(No space left on device.*the "
+    with pytest.raises(files.WriteError, match=r"config.json: could not write it \(No space left on device.*the "
                                             r"previous version is kept"):
-        io.atomic_write(target, full)
+        files.atomic_write(target, full)
     assert json.loads(target.read_text()) == {"version": 1} and os.listdir(tmp_path) == ["config.json"]
 
 
 def test_a_log_that_cannot_be_appended_to_is_named(tmp_path):
     (tmp_path / "log.jsonl").mkdir()                                     # a folder where the log should be
-    with pytest.raises(io.WriteError, match=r"log.jsonl: could not write it"):
+    with pytest.raises(files.WriteError, match=r"log.jsonl: could not write it"):
         ldm_runs.JsonlLog(tmp_path / "log.jsonl").write({"step": 1})

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ldm.data import (SpectrogramFolder, check_file, jet_lut, make_split, read_file, read_split, scan_folder,
-                      write_split)
+from ldm.data import SpectrogramFolder, check_file, jet_lut, read_file, scan_folder
+from ldm.splits import make_split, read_split, write_split
 from tests.helpers import png_folder
 
 

@@ -224,7 +224,7 @@ def test_no_nan_image_is_written_and_the_likely_cause_is_named(pipeline, tmp_pat
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """Two users x 8 grey 32x48 PNGs, a run folder holding their split.json, and a folder of 'generated' PNGs."""
-    from ldm.data import make_split, write_split
+    from ldm.splits import make_split, write_split
     from tests.helpers import png_folder
     from PIL import Image
     root = tmp_path_factory.mktemp("eval")

@@ -16,7 +16,7 @@ import train_ldm
 import train_vae
 from ldm import lock, training
 from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
-from ldm.data import read_split, write_split
+from ldm.splits import read_split, write_split
 from tests.helpers import png_folder
 from tests.test_bad_inputs import ldm_args, refused, snapshot, vae_args
 from tests.test_train_ldm import save_vae

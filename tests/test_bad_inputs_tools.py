@@ -12,7 +12,8 @@ from PIL import Image
 import evaluate
 import sample
 from ldm.radar import simulator as md
-from ldm.data import SpectrogramFolder, make_split, parse_size, read_file, write_split
+from ldm.data import SpectrogramFolder, parse_size, read_file
+from ldm.splits import make_split, write_split
 from ldm.radar.identity import ClassifierConfig, EvalCNN, load_classifier, save_classifier
 from ldm.radar.physics import simulator_metadata
 from tests.test_sample import build_pipeline

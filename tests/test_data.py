@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from ldm.radar import simulator as md
-from ldm.data import (UNLABELLED, SpectrogramFolder, check_split, jet, jet_lut, make_split, parse_size, read_class_map,
-                      read_file, read_split, scan_folder, split_indices, write_class_map, write_split)
+from ldm.data import (UNLABELLED, SpectrogramFolder, jet, jet_lut, parse_size, read_class_map, read_file, scan_folder,
+                      write_class_map)
+from ldm.splits import check_split, make_split, read_split, split_indices, write_split
 
 
 def gray_png(path, value=128, size=(16, 16)):

@@ -18,7 +18,7 @@ import evaluate
 import sample
 import train_ldm
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
-from ldm.data import files_digest, make_split, write_split
+from ldm.splits import files_digest, make_split, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.diffusion_loss import diffusion_loss
 from ldm.enrollment import EnrollConfig, enroll, grown_denoiser

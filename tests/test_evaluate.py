@@ -11,7 +11,7 @@ from PIL import Image
 
 import evaluate
 from ldm.radar import simulator as md
-from ldm.data import make_split, write_split
+from ldm.splits import make_split, write_split
 from ldm.metrics import clustered_proportion
 
 

@@ -3,7 +3,6 @@ are split; every variant sees only its allowed files; a generator that saw a tes
 the shots is refused through the experiment's own interface (the unfair design cannot run); Holm's adjustment and the
 hierarchical bootstrap against hand-computed cases and closed forms; no accuracy interval leaves [0, 1]."""
 import json
-from itertools import product
 from types import SimpleNamespace
 
 import numpy as np

@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from ldm import io
+from ldm import files, io
 from ldm.convert import diffusers_to_original, original_to_diffusers
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import perturb_
@@ -329,8 +329,8 @@ def test_replace_folder_swaps_in_a_whole_new_folder_and_an_interrupted_write_kee
                 (tmp / name).write_text(str(version))
         return write
 
-    io.replace_folder(folder, write_version(1, ("config.json", "weights-00001-of-00002", "weights-00002-of-00002")))
-    io.replace_folder(folder, write_version(2, ("config.json", "weights")))
+    files.replace_folder(folder, write_version(1, ("config.json", "weights-00001-of-00002", "weights-00002-of-00002")))
+    files.replace_folder(folder, write_version(2, ("config.json", "weights")))
     assert sorted(os.listdir(folder)) == ["config.json", "weights"]          # no shard of version 1 left over
     assert {(folder / n).read_text() for n in os.listdir(folder)} == {"2"}
 
@@ -339,7 +339,7 @@ def test_replace_folder_swaps_in_a_whole_new_folder_and_an_interrupted_write_kee
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        io.replace_folder(folder, interrupted)
+        files.replace_folder(folder, interrupted)
     assert sorted(os.listdir(tmp_path)) == ["model"] and (folder / "config.json").read_text() == "2"
 
 
@@ -353,7 +353,7 @@ def test_remove_stale_temps_restores_a_folder_moved_aside_and_clears_only_dead_p
     (tmp_path / "model").mkdir()
     (tmp_path / f".model.old-{dead}").mkdir()                            # killed after the second rename
     (tmp_path / f".log.jsonl.tmp-{os.getpid()}").write_text("")          # a live process's: left alone
-    done = io.remove_stale_temps(tmp_path)
+    done = files.remove_stale_temps(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [f".log.jsonl.tmp-{os.getpid()}", "model", "pipeline"]
     assert (tmp_path / "pipeline" / "model_index.json").read_text() == "{}"
     assert len(done) == 4 and f"restored pipeline from .pipeline.old-{dead}" in done
@@ -361,7 +361,7 @@ def test_remove_stale_temps_restores_a_folder_moved_aside_and_clears_only_dead_p
 
 def test_outputs_apart_from_inputs_compares_resolved_paths(tmp_path):
     """Two spellings of one folder (a link, '..') are one path: an output through a link into an input is refused."""
-    from ldm.io import check_outputs_apart
+    from ldm.files import check_outputs_apart
     (tmp_path / "data" / "alice").mkdir(parents=True)
     (tmp_path / "alias").symlink_to(tmp_path / "data", target_is_directory=True)
     with pytest.raises(ValueError, match=r"^--out \S+alias/alice/x.png lies inside --real \S+/data, which this "

@@ -14,7 +14,8 @@ import train_ldm
 import train_vae
 from ldm import io, metrics, training
 from ldm.radar import identity
-from ldm.data import SpectrogramFolder, read_split
+from ldm.data import SpectrogramFolder
+from ldm.splits import read_split
 from tests.helpers import SHAPES, shapes_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]   # see tests/conftest.py

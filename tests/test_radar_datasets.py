@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldm.data import make_split, split_indices
+from ldm.splits import make_split, split_indices
 from ldm.radar import chain as rd
 from ldm.radar import datasets as ds
 from tests.test_radar import GLASGOW, C, moving_target, peak_velocity, run, write_glasgow_dat

@@ -13,7 +13,8 @@ import sample
 from ldm import io
 from ldm.radar import simulator as md
 from ldm.conditioning import UserIDEmbedder
-from ldm.data import SpectrogramFolder, make_split, write_split
+from ldm.data import SpectrogramFolder
+from ldm.splits import make_split, write_split
 from ldm.radar.identity import ClassifierConfig, EvalCNN, load_classifier, predict, save_classifier
 from ldm.radar.physics import batch_physics_features
 from ldm.pipeline import PIPELINE_CLASS, Pipeline

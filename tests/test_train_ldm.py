@@ -164,7 +164,7 @@ def test_the_split_is_decided_once_and_no_stage_trains_on_its_test_files(folder,
     and neither loads a held-out test file for training; a split of another folder or one whose test files are
     also training files is refused before anything is written."""
     import train_vae
-    from ldm.data import make_split, read_split, write_split
+    from ldm.splits import make_split, read_split, write_split
     loaded = []
 
     class Recording(train_ldm.SpectrogramFolder):

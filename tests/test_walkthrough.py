@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ldm.conditioning import ConditionedUNet, UserIDEmbedder
-from ldm.data import make_split, write_split
+from ldm.splits import make_split, write_split
 from ldm.ddpm import DDPMScheduler
 from ldm.pipeline import Pipeline
 from ldm.shapes import build_model, example_inputs, trace

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ldm.io import DIFFUSERS_VERSION, read_json
+from ldm.io import DIFFUSERS_VERSION
+from ldm.files import read_json
 
 logger = logging.getLogger("ldm.compat")
 

@@ -13,7 +13,7 @@ Output folder:
     DIR/metadata.json                   the axes (velocity_mps per row, seconds_per_column, ...), the radar and
                                         the processing options, every source file with its window count, range
                                         gate and header units, and "recording_of": each window's recording, which
-                                        ldm.data.make_split uses to keep a recording's windows on one side
+                                        ldm.splits.make_split uses to keep a recording's windows on one side
 
 Glasgow people. Participant IDs restart per campaign, so a person is <campaign>_P<xx>, the campaign being the
 folder that holds the file ("1 December 2017 Dataset" -> c1), wherever --input points; --same-person merges keys
@@ -364,7 +364,7 @@ def convert(cfg: ConvertConfig) -> dict:
     (all written to a temporary folder first: an error leaves no partial output). Returns the metadata."""
     from tqdm import tqdm
 
-    from ldm.io import replace_folder, write_json
+    from ldm.files import replace_folder, write_json
 
     check_config(cfg)
     recordings, copies = find_recordings(cfg)
@@ -430,7 +430,7 @@ def metadata(cfg: ConvertConfig, spec: Spectrogram, width: int, hop: int, source
              skipped: list[dict]) -> dict:
     """metadata.json: the image axes (with the simulator's key names where they mean the same), the radar and the
     options, the people per campaign, and recording_of: each window's recording ({"c1_P36/1P36A01R01_w0":
-    "c1_P36/1P36A01R01"}), which ldm.data.make_split keeps on one side of a split. v_max_mps and duration_s are the
+    "c1_P36/1P36A01R01"}), which ldm.splits.make_split keeps on one side of a split. v_max_mps and duration_s are the
     --v-max and --duration that evaluate.py and sample.py take."""
     step = float(spec.velocities[0] - spec.velocities[1])
     dt = spec.seconds_per_column

@@ -119,7 +119,7 @@ def write_glasgow_dat(path: str | Path, iq: np.ndarray, radar: FmcwRadar) -> Non
         raise ValueError(f"iq must be (chirps, samples_per_sweep), got shape {iq.shape}")
     header = f"{radar.carrier_hz:.0f}\n{radar.chirp_s * 1e3:g}\n{iq.shape[1]}\n{radar.bandwidth_hz:.0f}\n"
     body = "\n".join(f"{z.real:.6g}{z.imag:+.6g}i" for z in iq.reshape(-1))
-    from ldm.io import atomic_write
+    from ldm.files import atomic_write
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: Path(tmp).write_text(header + body + "\n", encoding="ascii"))
 

@@ -12,7 +12,7 @@ a 24 GHz CW radar, no clutter, a Hann STFT of the slow-time echo; the default of
 1 ms chirps) with clutter points that have a Doppler spread and a fixed noise floor, rendered by ldm.radar.chain
 with the Glasgow defaults (range bins 10-30, Butterworth MTI, 200-chirp STFT) exactly as a converted real recording,
 and identity with session structure: each person walks in SESSIONS sessions, each with its own aspect, distance,
-RCS and speed offsets; metadata.json records each sample's session ("recording_of"), so ldm.data.make_split keeps a
+RCS and speed offsets; metadata.json records each sample's session ("recording_of"), so ldm.splits.make_split keeps a
 session's walks on one side of a split.
 
 Identity and nuisance come from separate random streams keyed by integers, so person k, session s of person k and
