@@ -29,7 +29,7 @@ Around the models
     ldm.cli               options, parsing and the error-to-exit-status wrapper (imports no torch)
 
 Data and measurement
-    ldm.data              image/.npy folders with user IDs
+    ldm.data              image/.npy folders with user IDs (ldm.jet: jet-coloured images back to levels)
     ldm.splits            the one split of a folder (split.json) every stage shares
     ldm.metrics           PSNR, SSIM, distances between feature sets, intervals, memorisation
     ldm.fewshot           the few-shot identification experiment: person splits, variants, statistics

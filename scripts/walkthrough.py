@@ -30,7 +30,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ldm import cli, files, io, runs
-from ldm.data import SpectrogramFolder, jet
+from ldm.data import SpectrogramFolder
+from ldm.jet import jet
 from ldm.splits import check_split, read_split
 from ldm.pipeline import Pipeline, make_sampler
 from ldm.cli import option

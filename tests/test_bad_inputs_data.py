@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 import evaluate
-from ldm.data import SpectrogramFolder, check_file, jet_lut, read_file, scan_folder
+from ldm.data import SpectrogramFolder, check_file, read_file, scan_folder
+from ldm.jet import jet_lut
 from ldm.splits import make_split, read_split, write_split
 from tests.helpers import png_folder
 

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from ldm.radar import simulator as md
-from ldm.data import (UNLABELLED, SpectrogramFolder, jet, jet_lut, parse_size, read_class_map, read_file, scan_folder,
-                      write_class_map)
+from ldm.data import UNLABELLED, SpectrogramFolder, parse_size, read_class_map, read_file, scan_folder, write_class_map
+from ldm.jet import jet, jet_lut
 from ldm.splits import check_split, make_split, read_split, split_indices, write_split
 
 
