@@ -47,9 +47,9 @@ SETTINGS = {
                 "--context-dim", "64", "--steps", "1000", "--batch-size", "32", "--lr", "1e-3", "--ema-decay", "0.995",
                 "--cache-latents", "--posterior", "mean"],
         "num": 32, "sample_steps": 25, "guidance": 3.0, "eval_epochs": 20,
-        # the reduced few-shot protocol: one generator (this demo's), k = 4, 3 shot draws, 2 tuning draws
-        "fewshot": ["--shots", "4", "--draws", "3", "--size", "32", "--samples", "32", "--sample-steps", "25",
-                    "--test-per-person", "12", "--tune-draws", "2", "--classic-multiples", "0,1,2",
+        # the reduced few-shot protocol: one generator (this demo's), k = 4, 3 shot draws, 2 tuning draws; enrolment
+        # and sampling as in the full protocol (fewshot.py's defaults: 100 steps, DPM-Solver++(2M) with 10 steps)
+        "fewshot": ["--shots", "4", "--draws", "3", "--size", "32", "--samples", "32", "--test-per-person", "12", "--tune-draws", "2", "--classic-multiples", "0,1,2",
                     "--resamples", "1000"],
     },
     "cuda": {
@@ -58,8 +58,7 @@ SETTINGS = {
         "ldm": ["--preset", "microdoppler", "--steps", "20000", "--batch-size", "64", "--lr", "1e-4",
                 "--cache-latents"],
         "num": 64, "sample_steps": 50, "guidance": 3.0, "eval_epochs": 30,
-        "fewshot": ["--shots", "4", "--draws", "5", "--size", "128", "--samples", "64", "--sample-steps", "50",
-                    "--test-per-person", "16"],
+        "fewshot": ["--shots", "4", "--draws", "5", "--size", "128", "--samples", "64", "--test-per-person", "16"],
     },
 }
 
