@@ -49,8 +49,8 @@ SETTINGS = {
         "num": 32, "sample_steps": 25, "guidance": 3.0, "eval_epochs": 20,
         # the reduced few-shot protocol: one generator (this demo's), k = 4, 3 shot draws, 2 tuning draws; enrolment
         # and sampling as in the full protocol (fewshot.py's defaults: 100 steps, DPM-Solver++(2M) with 10 steps)
-        "fewshot": ["--shots", "4", "--draws", "3", "--size", "32", "--samples", "32", "--test-per-person", "12", "--tune-draws", "2", "--classic-multiples", "0,1,2",
-                    "--resamples", "1000"],
+        "fewshot": ["--shots", "4", "--draws", "3", "--size", "32", "--samples", "32", "--test-per-person", "12",
+                    "--tune-draws", "2", "--classic-multiples", "0,1,2", "--resamples", "1000"],
     },
     "cuda": {
         "sim_size": 128, "size": 128, "per_user": 64,
