@@ -305,16 +305,24 @@ def test_a_real_ctrl_c_in_sample_exits_130_without_a_traceback_and_leaves_nothin
     """SIGINT to a running sample.py (as Ctrl-C sends it), once it is sampling: one line, status 130, and no OUT,
     no hidden folder, no grid and no record left behind."""
     out = tmp_path / "s"
+    # SIGINT back to its default in the child: a shell starts background jobs (e.g. `make test &`) with SIGINT
+    # ignored, and Python then leaves it ignored, so Ctrl-C would not reach sample.py as it does from a terminal.
     process = subprocess.Popen([sys.executable, str(ROOT / "sample.py"), *sample_args(pipeline, out, "--steps", "999",
                                                                                       "--num", "64")],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".s.tmp-") for p in tmp_path.iterdir()):   # the hidden folder: sampling began
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".s.tmp-") for p in tmp_path.iterdir()):   # the hidden folder: it samples
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:                                      # a failed test leaves no sampler running
+            process.kill()
+            process.communicate()
     assert process.returncode == 130, stderr
     assert stderr == "interrupted\n" and "Traceback" not in stdout
     assert list(tmp_path.iterdir()) == []
