@@ -276,3 +276,8 @@ def test_a_run_folder_refuses_changed_options(tmp_path):
     fewshot.check_options(fewshot.FewShotConfig(out=str(tmp_path), draws=40, shots="4"))   # growable: fine
     with pytest.raises(ValueError, match="--novel"):
         fewshot.check_options(fewshot.FewShotConfig(out=str(tmp_path), novel=4))
+    # workers: --processes N on one machine, or --worker I/N by hand, not both; either may change between runs
+    fewshot.check_options(fewshot.FewShotConfig(out=str(tmp_path), processes=2))
+    fewshot.check_options(fewshot.FewShotConfig(out=str(tmp_path), worker="1/2"))
+    with pytest.raises(ValueError, match="--processes 2 starts its own workers"):
+        fewshot.check_options(fewshot.FewShotConfig(out=str(tmp_path), processes=2, worker="1/2"))
