@@ -90,7 +90,7 @@ class EvaluateConfig:
     pca_dims: int = option(16, "Frechet distance and KID use this many principal axes of the real training "
                                "features", at_least=1)
     bootstrap: int = option(200, "bootstrap resamples for the distance intervals and the overall accuracies' "
-                                        "person-clustered intervals", at_least=10)
+                                 "person-clustered intervals", at_least=10)
     physics: str = option("auto", "physics checks: auto = when --real holds the simulator's metadata.json or --v-max "
                                   "is given", choices=("auto", "on", "off"))
     v_max: float | None = option(None, "velocity span of the image rows is [-v_max, v_max] m/s", above=0)
