@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm import cli, fast, lock, runs
+from ldm import cli, fast, lock, logs, runs
 from ldm.radar.augment import class_margins, physics_filter, physics_ranges
 from ldm.data import NPY_SCALES, SpectrogramFolder
 from ldm.splits import check_split, read_split
@@ -118,7 +118,7 @@ def save_images(images: torch.Tensor, folder: Path, save_npy: bool, keep: torch.
     if keep is not None and not keep.any():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    for i, array in enumerate(runs.to_uint8(images)):                # (H, W, C) uint8
+    for i, array in enumerate(logs.to_uint8(images)):                # (H, W, C) uint8
         if keep is not None and not keep[i]:
             continue
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
@@ -332,7 +332,7 @@ def write_samples(cfg: SampleConfig, pipe: Pipeline, users: list[int], names: di
             kept[user] = images[user] if keep is None else images[user][keep]
         rows = [kept[u][:cfg.grid_columns] for u in users if len(kept[u])]
         if rows:
-            atomic_write(grid, lambda tmp: runs.image_grid(rows).save(tmp, format="PNG"))
+            atomic_write(grid, lambda tmp: logs.image_grid(rows).save(tmp, format="PNG"))
         publish(staging, out)
     except OSError as error:                                            # disk full, ...: OUT is untouched
         raise ValueError(f"--out {out}: writing the images failed ({error.strerror or error}); nothing was written "

@@ -42,7 +42,7 @@ import torch
 from torch.distributed.fsdp import fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, fast, files, runs, training
+from ldm import cli, fast, files, logs, runs, training
 from ldm.conditioning import ROUTES, ConditionedUNet, UserIDEmbedder, check_compatible
 from ldm.data import SpectrogramFolder, parse_size
 from ldm.splits import read_split
@@ -618,7 +618,7 @@ def sample_grid(weights, vae, scheduler, cfg: TrainLDMConfig, num_users: int, pa
     images = Pipeline(weights, vae, scheduler).generate(list(range(num_users)), cfg.sample_per_user, cfg.sample_steps,
                                                         cfg.sample_guidance, "ddim", cfg.seed,
                                                         batch_size=cfg.sample_per_user, progress=False)
-    files.save_image(runs.image_grid([images[u] for u in range(num_users)]), path)
+    files.save_image(logs.image_grid([images[u] for u in range(num_users)]), path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -730,7 +730,7 @@ def train(cfg: TrainLDMConfig) -> int:
             sample_grid(unsharded(ema, cfg, info, rank0_copy), vae, scheduler, cfg, num_users,
                         out / "samples" / f"step_{done:06d}.png")
             if info.is_main:
-                runs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+                logs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             loop.checkpoint(done)
 
@@ -740,7 +740,7 @@ def train(cfg: TrainLDMConfig) -> int:
         pipeline = Pipeline(exported, vae, scheduler, provenance(split, vae_split))
         files.replace_folder(out / "pipeline", pipeline.save_pretrained)     # kill-safe
         log.write({"step": cfg.steps, "exported": True})
-        runs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
+        logs.plot_curves(log.read(), ["loss"], out / "loss.png", title="train_ldm loss")
         runs.report(run, guard, out / "pipeline", [f"  latent scaling factor {scale:.5f}"] + (
             [f"  {describe_eval(last_eval)}"] if last_eval is not None else []))
     return 0

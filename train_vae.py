@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ldm import cli, files, metrics, runs, training
+from ldm import cli, files, logs, metrics, runs, training
 from ldm.radar import identity
 from ldm.data import SpectrogramFolder, parse_size
 from ldm.autoencoder_losses import (LPIPS, PatchDiscriminator, adaptive_generator_weight, hinge_discriminator_loss,
@@ -504,12 +504,12 @@ def train(cfg: TrainVAEConfig) -> int:
             sums, finite_steps, images_seen, timer = {}, 0, 0, time.perf_counter()
         if info.is_main and (done % cfg.sample_every == 0 or done == cfg.steps):
             rows = [x_val[:8], reconstruct(ema, x_val[:8].to(device)).cpu()]   # one image of each user in turn
-            files.save_image(runs.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
+            files.save_image(logs.image_grid(rows), out / "samples" / f"step_{done:06d}.png")
         if info.is_main and (done % cfg.eval_every == 0 or done == cfg.steps):
             last_eval = evaluate_both(ema, model, x_val, y_val, classifier, device)
             log.write({"step": done, "eval": True, **last_eval})
             loop.write(f"step {done}: " + describe_eval(last_eval))
-            runs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
+            logs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             loop.checkpoint(done)
 
@@ -523,7 +523,7 @@ def train(cfg: TrainVAEConfig) -> int:
         files.replace_folder(out / "model", exported.save_pretrained)       # a kill at any moment keeps the old model/
         log.write({"step": cfg.steps, "exported": True})
         last_eval = last_eval or evaluate_both(ema, model, x_val, y_val, classifier, device)   # resumed at the end
-        runs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
+        logs.plot_curves(log.read(), CURVES, out / "loss.png", title="train_vae losses (as weighted)")
         runs.report(run, guard, out / "model", [f"  {describe_eval(last_eval)}", f"  latent scaling factor "
                         f"{stats['scaling_factor']:.5f} (stored in {out / 'model' / 'config.json'})"])
     return 0

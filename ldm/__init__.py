@@ -24,7 +24,8 @@ Around the models
     ldm.fast, ldm.cuda_graph   opt-in speed applied from outside the models
     ldm.shapes            python -m ldm.shapes: every module's shapes, parameters and MACs for a preset
     ldm.training          what happens inside a training step: DDP/FSDP, EMA, non-finite guard, checkpoints
-    ldm.runs              a training run's life: start-up, run folders, the loop and its estimate, Ctrl-C, logs
+    ldm.runs              a training run's life: start-up, run folders, the loop and its estimate, Ctrl-C
+    ldm.logs              what a run leaves to read: log.jsonl, loss curves, sample grids
     ldm.lock              one writer per run folder (a lock a killed process does not leave behind)
     ldm.cli               options, parsing and the error-to-exit-status wrapper (imports no torch)
 

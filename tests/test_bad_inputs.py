@@ -19,7 +19,7 @@ import torch
 
 import train_ldm
 import train_vae
-from ldm import cli, files, io, training
+from ldm import cli, files, io, logs, training
 from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from tests.helpers import png_folder
@@ -433,4 +433,4 @@ def test_atomic_write_on_a_full_disk_keeps_the_old_file_and_leaves_no_temporary(
 def test_a_log_that_cannot_be_appended_to_is_named(tmp_path):
     (tmp_path / "log.jsonl").mkdir()                                     # a folder where the log should be
     with pytest.raises(files.WriteError, match=r"log.jsonl: could not write it"):
-        ldm_runs.JsonlLog(tmp_path / "log.jsonl").write({"step": 1})
+        logs.JsonlLog(tmp_path / "log.jsonl").write({"step": 1})

@@ -14,7 +14,7 @@ import torch
 
 import train_ldm
 import train_vae
-from ldm import lock, training
+from ldm import lock, logs, training
 from ldm import runs as ldm_runs       # (tests here call their run-folder fixture 'runs')
 from ldm.splits import read_split, write_split
 from tests.helpers import png_folder
@@ -161,7 +161,7 @@ def test_exported_weights_are_readable_by_colleagues(runs):
 def test_the_reconstruction_grid_shows_every_user_and_the_log_the_weighted_kl(runs):
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
     assert ldm_runs.spread_over_users(labels, 5).tolist() == [0, 4, 6, 1, 5]
-    records = [r for r in ldm_runs.JsonlLog(runs / "vae_run" / "log.jsonl").read() if "kl" in r]
+    records = [r for r in logs.JsonlLog(runs / "vae_run" / "log.jsonl").read() if "kl" in r]
     assert records and all(r["kl_term"] == pytest.approx(1e-6 * r["kl"]) for r in records)
 
 

@@ -17,7 +17,7 @@ import torch
 
 import train_ldm
 import train_vae
-from ldm import runs, training
+from ldm import logs, training
 from tests.helpers import png_folder
 from tests.test_train_ldm import save_vae
 
@@ -79,7 +79,7 @@ def test_ctrl_c_in_train_vae_writes_the_step_and_resume_run_alone_matches_an_uni
     a, b = training.load_checkpoint(tmp_path / "straight"), training.load_checkpoint(out)
     assert b["step"] == 5 and b["train_config"] == {**a["train_config"], "out": str(out), "resume": str(out)}
     assert_same_weights(a, b, ("model", "ema", "disc"))
-    losses = lambda run: [r["rec"] for r in runs.JsonlLog(run / "log.jsonl").read() if "rec" in r]  # noqa: E731
+    losses = lambda run: [r["rec"] for r in logs.JsonlLog(run / "log.jsonl").read() if "rec" in r]  # noqa: E731
     assert losses(tmp_path / "straight") == losses(out) and len(losses(out)) == 5
 
 
@@ -109,7 +109,7 @@ def test_ctrl_c_in_train_ldm_writes_the_step_and_resume_matches_an_uninterrupted
     a, b = training.load_checkpoint(tmp_path / "straight"), training.load_checkpoint(out)
     assert b["step"] == 4
     assert_same_weights(a, b, ("model", "ema"))
-    losses = lambda run: [r["loss"] for r in runs.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
+    losses = lambda run: [r["loss"] for r in logs.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
     assert losses(tmp_path / "straight") == losses(out)
 
 

@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from ldm import autoencoder_losses, cli, runs, training
+from ldm import autoencoder_losses, cli, logs, runs, training
 
 
 def test_reconstruction_loss_sums_pixels_and_averages_batch():
@@ -155,7 +155,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_jsonl_log_truncates_redone_steps(tmp_path):
-    log = runs.JsonlLog(tmp_path / "log.jsonl")
+    log = logs.JsonlLog(tmp_path / "log.jsonl")
     for step in range(1, 6):
         log.write({"step": step, "loss": 1.0 / step})
     log.truncate_after(3)
@@ -163,7 +163,7 @@ def test_jsonl_log_truncates_redone_steps(tmp_path):
 
 
 def test_jsonl_log_leaves_out_a_line_cut_short_by_a_kill_and_names_a_broken_one(tmp_path):
-    log = runs.JsonlLog(tmp_path / "log.jsonl")
+    log = logs.JsonlLog(tmp_path / "log.jsonl")
     log.write({"step": 1, "loss": 0.5})
     with open(log.path, "a") as f:
         f.write('{"step": 2, "lo')                                      # the process died while appending
@@ -176,11 +176,11 @@ def test_jsonl_log_leaves_out_a_line_cut_short_by_a_kill_and_names_a_broken_one(
 
 
 def test_pictures(tmp_path):
-    grid = runs.image_grid([torch.zeros(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)], pad=2)
+    grid = logs.image_grid([torch.zeros(3, 1, 8, 8), -torch.ones(2, 1, 8, 8)], pad=2)
     assert grid.size == (3 * 10 + 2, 2 * 10 + 2) and grid.mode == "L"
     assert np.asarray(grid)[2, 2] == 128 and np.asarray(grid)[12, 2] == 0
     records = [{"step": s, "loss": 1.0 / s, "psnr": 20.0 + s} for s in range(1, 20)]
-    runs.plot_curves(records, ["loss"], tmp_path / "curve.png", title="loss")
+    logs.plot_curves(records, ["loss"], tmp_path / "curve.png", title="loss")
     assert Image.open(tmp_path / "curve.png").size == (720, 400)
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import train_ldm
-from ldm import runs
+from ldm import logs
 from ldm.vae import AutoencoderKL, VAEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,16 +63,16 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_only_rank0_writes(
                *run_args(vae, out, batch_size=2)]
         nodes.append((out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                             text=True)))
-    logs = []
+    outputs = []
     try:
         for _, proc in nodes:
-            logs.append(proc.communicate(timeout=180)[0])
+            outputs.append(proc.communicate(timeout=180)[0])
     finally:
         for _, proc in nodes:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    for (_, proc), log in zip(nodes, logs):
+    for (_, proc), log in zip(nodes, outputs):
         assert proc.returncode == 0, log[-3000:]
 
     # exactly one node (the one whose process became global rank 0) wrote a run folder; the other wrote nothing
@@ -81,7 +81,7 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_only_rank0_writes(
     assert sorted(p.name for p in written[0].iterdir()) == ["checkpoint.pt", "class_to_idx.json", "config.json",
                                                             "log.jsonl", "loss.png", "pipeline", "samples",
                                                             "split.json"]
-    assert sum("alone writes" in log for log in logs) == 1
+    assert sum("alone writes" in log for log in outputs) == 1
     # each "machine" simulated the data next to its own --out (its local rank 0 saw no folder there), identically
     sims = [out.parent / SIM for out, _ in nodes]
     assert all((folder / "metadata.json").is_file() for folder in sims)
@@ -93,7 +93,7 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_and_only_rank0_writes(
     # one process with the doubled batch trains the same (up to the gradient all-reduce's float rounding)
     single = tmp_path / "single" / "run"
     assert train_ldm.main(run_args(vae, single, batch_size=4)) == 0
-    losses = lambda run: [r["loss"] for r in runs.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
+    losses = lambda run: [r["loss"] for r in logs.JsonlLog(run / "log.jsonl").read() if "loss" in r]  # noqa: E731
     assert len(losses(single)) == 3
     np.testing.assert_allclose(losses(written[0]), losses(single), rtol=1e-4)
     assert json.loads((written[0] / "split.json").read_text()) == json.loads((single / "split.json").read_text())

@@ -17,7 +17,7 @@ from diffusers import UNet2DConditionModel as RefUNet
 from PIL import Image
 
 import train_ldm
-from ldm import io, runs, training
+from ldm import io, logs, training
 from ldm.unet import UNet2DConditionModel, UNetConfig
 from ldm.vae import AutoencoderKL, VAEConfig
 from tests.helpers import png_folder
@@ -96,9 +96,9 @@ def test_resume_is_bitwise_exact_and_the_latent_cache_changes_nothing(folder, va
     for part in ("model", "ema"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    losses = lambda run: [r["loss"] for r in runs.JsonlLog(tmp_path / run / "log.jsonl").read() if "loss" in r]
+    losses = lambda run: [r["loss"] for r in logs.JsonlLog(tmp_path / run / "log.jsonl").read() if "loss" in r]
     assert len(losses("straight")) == 4 and losses("straight") == losses("split")
-    evals = lambda run: [r for r in runs.JsonlLog(tmp_path / run / "log.jsonl").read() if r.get("eval")]
+    evals = lambda run: [r for r in logs.JsonlLog(tmp_path / run / "log.jsonl").read() if r.get("eval")]
     assert evals("straight")[-1] == evals("split")[-1] and evals("straight")[-1]["step"] == 4
     np.testing.assert_allclose(losses("cached"), losses("straight"), rtol=1e-4)
 
@@ -115,7 +115,7 @@ def test_ddp_with_two_cpu_processes_matches_one_process(folder, vae, tmp_path):
     single_args = args(folder, vae, tmp_path / "single", *common)
     single_args[single_args.index("--batch-size") + 1] = "4"        # the same global batch in one process
     assert train_ldm.main(single_args) == 0
-    losses = lambda run: [r["loss"] for r in runs.JsonlLog(tmp_path / run / "log.jsonl").read()   # noqa: E731
+    losses = lambda run: [r["loss"] for r in logs.JsonlLog(tmp_path / run / "log.jsonl").read()   # noqa: E731
                           if "loss" in r]
     assert len(losses("single")) == 3
     np.testing.assert_allclose(losses("ddp"), losses("single"), rtol=1e-4)

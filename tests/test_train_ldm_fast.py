@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train_ldm
-from ldm import runs, training
+from ldm import logs, training
 from tests.helpers import png_folder
 from tests.test_multinode import free_port
 from tests.test_train_ldm import args, save_vae
@@ -31,7 +31,7 @@ def vae(tmp_path_factory):
 
 
 def losses(run: Path) -> list[float]:
-    return [r["loss"] for r in runs.JsonlLog(run / "log.jsonl").read() if "loss" in r]
+    return [r["loss"] for r in logs.JsonlLog(run / "log.jsonl").read() if "loss" in r]
 
 
 def assert_same_losses_as_default(folder, vae, tmp_path, *flags, unet=()):

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers import VQModel as RefVQModel
 
 import train_vae
-from ldm import io, runs, training
+from ldm import io, logs, training
 from tests.helpers import png_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_resume_is_bitwise_exact(folder, tmp_path):
     for part in ("model", "ema", "disc"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
-    losses = lambda run: [r["rec"] for r in runs.JsonlLog(tmp_path / run / "log.jsonl").read() if "rec" in r]
+    losses = lambda run: [r["rec"] for r in logs.JsonlLog(tmp_path / run / "log.jsonl").read() if "rec" in r]
     assert losses("straight") == losses("split")
 
 
@@ -107,7 +107,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(folder, tmp_path, monkey
     monkeypatch.setattr(train_vae, "reconstruction_loss", nan_on_second_call)
     out = tmp_path / "one_nan"
     assert train_vae.main(args(folder, out, "--steps", "3", "--disc-weight", "0", "--log-every", "1")) == 0
-    records = [r for r in runs.JsonlLog(out / "log.jsonl").read() if "skipped_steps" in r]
+    records = [r for r in logs.JsonlLog(out / "log.jsonl").read() if "skipped_steps" in r]
     assert [r["skipped_steps"] for r in records] == [0, 1, 1]
     assert training.all_finite(io.load_pretrained(out / "model"))
 
@@ -133,7 +133,7 @@ def test_ddp_with_two_cpu_processes_matches_one_process(folder, tmp_path, model)
     single_args = args(folder, tmp_path / "single", *common)
     single_args[single_args.index("--batch-size") + 1] = "4"        # the same global batch in one process
     assert train_vae.main(single_args) == 0
-    read = lambda run: [r["rec"] for r in runs.JsonlLog(tmp_path / run / "log.jsonl").read() if "rec" in r]
+    read = lambda run: [r["rec"] for r in logs.JsonlLog(tmp_path / run / "log.jsonl").read() if "rec" in r]
     np.testing.assert_allclose(read("ddp"), read("single"), rtol=1e-4)
 
 
@@ -204,7 +204,7 @@ def test_evaluations_log_ema_and_raw_weights_and_export_says_which(folder, tmp_p
         out = tmp_path / export
         assert train_vae.main(args(folder, out, "--steps", "3", "--disc-weight", "0", "--export", export)) == 0
         assert f"holds the {export.upper() if export == 'ema' else export} weights" in capsys.readouterr().out
-        record = [r for r in runs.JsonlLog(out / "log.jsonl").read() if r.get("eval")][-1]
+        record = [r for r in logs.JsonlLog(out / "log.jsonl").read() if r.get("eval")][-1]
         assert set(record["ema"]) == set(record["raw"]) == {"psnr", "ssim"}
         saved = io.load_pretrained(out / "model").state_dict()
         state = training.load_checkpoint(out)
